@@ -1,0 +1,1 @@
+"""The `xvif-ovs` command line."""

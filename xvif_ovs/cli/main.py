@@ -1,0 +1,42 @@
+"""Entry point: one subcommand per part (xenstored, lab, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xvif-ovs", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    xs = sub.add_parser(
+        "xenstored",
+        help="run a XenStore server on a Unix socket (for hosts without a hypervisor)",
+        epilog="example: xvif-ovs xenstored --socket /run/xenstored/socket --pidfile /run/xenstored.pid",
+    )
+    xs.add_argument("--socket", required=True, help="Unix socket to listen on (clients use XENSTORED_PATH)")
+    xs.add_argument("--pidfile", help="write the pid here once the socket accepts connections")
+    xs.add_argument("--log-file", help="log here instead of stderr")
+    xs.add_argument("-v", "--verbose", action="store_true", help="log every request error")
+    xs.set_defaults(func=_xenstored)
+
+    from .lab_cmd import add_lab_parser
+
+    add_lab_parser(sub)
+    return p
+
+
+def _xenstored(args: argparse.Namespace) -> int:
+    from ..xenstore.daemon import run
+
+    return run(args.socket, args.pidfile, args.log_file, args.verbose)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Starting and stopping the lab's daemons (ovsdb-server, ovs-vswitchd, the XenStore
+server) under one directory, so that nothing touches the host's own OVS or Xen."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import LabError
+from .sh import run
+
+VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+
+
+def ovs_env(d: Path) -> dict[str, str]:
+    """The variables with which OVS's own tools find the lab's daemons and sockets."""
+    return {"OVS_RUNDIR": str(d), "OVS_LOGDIR": str(d), "OVS_DBDIR": str(d), "OVS_SYSCONFDIR": str(d)}
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it is gone for our purposes.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop_pid(pidfile: Path, timeout: float = 10.0) -> None:
+    pid = read_pid(pidfile)
+    if pid is None:
+        pidfile.unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        _reap(pid)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    _reap(pid)
+    pidfile.unlink(missing_ok=True)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the daemon is our own child (the XenStore server is)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def wait_for(path: Path, what: str, timeout: float = 15.0, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            tail = ""
+            if log and log.exists():
+                tail = "; last log lines:\n" + "\n".join(log.read_text().splitlines()[-5:])
+            raise LabError(f"{what} did not come up within {timeout:.0f} s (waiting for {path}){tail}")
+        time.sleep(0.02)
+
+
+def start_ovs(d: Path) -> None:
+    env = ovs_env(d)
+    db = d / "conf.db"
+    if not db.exists():
+        run(["ovsdb-tool", "create", str(db), VSWITCH_SCHEMA])
+    run(
+        [
+            "ovsdb-server",
+            str(db),
+            f"--remote=punix:{d}/db.sock",
+            f"--pidfile={d}/ovsdb-server.pid",
+            f"--log-file={d}/ovsdb-server.log",
+            f"--unixctl={d}/ovsdb-server.ctl",
+            "--detach",
+        ],
+        env=env,
+    )
+    vsctl(d, "--no-wait", "init")
+    # Userspace TSO lets veth guests keep their offloads with good checksums (PLATFORM.md).
+    vsctl(d, "--no-wait", "set", "Open_vSwitch", ".", "other_config:userspace-tso-enable=true")
+    start_vswitchd(d)
+
+
+def start_vswitchd(d: Path) -> None:
+    run(
+        [
+            "ovs-vswitchd",
+            f"unix:{d}/db.sock",
+            f"--pidfile={d}/ovs-vswitchd.pid",
+            f"--log-file={d}/ovs-vswitchd.log",
+            f"--unixctl={d}/ovs-vswitchd.ctl",
+            "--detach",
+        ],
+        env=ovs_env(d),
+    )
+
+
+def stop_ovs(d: Path) -> None:
+    ctl = d / "ovs-vswitchd.ctl"
+    if read_pid(d / "ovs-vswitchd.pid") and ctl.exists():
+        # --cleanup removes the datapath and its tap devices (xenbr0, ovs-netdev) from the host.
+        run(["ovs-appctl", "-t", str(ctl), "exit", "--cleanup"], check=False, timeout=20)
+    stop_pid(d / "ovs-vswitchd.pid")
+    stop_pid(d / "ovsdb-server.pid")
+
+
+def vsctl(d: Path, *args: str, timeout: float = 30) -> str:
+    return run(["ovs-vsctl", f"--db=unix:{d}/db.sock", "--timeout=20", *args], env=ovs_env(d), timeout=timeout).stdout
+
+
+def start_xenstored(d: Path) -> None:
+    sock, pidfile, log = d / "xenstored.sock", d / "xenstored.pid", d / "xenstored.log"
+    pidfile.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "xvif_ovs.cli.main", "xenstored", "--socket", str(sock)]
+    cmd += ["--pidfile", str(pidfile), "--log-file", str(log)]
+    subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    wait_for(pidfile, "the XenStore server", log=log)
+
+
+def stop_xenstored(d: Path) -> None:
+    stop_pid(d / "xenstored.pid")
+    (d / "xenstored.sock").unlink(missing_ok=True)

@@ -1,0 +1,270 @@
+"""`lab domain add / del`: what libxl does when a guest boots or is destroyed.
+
+The guest is a network namespace whose ethN is the vif's frontend; the backend is a
+veth end in dom0 named as Xen names it. XenStore gets libxl's keys, then the vif's
+hotplug script runs with libxl's arguments and environment, and the lab waits for
+``hotplug-status`` as netback does. A failure at any step undoes every earlier one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import re
+import shlex
+import subprocess
+import uuid
+from pathlib import Path
+
+from ..errors import LabError, VifSpecError
+from ..model.vifspec import XEN_OUI, VifSpec, parse_vif_spec
+from ..xenstore.client import connect, in_transaction, read_str
+from ..xenstore.client import write as xs_write
+from ..xenstore.protocol import Op
+from .host import Lab
+from .sh import link_exists, run
+from .state import DomainRec, VifRec
+
+XEN_SCRIPT_DIR = Path(os.environ.get("XEN_SCRIPT_DIR", "/etc/xen/scripts"))
+DEFAULT_SCRIPT = "vif-openvswitch"
+HOTPLUG_TIMEOUT = 40  # LIBXL_HOTPLUG_TIMEOUT
+NETBACK_MAC = "fe:ff:ff:ff:ff:ff"  # netback gives every backend vif this MAC
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
+DOMID_MAX = 0x7FEF  # DOMID_FIRST_RESERVED - 1
+
+
+def random_mac() -> str:
+    """As xl does without mac=: Xen's OUI, locally random (the lab is its own registry)."""
+    return XEN_OUI + "".join(f":{random.randrange(256):02x}" for _ in range(3))
+
+
+def resolve_script(script: str | None) -> str:
+    name = script or DEFAULT_SCRIPT
+    path = Path(name) if name.startswith("/") else XEN_SCRIPT_DIR / name
+    if not os.access(path, os.X_OK):
+        raise LabError(f"hotplug script {path} does not exist or is not executable; install it or fix script=")
+    return str(path)
+
+
+def add_domain(lab: Lab, name: str, domid: int, specs: list[str], hvm: bool = False, netbsd: bool = False) -> DomainRec:
+    state = lab.require_up()
+    if not _NAME.match(name) or name == "lan" or name.startswith("lan-"):
+        raise LabError(f"domain name {name!r}: use 1-40 of A-Z a-z 0-9 _ . - (and not 'lan', which is the LAN side)")
+    if not 1 <= domid <= DOMID_MAX:
+        raise LabError(f"domid {domid} is out of range: guests have 1-{DOMID_MAX} (0 is dom0)")
+    vifs = _plan_vifs(lab, specs, domid, hvm, netbsd)
+    dom = DomainRec(name, domid, str(uuid.uuid4()), hvm, netbsd, vifs)
+    with lab.state_file.locked() as st:
+        if name in st.domains:
+            raise LabError(f"a domain named {name} already exists (domid {st.domains[name].domid})")
+        clash = next((d for d in st.domains.values() if d.domid == domid), None)
+        if clash:
+            raise LabError(f"domid {domid} is already used by domain {clash.name}")
+        st.domains[name] = dom  # reserved: a concurrent add of the same name or domid fails
+    try:
+        _build(lab, dom, state)
+    except BaseException as e:
+        _teardown(lab, dom, run_scripts=False)
+        with lab.state_file.locked() as st:
+            st.domains.pop(name, None)
+        if isinstance(e, VifSpecError):
+            raise LabError(str(e)) from e
+        raise
+    return dom
+
+
+def _plan_vifs(lab: Lab, specs: list[str], domid: int, hvm: bool, netbsd: bool) -> list[VifRec]:
+    state = lab.state_file.load()
+    parsed: list[tuple[int, VifSpec]] = []
+    for i, text in enumerate(specs):
+        try:
+            spec = parse_vif_spec(text)
+        except VifSpecError as e:
+            raise LabError(f"--vif {text!r}: {e}") from e
+        devid = spec.devid if spec.devid is not None else i
+        parsed.append((devid, spec))
+    devids = [d for d, _ in parsed]
+    if len(set(devids)) != len(devids):
+        raise LabError(f"two vifs of the domain have the same devid ({devids})")
+    out = []
+    for devid, spec in parsed:
+        if state.bridge(spec.bridge.name) is None:
+            known = ", ".join(b.name for b in state.bridges) or "none"
+            raise LabError(
+                f"bridge {spec.bridge.name} does not exist in the lab (bridges: {known}); "
+                f"add it with `lab up --bridge {spec.bridge.name}:pethN` or `--internal {spec.bridge.name}`"
+            )
+        dev = f"{'x' if netbsd else ''}vif{domid}.{devid}"
+        for taken in (dev, spec.vifname):
+            if taken and link_exists(taken):
+                raise LabError(f"an interface named {taken} already exists on this host")
+        out.append(
+            VifRec(
+                devid=devid,
+                dev=dev,
+                frontend=f"eth{devid}",
+                mac=spec.mac or random_mac(),
+                bridge=spec.raw.get("bridge", spec.bridge.name),
+                script=resolve_script(spec.script),
+                emu=f"{dev}-emu" if hvm else None,
+                emu_frontend=f"emu{devid}" if hvm else None,
+                vifname=spec.vifname,
+            )
+        )
+        out[-1].spec = spec  # type: ignore[attr-defined]  # kept for _build, not saved
+    return out
+
+
+def _build(lab: Lab, dom: DomainRec, state) -> None:  # noqa: ANN001
+    ns = dom.netns
+    run(["ip", "netns", "add", ns])
+    run(["ip", "link", "set", "lo", "up"], netns=ns)
+    for v in dom.vifs:
+        spec: VifSpec = v.spec  # type: ignore[attr-defined]
+        _make_nic(ns, v.dev, v.frontend, v.mac, spec, up=True)
+        if v.emu:
+            # The emulated twin shares the MAC; the guest's PV driver has taken over, so it is down.
+            _make_nic(ns, v.emu, v.emu_frontend, v.mac, spec, up=False)
+    _write_xenstore(lab, dom)
+    for v in dom.vifs:
+        if v.emu:
+            _run_script(lab, dom, v, "add", tap=True)
+        _run_script(lab, dom, v, "online", tap=False)
+
+
+def _make_nic(ns: str, dev: str, frontend: str, mac: str, spec: VifSpec, up: bool) -> None:
+    run(["ip", "link", "add", dev, "type", "veth", "peer", "name", frontend, "netns", ns])
+    run(["ip", "link", "set", dev, "address", NETBACK_MAC])
+    if spec.mtu:
+        run(["ip", "link", "set", dev, "mtu", str(spec.mtu)])
+        run(["ip", "link", "set", frontend, "mtu", str(spec.mtu)], netns=ns)
+    run(["ip", "link", "set", frontend, "address", mac], netns=ns)
+    for ip in spec.ips:
+        iface = ip if ip.network.prefixlen != ip.max_prefixlen else f"{ip.ip}/{24 if ip.version == 4 else 64}"
+        cmd = ["ip", "addr", "add", str(iface), "dev", frontend]
+        run(cmd + (["nodad"] if ip.version == 6 else []), netns=ns)
+    if up:
+        run(["ip", "link", "set", frontend, "up"], netns=ns)
+
+
+def _backend_path(domid: int, devid: int) -> str:
+    return f"/local/domain/0/backend/vif/{domid}/{devid}"
+
+
+def _write_xenstore(lab: Lab, dom: DomainRec) -> None:
+    n = dom.domid
+    vm = f"/vm/{dom.uuid}"
+    with connect(str(lab.xenstore_socket)) as xs:
+
+        def write(c) -> None:  # noqa: ANN001
+            w = functools.partial(xs_write, c)
+            w(f"/local/domain/{n}/name", dom.name)
+            w(f"/local/domain/{n}/domid", n)
+            w(f"/local/domain/{n}/vm", vm)
+            w(f"{vm}/name", dom.name)
+            w(f"{vm}/uuid", dom.uuid)
+            for v in dom.vifs:
+                spec: VifSpec = v.spec  # type: ignore[attr-defined]
+                be, fe = _backend_path(n, v.devid), f"/local/domain/{n}/device/vif/{v.devid}"
+                for k, val in (("backend", be), ("backend-id", 0), ("state", 1), ("handle", v.devid), ("mac", v.mac)):
+                    w(f"{fe}/{k}", val)
+                keys = {
+                    "frontend": fe,
+                    "frontend-id": n,
+                    "online": 1,
+                    "state": 1,
+                    "script": v.script,
+                    "mac": v.mac,
+                    "bridge": v.bridge,
+                    "handle": v.devid,
+                    "type": "vif_ioemu" if v.emu else "vif",
+                }
+                if spec.ips:
+                    keys["ip"] = " ".join(
+                        str(i.ip) if i.network.prefixlen == i.max_prefixlen else str(i) for i in spec.ips
+                    )
+                for k in ("vifname", "mtu", "vlan", "gatewaydev"):
+                    if k in spec.raw:
+                        keys[k] = spec.raw[k]
+                if spec.trusted:
+                    keys["trusted"] = 1
+                    w(f"{fe}/trusted", 1)
+                if spec.mtu:
+                    w(f"{fe}/mtu", spec.mtu)
+                for k, val in keys.items():
+                    w(f"{be}/{k}", val)
+                w(f"{be}/hotplug-status", "")
+
+        in_transaction(xs, write)
+        xs.introduce_domain(n, 0, 1)
+
+
+def _script_env(lab: Lab, dom: DomainRec, v: VifRec, tap: bool) -> tuple[list[str], dict[str, str]]:
+    be = _backend_path(dom.domid, v.devid)
+    env = {**lab.env(), "XENBUS_PATH": be, "XENBUS_TYPE": "vif", "XENBUS_BASE_PATH": "backend", "script": v.script}
+    if tap:
+        env.update(type_if="tap", INTERFACE=v.emu or "")
+        return ["type_if=tap"], env
+    env["vif"] = v.dev
+    return [], env
+
+
+def _run_script(lab: Lab, dom: DomainRec, v: VifRec, action: str, tap: bool) -> None:
+    extra, env = _script_env(lab, dom, v, tap)
+    argv = [v.script, action, *extra]
+    try:
+        proc = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=HOTPLUG_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        raise LabError(f"hotplug script `{shlex.join(argv)}` did not finish within {HOTPLUG_TIMEOUT} s") from e
+    be = _backend_path(dom.domid, v.devid)
+    if action not in ("online", "add"):
+        return
+    with connect(str(lab.xenstore_socket)) as xs:
+        status = read_str(xs, f"{be}/hotplug-status", "")
+        error = read_str(xs, f"{be}/hotplug-error", "")
+    if proc.returncode != 0 or (not tap and status != "connected"):
+        dev = v.emu if tap else v.dev
+        why = error or (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise LabError(f"hotplug script {v.script} {action} for {dev} failed (hotplug-status {status!r}): {why}")
+
+
+def del_domain(lab: Lab, name: str) -> None:
+    state = lab.require_up()
+    dom = state.domains.get(name)
+    if dom is None:
+        raise LabError(f"no domain named {name} (domains: {', '.join(state.domains) or 'none'})")
+    _teardown(lab, dom, run_scripts=True)
+    with lab.state_file.locked() as st:
+        st.domains.pop(name, None)
+
+
+def _teardown(lab: Lab, dom: DomainRec, run_scripts: bool) -> None:
+    """Undo add_domain as far as it got; every step tolerates a missing piece."""
+    errors: list[str] = []
+    for v in dom.vifs:
+        if run_scripts:
+            for action, tap in (("offline", False), ("remove", True)) if v.emu else (("offline", False),):
+                try:
+                    _run_script(lab, dom, v, action, tap)
+                except LabError as e:
+                    errors.append(str(e))
+        for dev in (v.dev, v.vifname, v.emu, f"{v.vifname}-emu" if (v.vifname and v.emu) else None):
+            if dev and link_exists(dev):
+                run(["ip", "link", "del", dev], check=False)
+    try:
+        with connect(str(lab.xenstore_socket)) as xs:
+
+            def rm(c) -> None:  # noqa: ANN001
+                for p in (f"/local/domain/0/backend/vif/{dom.domid}", f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}"):
+                    if c.exists(p.encode()):
+                        c.delete(p.encode())
+
+            in_transaction(xs, rm)
+            if xs.is_domain_introduced(dom.domid):
+                xs.ack(Op.RELEASE, f"{dom.domid}".encode() + b"\0")  # pyxs's release_domain wants xenbus
+    except Exception as e:  # noqa: BLE001 - teardown goes on; the error is reported below
+        errors.append(f"XenStore clean-up: {e}")
+    run(["ip", "netns", "del", dom.netns], check=False)
+    if errors and run_scripts:
+        raise LabError("; ".join(errors))

@@ -1,0 +1,187 @@
+"""`lab up / down / status / env`: the simulated Xen host itself.
+
+Bridges use OVS's userspace datapath (the kernel here has no openvswitch module); an
+uplink is a veth pair whose far end sits in a namespace standing for the physical
+LAN, with an address so that guests can reach "the outside".
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LabError
+from ..xenstore.client import connect, in_transaction
+from . import daemons
+from .daemons import read_pid, vsctl
+from .sh import link_exists, netns_list, require_tools, run
+from .state import DEFAULT_DIR, NETNS_PREFIX, BridgeRec, LabState, StateFile, netns_of
+
+_IFNAME = re.compile(r"^[A-Za-z0-9_\-]{1,15}$")
+# Documentation ranges (RFC 5737 / 3849): guaranteed never to be someone's real network.
+_LAN_V4 = ["192.0.2.1/24", "198.51.100.1/24", "203.0.113.1/24"]
+REQUIRED_TOOLS = ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool", "ovs-appctl", "ip", "ethtool")
+
+
+@dataclass(frozen=True)
+class BridgeArg:
+    name: str
+    uplink: str | None
+
+
+def parse_bridge_arg(text: str) -> BridgeArg:
+    """``xenbr1:peth1`` (with an uplink) or ``xenbr1`` for --internal."""
+    name, _, uplink = text.partition(":")
+    for part, what in ((name, "bridge"), (uplink, "uplink")):
+        if part and not _IFNAME.match(part):
+            raise LabError(f"{what} name {part!r} in {text!r} is not an interface name (1-15 of A-Z a-z 0-9 _ -)")
+    if not name:
+        raise LabError(f"{text!r}: write BRIDGE:UPLINK, e.g. xenbr1:peth1")
+    return BridgeArg(name, uplink or None)
+
+
+class Lab:
+    def __init__(self, d: Path | str | None = None) -> None:
+        self.dir = Path(d) if d else DEFAULT_DIR
+        self.state_file = StateFile(self.dir)
+
+    # -- env ---------------------------------------------------------------------
+
+    @property
+    def xenstore_socket(self) -> Path:
+        return self.dir / "xenstored.sock"
+
+    def env(self) -> dict[str, str]:
+        return {"XENSTORED_PATH": str(self.xenstore_socket), **daemons.ovs_env(self.dir)}
+
+    def is_up(self) -> bool:
+        return self.state_file.exists() and read_pid(self.dir / "ovsdb-server.pid") is not None
+
+    def require_up(self) -> LabState:
+        if not self.is_up():
+            raise LabError(f"the lab at {self.dir} is not up; run `xvif-ovs lab up` first")
+        return self.state_file.load()
+
+    # -- up / down -----------------------------------------------------------------
+
+    def up(self, bridges: list[BridgeArg] | None = None) -> LabState:
+        require_tools(*REQUIRED_TOOLS)
+        bridges = bridges if bridges is not None else [BridgeArg("xenbr0", "peth0")]
+        self._check_bridges(bridges)
+        if self.is_up():
+            raise LabError(f"a lab is already up at {self.dir}; `xvif-ovs lab down` first")
+        others = [n for n in netns_list() if n.startswith(NETNS_PREFIX)]
+        if others:
+            raise LabError(
+                f"namespaces {', '.join(others)} exist from another lab (they use Xen's vif names, so only one "
+                "lab can run per host); `xvif-ovs lab down --dir DIR` for that lab first"
+            )
+        if self.dir.exists():
+            self._remove_leftovers(self.state_file.load())  # a lab that died without `down`
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        try:
+            daemons.start_ovs(self.dir)
+            daemons.start_xenstored(self.dir)
+            self._init_dom0()
+            state = LabState()
+            self.state_file.save(state)
+            n_uplinks = 0
+            for b in bridges:
+                rec = self._add_bridge(b, n_uplinks)
+                n_uplinks += rec.uplink is not None
+                with self.state_file.locked() as st:
+                    st.bridges.append(rec)
+        except BaseException:
+            self.down()
+            raise
+        return self.state_file.load()
+
+    def _check_bridges(self, bridges: list[BridgeArg]) -> None:
+        names = [b.name for b in bridges] + [b.uplink for b in bridges if b.uplink]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise LabError(f"interface name(s) {', '.join(sorted(dup))} given twice")
+        for n in names:
+            if link_exists(n):
+                raise LabError(f"an interface named {n} already exists on this host; pick another name")
+
+    def _init_dom0(self) -> None:
+        """What xen-init-dom0 writes at boot."""
+        with connect(str(self.xenstore_socket)) as xs:
+
+            def write(c) -> None:  # noqa: ANN001
+                c.write(b"/local/domain/0/name", b"Domain-0")
+                c.write(b"/local/domain/0/domid", b"0")
+
+            in_transaction(xs, write)
+
+    def _add_bridge(self, b: BridgeArg, index: int) -> BridgeRec:
+        vsctl(self.dir, "add-br", b.name, "--", "set", "bridge", b.name, "datapath_type=netdev")
+        run(["ip", "link", "set", b.name, "up"], check=False)
+        if not b.uplink:
+            vsctl(self.dir, "br-set-external-id", b.name, "xvif-lab-internal", "true")
+            return BridgeRec(b.name)
+        lan = "lan" if index == 0 else f"lan-{b.name}"
+        ns = netns_of(lan)
+        v4 = _LAN_V4[index] if index < len(_LAN_V4) else f"198.18.{index}.1/24"
+        v6 = f"2001:db8:{index}::1/64"
+        run(["ip", "netns", "add", ns])
+        run(["ip", "link", "add", b.uplink, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        for cmd in (
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "addr", "add", v4, "dev", "eth0"],
+            ["ip", "-6", "addr", "add", v6, "dev", "eth0", "nodad"],
+            ["ip", "link", "set", "eth0", "up"],
+        ):
+            run(cmd, netns=ns)
+        run(["ip", "link", "set", b.uplink, "up"])
+        vsctl(
+            self.dir, "add-port", b.name, b.uplink, "--", "set", "interface", b.uplink, "external_ids:xvif-role=uplink"
+        )
+        return BridgeRec(b.name, b.uplink, lan, v4, v6)
+
+    def down(self) -> None:
+        """Remove every process, namespace, interface and file the lab made. Never fails
+        half-way: each step runs even if an earlier one found nothing to do."""
+        state = self.state_file.load() if self.state_file.exists() else LabState()
+        self._remove_leftovers(state)
+        daemons.stop_xenstored(self.dir)
+        daemons.stop_ovs(self.dir)
+        # The netdev datapath's taps: one per bridge for its LOCAL port, and ovs-netdev.
+        for b in [*state.bridges, BridgeRec("ovs-netdev")]:
+            if link_exists(b.name):
+                run(["ip", "link", "del", b.name], check=False)
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+
+    def _remove_leftovers(self, state: LabState) -> None:
+        for dom in state.domains.values():
+            for v in dom.vifs:
+                for dev in (v.dev, v.vifname, v.emu, f"{v.vifname}-emu" if v.vifname else None):
+                    if dev and link_exists(dev):
+                        run(["ip", "link", "del", dev], check=False)
+        for b in state.bridges:
+            if b.uplink and link_exists(b.uplink):
+                run(["ip", "link", "del", b.uplink], check=False)
+        for ns in netns_list():
+            if ns.startswith(NETNS_PREFIX):
+                run(["ip", "netns", "del", ns], check=False)
+
+    # -- status ------------------------------------------------------------------
+
+    def status(self) -> dict:
+        procs = {name: read_pid(self.dir / f"{name}.pid") for name in ("ovsdb-server", "ovs-vswitchd", "xenstored")}
+        state = self.state_file.load() if self.state_file.exists() else LabState()
+        return {
+            "dir": str(self.dir),
+            "up": self.is_up(),
+            "processes": procs,
+            "bridges": [b.__dict__ for b in state.bridges],
+            "domains": {
+                n: {"domid": d.domid, "vifs": [v.vifname or v.dev for v in d.vifs] + [v.emu for v in d.vifs if v.emu]}
+                for n, d in state.domains.items()
+            },
+        }

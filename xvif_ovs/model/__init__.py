@@ -1,0 +1,1 @@
+"""The host model: vifs, bridges and their VLANs, parsed and validated."""

@@ -1,0 +1,1 @@
+"""XenStore: the wire protocol, a server for hosts without Xen, and clients."""

@@ -1,0 +1,93 @@
+"""Finding and talking to XenStore the way Xen's own tools do.
+
+libxenstore looks at XENSTORED_PATH, then /var/run/xenstored/socket, then the kernel's
+xenbus device; doing the same means every xvif-ovs command works on a real dom0 and
+on the lab without flags.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from pyxs import Client
+from pyxs._internal import Op
+from pyxs.exceptions import PyXSError
+
+from ..errors import XvifError
+
+DEFAULT_SOCKET = "/var/run/xenstored/socket"
+XENBUS_DEVICES = ("/dev/xen/xenbus", "/proc/xen/xenbus")
+
+T = TypeVar("T")
+
+
+class XenStoreUnavailable(XvifError):
+    """No XenStore to talk to (xenstored not running, wrong XENSTORED_PATH)."""
+
+
+def locate() -> dict[str, str]:
+    """The pyxs Client keyword arguments for this host's XenStore."""
+    env = os.environ.get("XENSTORED_PATH")
+    if env:
+        return {"unix_socket_path": env}
+    if os.path.exists(DEFAULT_SOCKET):
+        return {"unix_socket_path": DEFAULT_SOCKET}
+    for dev in XENBUS_DEVICES:
+        if os.path.exists(dev):
+            return {"xen_bus_path": dev}
+    raise XenStoreUnavailable(
+        f"no XenStore found: XENSTORED_PATH is unset, {DEFAULT_SOCKET} and {XENBUS_DEVICES[0]} do not exist; "
+        "start xenstored (or, without Xen, `xvif-ovs lab up` and `eval $(xvif-ovs lab env)`)"
+    )
+
+
+@contextmanager
+def connect(socket_path: str | None = None) -> Iterator[Client]:
+    kwargs = {"unix_socket_path": socket_path} if socket_path else locate()
+    where = next(iter(kwargs.values()))
+    try:
+        client = Client(**kwargs)
+        client.connect()
+    except (OSError, PyXSError) as e:
+        raise XenStoreUnavailable(f"cannot connect to XenStore at {where}: {e}; is xenstored running?") from e
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def in_transaction(client: Client, fn: Callable[[Client], T], attempts: int = 20) -> T:
+    """Run ``fn`` in a XenStore transaction, retrying on EAGAIN as libxl does."""
+    for _ in range(attempts):
+        client.transaction()
+        try:
+            result = fn(client)
+        except BaseException:
+            if client.tx_id:
+                client.rollback()
+            raise
+        if client.commit():  # False: EAGAIN, a node we touched changed meanwhile
+            return result
+    raise XenStoreUnavailable(
+        f"XenStore transaction kept conflicting ({attempts} attempts); is something rewriting it?"
+    )
+
+
+def read_str(client: Client, path: str, default: str | None = None) -> str | None:
+    try:
+        return client.read(path.encode()).decode()
+    except PyXSError as e:
+        if e.args and e.args[0] == errno.ENOENT:
+            return default
+        raise
+
+
+def write(client: Client, path: str, value: str | bytes | int) -> None:
+    """Write a node; unlike ``Client.write`` this accepts the empty value libxl writes
+    to hotplug-status (pyxs refuses empty arguments)."""
+    data = value if isinstance(value, bytes) else str(value).encode()
+    client.ack(Op.WRITE, path.encode() + b"\0" + data)

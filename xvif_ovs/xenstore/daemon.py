@@ -1,0 +1,46 @@
+"""`xvif-ovs xenstored`: run the XenStore server in the foreground, as a service would."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from .server import XenStoreServer
+
+log = logging.getLogger("xvif_ovs.xenstored")
+
+
+def run(socket_path: str, pidfile: str | None = None, log_file: str | None = None, verbose: bool = False) -> int:
+    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("xvif_ovs")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:
+        asyncio.run(_main(socket_path, pidfile))
+    finally:
+        if pidfile:
+            Path(pidfile).unlink(missing_ok=True)
+    return 0
+
+
+async def _main(socket_path: str, pidfile: str | None) -> None:
+    server = XenStoreServer()
+    await server.start(socket_path)
+    if pidfile:
+        # Written only once the socket accepts, so a waiter on the pidfile can connect.
+        tmp = f"{pidfile}.tmp"
+        Path(tmp).write_text(f"{os.getpid()}\n")
+        os.replace(tmp, pidfile)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    serving = asyncio.create_task(server.serve_forever())
+    await stop.wait()
+    log.info("stopping")
+    serving.cancel()
+    Path(socket_path).unlink(missing_ok=True)
