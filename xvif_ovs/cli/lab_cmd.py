@@ -76,6 +76,14 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
     rm.add_argument("name")
     rm.set_defaults(func=_domain_del)
 
+    demo = cmds.add_parser(
+        "demo",
+        help="bring a host up, boot guests on VLANs, show XenStore, OVS and reachability",
+        epilog="example: xvif-ovs lab demo --keep",
+    )
+    demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards to explore it")
+    demo.set_defaults(func=_demo)
+
     ex = cmds.add_parser(
         "exec", help="run a command in a guest (or 'lan')", epilog="example: xvif-ovs lab exec lan -- ip addr"
     )
@@ -169,6 +177,15 @@ def _domain_del(args: argparse.Namespace) -> int:
 
     del_domain(_lab(args), args.name)
     return 0
+
+
+@_guarded
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..lab.demo import run_demo
+
+    return run_demo(Path(args.dir) if args.dir else None, args.keep)
 
 
 @_guarded

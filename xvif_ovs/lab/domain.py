@@ -24,7 +24,7 @@ from ..xenstore.client import write as xs_write
 from ..xenstore.protocol import Op
 from .host import Lab
 from .sh import link_exists, run
-from .state import DomainRec, VifRec
+from .state import DomainRec, LabState, VifRec
 
 XEN_SCRIPT_DIR = Path(os.environ.get("XEN_SCRIPT_DIR", "/etc/xen/scripts"))
 DEFAULT_SCRIPT = "vif-openvswitch"
@@ -48,24 +48,23 @@ def resolve_script(script: str | None) -> str:
 
 
 def add_domain(lab: Lab, name: str, domid: int, specs: list[str], hvm: bool = False, netbsd: bool = False) -> DomainRec:
-    state = lab.require_up()
+    lab.require_up()
     if not _NAME.match(name) or name == "lan" or name.startswith("lan-"):
         raise LabError(f"domain name {name!r}: use 1-40 of A-Z a-z 0-9 _ . - (and not 'lan', which is the LAN side)")
     if not 1 <= domid <= DOMID_MAX:
         raise LabError(f"domid {domid} is out of range: guests have 1-{DOMID_MAX} (0 is dom0)")
-    vifs = _plan_vifs(lab, specs, domid, hvm, netbsd)
-    dom = DomainRec(name, domid, str(uuid.uuid4()), hvm, netbsd, vifs)
+    _check_unique(lab.state_file.load(), name, domid)  # early, for the clearest error
+    planned = _plan_vifs(lab, specs, domid, hvm, netbsd)
+    dom = DomainRec(name, domid, str(uuid.uuid4()), hvm, netbsd, [v for v, _ in planned])
+    by_devid = {v.devid: spec for v, spec in planned}
     with lab.state_file.locked() as st:
-        if name in st.domains:
-            raise LabError(f"a domain named {name} already exists (domid {st.domains[name].domid})")
-        clash = next((d for d in st.domains.values() if d.domid == domid), None)
-        if clash:
-            raise LabError(f"domid {domid} is already used by domain {clash.name}")
+        _check_unique(st, name, domid)  # again under the lock: a concurrent add may have won
         st.domains[name] = dom  # reserved: a concurrent add of the same name or domid fails
     try:
-        _build(lab, dom, state)
+        _build(lab, dom, by_devid)
     except BaseException as e:
-        _teardown(lab, dom, run_scripts=False)
+        # As libxl does on a failed boot: run the scripts' offline/remove, then undo the rest.
+        _teardown(lab, dom, strict=False)
         with lab.state_file.locked() as st:
             st.domains.pop(name, None)
         if isinstance(e, VifSpecError):
@@ -74,7 +73,16 @@ def add_domain(lab: Lab, name: str, domid: int, specs: list[str], hvm: bool = Fa
     return dom
 
 
-def _plan_vifs(lab: Lab, specs: list[str], domid: int, hvm: bool, netbsd: bool) -> list[VifRec]:
+def _check_unique(st: LabState, name: str, domid: int) -> None:
+    if name in st.domains:
+        raise LabError(f"a domain named {name} already exists (domid {st.domains[name].domid})")
+    clash = next((d for d in st.domains.values() if d.domid == domid), None)
+    if clash:
+        raise LabError(f"domid {domid} is already used by domain {clash.name}")
+
+
+def _plan_vifs(lab: Lab, specs: list[str], domid: int, hvm: bool, netbsd: bool) -> list[tuple[VifRec, VifSpec]]:
+    """Check every vif before anything is made, so a bad one leaves the host untouched."""
     state = lab.state_file.load()
     parsed: list[tuple[int, VifSpec]] = []
     for i, text in enumerate(specs):
@@ -99,7 +107,7 @@ def _plan_vifs(lab: Lab, specs: list[str], domid: int, hvm: bool, netbsd: bool) 
         for taken in (dev, spec.vifname):
             if taken and link_exists(taken):
                 raise LabError(f"an interface named {taken} already exists on this host")
-        out.append(
+        rec = (
             VifRec(
                 devid=devid,
                 dev=dev,
@@ -110,23 +118,24 @@ def _plan_vifs(lab: Lab, specs: list[str], domid: int, hvm: bool, netbsd: bool) 
                 emu=f"{dev}-emu" if hvm else None,
                 emu_frontend=f"emu{devid}" if hvm else None,
                 vifname=spec.vifname,
-            )
+            ),
+            spec,
         )
-        out[-1].spec = spec  # type: ignore[attr-defined]  # kept for _build, not saved
+        out.append(rec)
     return out
 
 
-def _build(lab: Lab, dom: DomainRec, state) -> None:  # noqa: ANN001
+def _build(lab: Lab, dom: DomainRec, specs: dict[int, VifSpec]) -> None:
     ns = dom.netns
     run(["ip", "netns", "add", ns])
     run(["ip", "link", "set", "lo", "up"], netns=ns)
     for v in dom.vifs:
-        spec: VifSpec = v.spec  # type: ignore[attr-defined]
+        spec = specs[v.devid]
         _make_nic(ns, v.dev, v.frontend, v.mac, spec, up=True)
         if v.emu:
             # The emulated twin shares the MAC; the guest's PV driver has taken over, so it is down.
             _make_nic(ns, v.emu, v.emu_frontend, v.mac, spec, up=False)
-    _write_xenstore(lab, dom)
+    _write_xenstore(lab, dom, specs)
     for v in dom.vifs:
         if v.emu:
             _run_script(lab, dom, v, "add", tap=True)
@@ -152,7 +161,7 @@ def _backend_path(domid: int, devid: int) -> str:
     return f"/local/domain/0/backend/vif/{domid}/{devid}"
 
 
-def _write_xenstore(lab: Lab, dom: DomainRec) -> None:
+def _write_xenstore(lab: Lab, dom: DomainRec, specs: dict[int, VifSpec]) -> None:
     n = dom.domid
     vm = f"/vm/{dom.uuid}"
     with connect(str(lab.xenstore_socket)) as xs:
@@ -165,7 +174,7 @@ def _write_xenstore(lab: Lab, dom: DomainRec) -> None:
             w(f"{vm}/name", dom.name)
             w(f"{vm}/uuid", dom.uuid)
             for v in dom.vifs:
-                spec: VifSpec = v.spec  # type: ignore[attr-defined]
+                spec = specs[v.devid]
                 be, fe = _backend_path(n, v.devid), f"/local/domain/{n}/device/vif/{v.devid}"
                 for k, val in (("backend", be), ("backend-id", 0), ("state", 1), ("handle", v.devid), ("mac", v.mac)):
                     w(f"{fe}/{k}", val)
@@ -219,6 +228,9 @@ def _run_script(lab: Lab, dom: DomainRec, v: VifRec, action: str, tap: bool) -> 
         raise LabError(f"hotplug script `{shlex.join(argv)}` did not finish within {HOTPLUG_TIMEOUT} s") from e
     be = _backend_path(dom.domid, v.devid)
     if action not in ("online", "add"):
+        if proc.returncode != 0:
+            why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise LabError(f"hotplug script {v.script} {action} for {v.emu if tap else v.dev} failed: {why}")
         return
     with connect(str(lab.xenstore_socket)) as xs:
         status = read_str(xs, f"{be}/hotplug-status", "")
@@ -234,21 +246,21 @@ def del_domain(lab: Lab, name: str) -> None:
     dom = state.domains.get(name)
     if dom is None:
         raise LabError(f"no domain named {name} (domains: {', '.join(state.domains) or 'none'})")
-    _teardown(lab, dom, run_scripts=True)
+    _teardown(lab, dom, strict=True)
     with lab.state_file.locked() as st:
         st.domains.pop(name, None)
 
 
-def _teardown(lab: Lab, dom: DomainRec, run_scripts: bool) -> None:
-    """Undo add_domain as far as it got; every step tolerates a missing piece."""
+def _teardown(lab: Lab, dom: DomainRec, strict: bool) -> None:
+    """Undo add_domain as far as it got; every step tolerates a missing piece.
+    ``strict``: report what failed (for `domain del`), after doing every step anyway."""
     errors: list[str] = []
     for v in dom.vifs:
-        if run_scripts:
-            for action, tap in (("offline", False), ("remove", True)) if v.emu else (("offline", False),):
-                try:
-                    _run_script(lab, dom, v, action, tap)
-                except LabError as e:
-                    errors.append(str(e))
+        for action, tap in (("offline", False), ("remove", True)) if v.emu else (("offline", False),):
+            try:
+                _run_script(lab, dom, v, action, tap)
+            except LabError as e:
+                errors.append(str(e))
         for dev in (v.dev, v.vifname, v.emu, f"{v.vifname}-emu" if (v.vifname and v.emu) else None):
             if dev and link_exists(dev):
                 run(["ip", "link", "del", dev], check=False)
@@ -266,5 +278,5 @@ def _teardown(lab: Lab, dom: DomainRec, run_scripts: bool) -> None:
     except Exception as e:  # noqa: BLE001 - teardown goes on; the error is reported below
         errors.append(f"XenStore clean-up: {e}")
     run(["ip", "netns", "del", dom.netns], check=False)
-    if errors and run_scripts:
+    if errors and strict:
         raise LabError("; ".join(errors))

@@ -69,9 +69,9 @@ class Lab:
     def up(self, bridges: list[BridgeArg] | None = None) -> LabState:
         require_tools(*REQUIRED_TOOLS)
         bridges = bridges if bridges is not None else [BridgeArg("xenbr0", "peth0")]
-        self._check_bridges(bridges)
         if self.is_up():
             raise LabError(f"a lab is already up at {self.dir}; `xvif-ovs lab down` first")
+        self._check_bridges(bridges)
         others = [n for n in netns_list() if n.startswith(NETNS_PREFIX)]
         if others:
             raise LabError(
@@ -126,7 +126,7 @@ class Lab:
             return BridgeRec(b.name)
         lan = "lan" if index == 0 else f"lan-{b.name}"
         ns = netns_of(lan)
-        v4 = _LAN_V4[index] if index < len(_LAN_V4) else f"198.18.{index}.1/24"
+        v4 = _LAN_V4[index] if index < len(_LAN_V4) else f"198.19.{index}.1/24"
         v6 = f"2001:db8:{index}::1/64"
         run(["ip", "netns", "add", ns])
         run(["ip", "link", "add", b.uplink, "type", "veth", "peer", "name", "eth0", "netns", ns])

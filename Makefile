@@ -1,0 +1,18 @@
+# Developer shortcuts; the README's deploy/setup.sh is the one way to set a machine up.
+VENV ?= .venv
+
+.PHONY: setup demo test unit lint fmt
+setup:
+	bash deploy/setup.sh
+demo:
+	$(VENV)/bin/xvif-ovs lab demo
+test:
+	$(VENV)/bin/python -m pytest -ra
+unit:
+	$(VENV)/bin/python -m pytest -q tests/unit tests/xenstore
+lint:
+	$(VENV)/bin/ruff check xvif_ovs tests
+	$(VENV)/bin/ruff format --check xvif_ovs tests
+fmt:
+	$(VENV)/bin/ruff check --fix xvif_ovs tests
+	$(VENV)/bin/ruff format xvif_ovs tests

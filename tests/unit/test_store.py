@@ -1,0 +1,82 @@
+"""The XenStore tree and transactions, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from xvif_ovs.xenstore.paths import Perm
+from xvif_ovs.xenstore.protocol import XsError
+from xvif_ovs.xenstore.store import Event, Store, Transaction, matches
+
+
+def test_write_reports_one_event_for_the_written_node():
+    s = Store()
+    assert s.write(None, "/a/b/c", b"v") == [Event("/a/b/c")]
+    assert s.directory(None, "/a") == ["b"]
+
+
+def test_rm_reports_descendants_exactly_and_the_top_broadly():
+    s = Store()
+    s.write(None, "/a/b/c", b"v")
+    events = s.rm(None, "/a")
+    assert Event("/a") in events and Event("/a/b/c", exact=True) in events
+    assert matches("/a/b/c", Event("/a/b/c", exact=True))
+    assert not matches("/a/b", Event("/a/b/c", exact=True))
+    assert matches("/", Event("/a"))
+    assert not matches("/", Event("@introduceDomain"))
+
+
+def test_transaction_sees_its_own_writes_and_hides_them_from_others():
+    s = Store()
+    tx = Transaction()
+    s.write(tx, "/x/y", b"1")
+    assert s.read(tx, "/x/y") == b"1"
+    assert not s.exists(None, "/x")
+    s.commit(tx)
+    assert s.read(None, "/x/y") == b"1"
+
+
+def test_rm_inside_a_transaction_then_recreate():
+    s = Store()
+    s.write(None, "/r/a/b", b"1")
+    tx = Transaction()
+    s.rm(tx, "/r/a")
+    assert not s.exists(tx, "/r/a/b")
+    s.write(tx, "/r/a/c", b"2")
+    s.commit(tx)
+    assert s.directory(None, "/r/a") == ["c"]
+    assert not s.exists(None, "/r/a/b")
+
+
+def test_conflict_only_on_touched_nodes():
+    s = Store()
+    s.write(None, "/n1", b"a")
+    s.write(None, "/n2", b"a")
+    tx = Transaction()
+    s.read(tx, "/n1")
+    s.write(None, "/n2", b"b")
+    s.commit(tx)  # fine
+    tx = Transaction()
+    s.read(tx, "/n1")
+    s.write(None, "/n1", b"b")
+    with pytest.raises(XsError) as e:
+        s.commit(tx)
+    assert e.value.errno_name == "EAGAIN"
+
+
+def test_adding_a_child_changes_the_parent_for_directory_readers():
+    s = Store()
+    s.mkdir(None, "/dir")
+    tx = Transaction()
+    s.directory(tx, "/dir")
+    s.write(None, "/dir/new", b"")
+    with pytest.raises(XsError):
+        s.commit(tx)
+
+
+def test_new_nodes_inherit_parent_permissions():
+    s = Store()
+    s.write(None, "/p", b"")
+    s.set_perms(None, "/p", (Perm("n", 5), Perm("r", 0)))
+    s.write(None, "/p/q/r", b"")
+    assert s.get_perms(None, "/p/q/r") == (Perm("n", 5), Perm("r", 0))
