@@ -21,6 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     xs.add_argument("-v", "--verbose", action="store_true", help="log every request error")
     xs.set_defaults(func=_xenstored)
 
+    hp = sub.add_parser(
+        "hotplug",
+        help="the vif hotplug hook (what deploy/vif-xvif-ovs runs for libxl)",
+        epilog="example: vif=vif5.0 XENBUS_PATH=/local/domain/0/backend/vif/5/0 xvif-ovs hotplug online",
+    )
+    hp.add_argument("args", nargs=argparse.REMAINDER, help="online|offline|add|remove [type_if=tap]")
+    hp.set_defaults(func=_hotplug)
+
     from .lab_cmd import add_lab_parser
 
     add_lab_parser(sub)
@@ -31,6 +39,14 @@ def _xenstored(args: argparse.Namespace) -> int:
     from ..xenstore.daemon import run
 
     return run(args.socket, args.pidfile, args.log_file, args.verbose)
+
+
+def _hotplug(args: argparse.Namespace) -> int:
+    import os
+
+    from ..hotplug.run import run
+
+    return run(args.args, os.environ)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,12 +13,14 @@ import os
 import random
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 from ..errors import LabError, VifSpecError
-from ..model.vifspec import XEN_OUI, VifSpec, parse_vif_spec
+from ..model.vifspec import XEN_OUI, VifSpec, format_ip, parse_vif_spec
 from ..xenstore.client import connect, in_transaction, read_str
 from ..xenstore.client import write as xs_write
 from ..xenstore.protocol import Op
@@ -27,7 +29,9 @@ from .sh import link_exists, run
 from .state import DomainRec, LabState, VifRec
 
 XEN_SCRIPT_DIR = Path(os.environ.get("XEN_SCRIPT_DIR", "/etc/xen/scripts"))
-DEFAULT_SCRIPT = "vif-openvswitch"
+DEFAULT_SCRIPT = "vif-xvif-ovs"
+# The hook as the package ships it, for hosts where it is not installed in XEN_SCRIPT_DIR.
+PACKAGED_HOOK = Path(__file__).resolve().parent.parent / "hotplug" / "vif-xvif-ovs"
 HOTPLUG_TIMEOUT = 40  # LIBXL_HOTPLUG_TIMEOUT
 NETBACK_MAC = "fe:ff:ff:ff:ff:ff"  # netback gives every backend vif this MAC
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
@@ -42,6 +46,8 @@ def random_mac() -> str:
 def resolve_script(script: str | None) -> str:
     name = script or DEFAULT_SCRIPT
     path = Path(name) if name.startswith("/") else XEN_SCRIPT_DIR / name
+    if name == DEFAULT_SCRIPT and not path.exists():
+        path = PACKAGED_HOOK
     if not os.access(path, os.X_OK):
         raise LabError(f"hotplug script {path} does not exist or is not executable; install it or fix script=")
     return str(path)
@@ -190,9 +196,7 @@ def _write_xenstore(lab: Lab, dom: DomainRec, specs: dict[int, VifSpec]) -> None
                     "type": "vif_ioemu" if v.emu else "vif",
                 }
                 if spec.ips:
-                    keys["ip"] = " ".join(
-                        str(i.ip) if i.network.prefixlen == i.max_prefixlen else str(i) for i in spec.ips
-                    )
+                    keys["ip"] = " ".join(format_ip(i) for i in spec.ips)
                 for k in ("vifname", "mtu", "vlan", "gatewaydev"):
                     if k in spec.raw:
                         keys[k] = spec.raw[k]
@@ -211,12 +215,26 @@ def _write_xenstore(lab: Lab, dom: DomainRec, specs: dict[int, VifSpec]) -> None
 
 def _script_env(lab: Lab, dom: DomainRec, v: VifRec, tap: bool) -> tuple[list[str], dict[str, str]]:
     be = _backend_path(dom.domid, v.devid)
-    env = {**lab.env(), "XENBUS_PATH": be, "XENBUS_TYPE": "vif", "XENBUS_BASE_PATH": "backend", "script": v.script}
+    env = {
+        **lab.env(),
+        "XENBUS_PATH": be,
+        "XENBUS_TYPE": "vif",
+        "XENBUS_BASE_PATH": "backend",
+        "script": v.script,
+        "XVIF_OVS": _xvif_ovs_command(),
+        "XVIF_HOTPLUG_LOG": str(lab.dir / "xen-hotplug.log"),
+    }
     if tap:
         env.update(type_if="tap", INTERFACE=v.emu or "")
         return ["type_if=tap"], env
     env["vif"] = v.dev
     return [], env
+
+
+def _xvif_ovs_command() -> str:
+    """This installation's xvif-ovs, so the hook runs the same code as the lab."""
+    beside = Path(sys.executable).parent / "xvif-ovs"
+    return str(beside) if beside.exists() else (shutil.which("xvif-ovs") or "xvif-ovs")
 
 
 def _run_script(lab: Lab, dom: DomainRec, v: VifRec, action: str, tap: bool) -> None:

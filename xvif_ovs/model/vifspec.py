@@ -172,6 +172,11 @@ def parse_ips(text: str) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interf
     return tuple(out)
 
 
+def format_ip(ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> str:
+    """As libxl writes ``ip``: a bare address for a host, address/prefix for a network."""
+    return str(ip.ip) if ip.network.prefixlen == ip.max_prefixlen else str(ip)
+
+
 def parse_mtu(text: str) -> int:
     if not text.isdigit() or not 68 <= int(text) <= 65535:
         raise VifSpecError(f"mtu {text!r} is not a number in 68-65535")

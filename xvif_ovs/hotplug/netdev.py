@@ -1,0 +1,66 @@
+"""Kernel link operations the hook needs (up, down, rename, MTU), by ioctl.
+
+Spawning `ip` for each would cost more than the OVSDB transaction; these are four
+ioctls that every Linux since 2.2 has.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+
+from ..errors import XvifError
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFMTU = 0x8922
+SIOCSIFNAME = 0x8923
+IFF_UP = 0x1
+
+
+class NetdevError(XvifError):
+    """A kernel network device is missing or refused a change."""
+
+
+def _ioctl(name: str, request: int, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            return fcntl.ioctl(s, request, struct.pack("16s", name.encode()) + payload)
+        except OSError as e:
+            raise NetdevError(f"{name}: {os.strerror(e.errno or 0)}") from None
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def _flags(name: str) -> int:
+    return struct.unpack("H", _ioctl(name, SIOCGIFFLAGS, b"\0" * 16)[16:18])[0]
+
+
+def set_up(name: str, up: bool = True) -> None:
+    flags = _flags(name)
+    new = flags | IFF_UP if up else flags & ~IFF_UP
+    if new != flags:
+        _ioctl(name, SIOCSIFFLAGS, struct.pack("H", new) + b"\0" * 14)
+
+
+def is_up(name: str) -> bool:
+    return bool(_flags(name) & IFF_UP)
+
+
+def rename(old: str, new: str) -> None:
+    """The device must be down; vif-common.sh refuses if ``new`` exists, and so do we."""
+    if exists(new):
+        raise NetdevError(
+            f"cannot rename {old} to {new}: an interface named {new} already exists "
+            "(another guest's vifname?); choose another vifname"
+        )
+    set_up(old, False)
+    _ioctl(old, SIOCSIFNAME, struct.pack("16s", new.encode()))
+
+
+def set_mtu(name: str, mtu: int) -> None:
+    _ioctl(name, SIOCSIFMTU, struct.pack("i", mtu) + b"\0" * 12)

@@ -1,0 +1,127 @@
+"""`xvif-ovs hotplug ACTION`: the body of deploy/vif-xvif-ovs.
+
+Order matters for "a failure changes nothing": read and validate everything (XenStore,
+the kernel device, OVSDB) first; then rename the device if vifname asks for it; then
+one OVSDB transaction; only then bring the link up and report `connected`. Any error
+before the transaction leaves OVSDB untouched; the rename is undone if the transaction
+fails; the error goes to hotplug-error as Xen's scripts write it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from pyxs import Client
+
+from ..errors import XvifError
+from ..ovsdb.client import Ovsdb
+from ..xenstore.client import XenStoreUnavailable, connect, in_transaction, read_str, write
+from . import netdev, ovsport
+from .log import HotplugLog
+from .request import HotplugRequest, HotplugUsageError, parse_request
+from .vifconfig import VifConfig, read_vif
+
+
+def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    log = HotplugLog(env)
+    t0 = time.monotonic()
+    try:
+        req = parse_request(argv, env)
+    except HotplugUsageError as e:
+        log.error(str(e))
+        return 1
+    if not req.applies:
+        return 0  # vif-common.sh: online/offline is for the vif, add/remove for the tap
+    where = f"{req.action} {req.dev} (domid {req.domid} devid {req.devid})"
+    try:
+        with connect(env.get("XENSTORED_PATH")) as xs:
+            try:
+                summary = _attach(xs, req, env) if req.attach else _detach(xs, req, env)
+            except XvifError as e:
+                log.error(f"{where}: {e}")
+                if req.attach:
+                    _report_error(xs, req, str(e))
+                return 1
+    except XenStoreUnavailable as e:
+        log.error(f"{where}: {e}")
+        return 1
+    log.info(f"{where} {summary} ({(time.monotonic() - t0) * 1000:.0f} ms)")
+    return 0
+
+
+def _attach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
+    cfg = read_vif(xs, req.xenbus_path, req.domid, req.devid)
+    target = cfg.device_name(req.tap, req.dev)
+    renamed = False
+    if not netdev.exists(req.dev) and not netdev.exists(target):
+        raise netdev.NetdevError(
+            f"device {req.dev} does not exist: netback (or QEMU, for the -emu tap) creates it before the hook runs"
+        )
+    with Ovsdb(env.get("XVIF_OVSDB")) as db:
+        # Checked before the rename so that a bad vif leaves even the kernel as it was.
+        ovsport.check(db, ovsport.read_snapshot(db, cfg.bridge.name, target, cfg.mac), cfg)
+        if target != req.dev and netdev.exists(req.dev):
+            netdev.rename(req.dev, target)
+            renamed = True
+        try:
+            if cfg.mtu:
+                netdev.set_mtu(target, cfg.mtu)
+            ofport = ovsport.attach(db, cfg, target, req.tap)
+        except BaseException:
+            if renamed:
+                netdev.rename(target, req.dev)
+            raise
+    netdev.set_up(target)
+
+    def report(c: Client) -> None:
+        write(c, f"{req.xenbus_path}/{'ofport-emu' if req.tap else 'ofport'}", str(ofport))
+        if not req.tap:  # libxl and netback wait for this; the tap's script reports by exit status
+            if c.exists(f"{req.xenbus_path}/hotplug-error".encode()):
+                c.delete(f"{req.xenbus_path}/hotplug-error".encode())
+            write(c, f"{req.xenbus_path}/hotplug-status", "connected")
+
+    in_transaction(xs, report)
+    port = f"port {target} " if target != req.dev else ""
+    return f"{port}bridge={cfg.bridge.name} {_vlans(cfg)} mac={cfg.mac} ofport={ofport}: connected"
+
+
+def _detach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
+    # The backend node may already be half gone; the device name is all we need then.
+    vifname = read_str(xs, f"{req.xenbus_path}/vifname")
+    names = {req.dev}
+    if vifname:
+        names.add(f"{vifname}-emu" if req.tap else vifname)
+    with Ovsdb(env.get("XVIF_OVSDB")) as db:
+        removed = ovsport.detach(db, sorted(names), req.domid, req.devid, req.tap)
+    for name in names:
+        if netdev.exists(name):
+            netdev.set_up(name, False)
+    key = f"{req.xenbus_path}/{'ofport-emu' if req.tap else 'ofport'}".encode()
+    if xs.exists(key):
+        xs.delete(key)
+    return f"removed {', '.join(removed)}" if removed else "not on any bridge: nothing to do"
+
+
+def _vlans(cfg: VifConfig) -> str:
+    b = cfg.bridge
+    if b.vlan_mode == "access":
+        return f"vlan=access:{b.tag}"
+    if b.vlan_mode == "trunk":
+        return f"vlan=trunk:{','.join(map(str, b.trunks))}"
+    if b.vlan_mode == "native-untagged":
+        return f"vlan=native:{b.tag}+trunk:{','.join(map(str, b.trunks))}"
+    return "vlan=untagged"
+
+
+def _report_error(xs: Client, req: HotplugRequest, message: str) -> None:
+    """As Xen's fatal(): hotplug-error = message, hotplug-status = error."""
+    try:
+
+        def report(c: Client) -> None:
+            write(c, f"{req.xenbus_path}/hotplug-error", message)
+            write(c, f"{req.xenbus_path}/hotplug-status", "error")
+
+        in_transaction(xs, report)
+    except Exception:  # noqa: BLE001 - the error is already logged; XenStore may be the problem
+        pass

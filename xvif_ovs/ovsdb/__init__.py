@@ -1,0 +1,1 @@
+"""OVSDB, spoken natively through python-ovs: finding the server, and transactions."""
