@@ -11,7 +11,7 @@ from xvif_ovs.model.vifspec import BridgeSpec, parse_bridge, parse_mac, parse_vi
 @pytest.mark.parametrize(
     ("text", "want", "mode", "ovs_trunks"),
     [
-        ("xenbr0", BridgeSpec("xenbr0"), None, ()),
+        ("xenbr0", BridgeSpec("xenbr0"), "access", ()),
         ("xenbr0.10", BridgeSpec("xenbr0", 10), "access", ()),
         ("xenbr0:10:20", BridgeSpec("xenbr0", None, (10, 20)), "trunk", (10, 20)),
         ("xenbr0.10:20:30", BridgeSpec("xenbr0", 10, (20, 30)), "native-untagged", (10, 20, 30)),

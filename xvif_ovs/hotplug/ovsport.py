@@ -149,7 +149,7 @@ def plan_attach(snap: Snapshot, cfg: VifConfig, tap: bool, ofport: int) -> list[
                 "interfaces": ["named-uuid", "iface"],
                 "tag": b.tag if b.tag is not None else ovs_set([]),
                 "trunks": ovs_set(list(b.ovs_trunks)),
-                "vlan_mode": b.vlan_mode or ovs_set([]),
+                "vlan_mode": b.vlan_mode,
                 "external_ids": ovs_map({"xvif-domid": str(cfg.domid), "xvif-devid": str(cfg.devid)}),
             },
         },

@@ -106,12 +106,10 @@ def _detach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
 def _vlans(cfg: VifConfig) -> str:
     b = cfg.bridge
     if b.vlan_mode == "access":
-        return f"vlan=access:{b.tag}"
+        return f"vlan=access:{b.tag}" if b.tag is not None else "vlan=untagged"
     if b.vlan_mode == "trunk":
         return f"vlan=trunk:{','.join(map(str, b.trunks))}"
-    if b.vlan_mode == "native-untagged":
-        return f"vlan=native:{b.tag}+trunk:{','.join(map(str, b.trunks))}"
-    return "vlan=untagged"
+    return f"vlan=native:{b.tag}+trunk:{','.join(map(str, b.trunks))}"
 
 
 def _report_error(xs: Client, req: HotplugRequest, message: str) -> None:

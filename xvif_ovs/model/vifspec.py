@@ -85,14 +85,15 @@ class BridgeSpec:
     trunks: tuple[int, ...] = ()
 
     @property
-    def vlan_mode(self) -> str | None:
+    def vlan_mode(self) -> str:
+        """OVS's vlan_mode. A vif without VLANs is an access port of the untagged network
+        (VLAN 0): OVS's default for a port without tag is a trunk of every VLAN, which
+        would hand a plain guest every VLAN's floods (as vif-openvswitch does)."""
         if self.tag is not None and self.trunks:
             return "native-untagged"
         if self.trunks:
             return "trunk"
-        if self.tag is not None:
-            return "access"
-        return None
+        return "access"
 
     @property
     def ovs_trunks(self) -> tuple[int, ...]:

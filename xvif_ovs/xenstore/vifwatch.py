@@ -1,0 +1,127 @@
+"""Vifs appearing, changing and disappearing in XenStore, as events.
+
+The controller derives its flows from what XenStore says about each vif; a vif whose
+mac or ip is rewritten must get new flows without another hotplug run. One XenStore
+watch on the backend directory tells which vif changed; the watcher re-reads only that
+vif and compares it with what it last saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pyxs import Client
+from pyxs.exceptions import PyXSError
+
+from .client import locate
+
+BACKEND_ROOT = "/local/domain/0/backend/vif"
+_VIF_PATH = re.compile(r"^/local/domain/0/backend/vif(?:/(\d+)(?:/(\d+))?)?(?:/.*)?$")
+TOKEN = b"xvif-ovs-vifs"
+
+
+@dataclass(frozen=True)
+class VifEvent:
+    kind: Literal["added", "changed", "removed"]
+    domid: int
+    devid: int
+    keys: dict[str, str] = field(default_factory=dict)  # the backend node's keys now (empty once removed)
+    changed: frozenset[str] = frozenset()  # which keys differ from the last event for this vif
+
+    @property
+    def backend(self) -> str:
+        return f"{BACKEND_ROOT}/{self.domid}/{self.devid}"
+
+
+class VifWatcher:
+    """Iterate ``events()``; the first events are an ``added`` per existing vif."""
+
+    def __init__(self, socket_path: str | None = None) -> None:
+        kwargs = {"unix_socket_path": socket_path} if socket_path else locate()
+        self._reader = Client(**kwargs)
+        self._watcher = Client(**kwargs)
+        self._reader.connect()
+        self._watcher.connect()
+        self._monitor = self._watcher.monitor()
+        self._known: dict[tuple[int, int], dict[str, str]] = {}
+
+    def close(self) -> None:
+        for c in (self._watcher, self._reader):
+            with contextlib.suppress(Exception):  # closing a dead connection
+                c.close()
+
+    def __enter__(self) -> VifWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def events(self, timeout: float | None = None) -> Iterator[VifEvent]:
+        """Yield events until ``timeout`` seconds pass without one (forever if None)."""
+        self._monitor.watch(BACKEND_ROOT.encode(), TOKEN)
+        while True:
+            try:
+                path, _token = self._monitor.events.get(timeout=timeout)
+            except queue.Empty:
+                return
+            yield from self._resync(path.decode())
+
+    def _resync(self, path: str) -> Iterator[VifEvent]:
+        m = _VIF_PATH.match(path)
+        if not m:
+            return
+        if m.group(2) is not None:
+            vifs = {(int(m.group(1)), int(m.group(2)))}
+        elif m.group(1) is not None:
+            domid = int(m.group(1))
+            vifs = {v for v in self._known if v[0] == domid} | {
+                (domid, d) for d in self._list(f"{BACKEND_ROOT}/{domid}")
+            }
+        else:  # the root itself: the first event, or the whole tree removed
+            vifs = set(self._known) | {
+                (int(d), int(n))
+                for d in self._list(BACKEND_ROOT)
+                if d.isdigit()
+                for n in self._list(f"{BACKEND_ROOT}/{d}")
+            }
+        for domid, devid in sorted(vifs):
+            yield from self._compare(domid, devid)
+
+    def _compare(self, domid: int, devid: int) -> Iterator[VifEvent]:
+        now = self._read_vif(f"{BACKEND_ROOT}/{domid}/{devid}")
+        before = self._known.get((domid, devid))
+        if now is None:
+            if before is not None:
+                del self._known[(domid, devid)]
+                yield VifEvent("removed", domid, devid, {}, frozenset(before))
+            return
+        if before is None:
+            self._known[(domid, devid)] = now
+            yield VifEvent("added", domid, devid, now, frozenset(now))
+        elif now != before:
+            self._known[(domid, devid)] = now
+            diff = {k for k in now.keys() | before.keys() if now.get(k) != before.get(k)}
+            yield VifEvent("changed", domid, devid, now, frozenset(diff))
+
+    def _list(self, path: str) -> list[str]:
+        try:
+            return [n.decode() for n in self._reader.list(path.encode())]
+        except PyXSError:
+            return []
+
+    def _read_vif(self, path: str) -> dict[str, str] | None:
+        keys = {}
+        try:
+            for name in self._reader.list(path.encode()):
+                try:
+                    keys[name.decode()] = self._reader.read(path.encode() + b"/" + name).decode()
+                except PyXSError:
+                    continue  # removed between list and read
+        except PyXSError:
+            return None
+        return keys
