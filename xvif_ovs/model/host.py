@@ -1,0 +1,89 @@
+"""The host as the controller sees it: per bridge, its uplinks, dom0's LOCAL port and
+its vifs, joined from XenStore (what each vif is) and OVSDB/OpenFlow (where it is).
+
+Pure data; the pipeline is a function of one BridgeModel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from .vifspec import BridgeSpec
+
+IP = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+@dataclass(frozen=True)
+class VifModel:
+    """One guest NIC. An HVM NIC has two backends (the PV vif and the emulated tap)
+    that share the MAC; traffic for the MAC goes to whichever is live."""
+
+    domid: int
+    devid: int
+    mac: str
+    vlans: BridgeSpec
+    ips: tuple[IP, ...] = ()
+    vif_port: int | None = None  # ofport of vifD.N
+    emu_port: int | None = None  # ofport of vifD.N-emu
+    vif_live: bool = True
+    emu_live: bool = False
+    trusted: bool = False  # may send DHCP server replies and router advertisements (a router VM)
+    private: bool = False  # reaches the uplink but no other guest
+    name: str = ""  # the domain's name, for logs and the CLI
+
+    @property
+    def key(self) -> str:
+        return f"{self.domid}.{self.devid}"
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(p for p in (self.vif_port, self.emu_port) if p is not None)
+
+    @property
+    def active_port(self) -> int | None:
+        """Where frames for the MAC go: the PV vif once its link is up, else the tap."""
+        if self.vif_port is not None and (self.vif_live or self.emu_port is None or not self.emu_live):
+            return self.vif_port
+        return self.emu_port
+
+    @property
+    def access_vlans(self) -> tuple[int, ...]:
+        """The VLANs (0 = the untagged network) this NIC belongs to."""
+        b = self.vlans
+        if b.vlan_mode == "access":
+            return (b.tag or 0,)
+        if b.vlan_mode == "trunk":
+            return tuple(b.trunks)
+        return tuple(sorted({b.tag or 0, *b.trunks}))
+
+    def tagged_on_wire(self, vlan: int) -> bool:
+        """Whether frames of ``vlan`` carry an 802.1Q tag on this NIC's port."""
+        b = self.vlans
+        if b.vlan_mode == "access":
+            return False
+        if b.vlan_mode == "trunk":
+            return True
+        return vlan != b.tag
+
+
+@dataclass(frozen=True)
+class BridgeModel:
+    name: str
+    uplinks: tuple[int, ...] = ()  # ofports of PIFs (carry every VLAN tagged, VLAN 0 untagged)
+    local: bool = True  # dom0's LOCAL port takes part (untagged network, no port security)
+    private: bool = False  # every vif on this bridge is private
+    reserved_for: frozenset[str] | None = None  # domain names or domids allowed on this bridge
+    vifs: tuple[VifModel, ...] = ()
+    refused: tuple[VifModel, ...] = field(default=())  # vifs the reservation keeps off
+
+    def vlans(self) -> tuple[int, ...]:
+        return tuple(sorted({v for vif in self.vifs for v in vif.access_vlans} | ({0} if self.local else set())))
+
+    def is_private(self, vif: VifModel) -> bool:
+        return self.private or vif.private
+
+    def admits(self, vif: VifModel) -> bool:
+        if self.reserved_for is None:
+            return True
+        return vif.name in self.reserved_for or str(vif.domid) in self.reserved_for

@@ -1,0 +1,263 @@
+"""The pipeline as a function: one bridge's model in, its desired flows and groups out.
+
+Pure and deterministic, so it is tested exhaustively with the simulator (sim.py) and
+its output for reference scenarios is kept as golden files in flows/. See tables.py
+for what each table does; flows/PIPELINE.md for the reasoning.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..model.host import BridgeModel, VifModel
+from .flow import (
+    OFPP_LOCAL,
+    OFPVID_PRESENT,
+    Bucket,
+    F,
+    Flow,
+    FlowSet,
+    Goto,
+    Group,
+    GroupEntry,
+    LearnSource,
+    Output,
+    PopVlan,
+    PushVlan,
+    Resubmit,
+    SetReg,
+    cookie,
+    match,
+    vif_owner,
+)
+from .tables import CLASSIFY, EGRESS, FORWARD, LEARN, LEARNED, PORT_SECURITY, check_flow
+
+# Ingress classes in reg5. Bit 2 set = private: forward flows to ordinary vifs match reg5=0/4.
+FROM_UPLINK, FROM_VIF, FROM_PRIVATE = 1, 2, 4
+CLASSES = (FROM_UPLINK, FROM_VIF, FROM_PRIVATE)
+
+# Cookie purposes: the CLI groups flows by these.
+P_DEFAULT, P_CLASSIFY, P_ALLOW, P_DROP, P_LEARN, P_FORWARD, P_FLOOD, P_EGRESS, P_LEARNED, P_REFUSED = range(1, 11)
+PURPOSES = {
+    P_DEFAULT: "default",
+    P_CLASSIFY: "classify",
+    P_ALLOW: "port-security allow",
+    P_DROP: "port-security drop",
+    P_LEARN: "learn",
+    P_FORWARD: "forward",
+    P_FLOOD: "flood",
+    P_EGRESS: "egress",
+    P_LEARNED: "learned",
+    P_REFUSED: "refused (reserved bridge)",
+}
+
+ETH_ARP, ETH_IP, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
+UDP, ICMPV6 = 17, 58
+ND_RS, ND_RA, ND_NS, ND_NA, MLD2_REPORT = 133, 134, 135, 136, 143
+NO_MAC = "00:00:00:00:00:00"
+MULTICAST = F("dl_dst", "01:00:00:00:00:00", "01:00:00:00:00:00")
+LEARN_IDLE_TIMEOUT = 300
+
+
+def group_id(vlan: int, klass: int) -> int:
+    return vlan * 4 + {FROM_UPLINK: 1, FROM_VIF: 2, FROM_PRIVATE: 3}[klass]
+
+
+def link_local(mac: str) -> ipaddress.IPv6Address:
+    """The EUI-64 link-local address a guest derives from its MAC (Linux's default)."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    eui = bytes([b[0] ^ 0x02]) + b[1:3] + b"\xff\xfe" + b[3:]
+    return ipaddress.IPv6Address(b"\xfe\x80" + b"\0" * 6 + eui)
+
+
+def untagged() -> F:
+    return F("vlan_tci", 0, OFPVID_PRESENT)
+
+
+def tagged(vlan: int) -> F:
+    return F("vlan_tci", vlan | OFPVID_PRESENT, 0x1FFF)
+
+
+def build(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOUT) -> FlowSet:
+    fs = FlowSet()
+    vlans = bridge.vlans()
+    admitted = [v for v in bridge.vifs if bridge.admits(v)]
+    refused = [v for v in bridge.vifs if not bridge.admits(v)] + list(bridge.refused)
+    bridge_cookie = cookie(P_DEFAULT)
+
+    for t in (CLASSIFY, PORT_SECURITY, LEARN, FORWARD, EGRESS):
+        fs.flows.append(Flow(t, 0, (), (), bridge_cookie))  # explicit misses: drop, and count
+
+    # -- uplinks and dom0 ------------------------------------------------------------
+    promiscuous = list(bridge.uplinks) + ([OFPP_LOCAL] if bridge.local else [])
+    for port in bridge.uplinks:
+        for vlan in vlans:
+            m = match(F("in_port", port), untagged() if vlan == 0 else tagged(vlan))
+            pre = () if vlan == 0 else (PopVlan(),)
+            acts = (*pre, SetReg("reg5", FROM_UPLINK), SetReg("reg6", vlan), Goto(LEARN))
+            fs.flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY)))
+    if bridge.local:
+        m = match(F("in_port", OFPP_LOCAL), untagged())
+        acts = (SetReg("reg5", FROM_UPLINK), SetReg("reg6", 0), Goto(LEARN))
+        fs.flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY)))
+    learn = LearnSource(LEARNED, learn_idle_timeout, 100, cookie(P_LEARNED))
+    fs.flows.append(Flow(LEARN, 100, match(F("reg5", FROM_UPLINK)), (learn, Goto(FORWARD)), cookie(P_LEARN)))
+
+    # -- vifs ------------------------------------------------------------------------
+    for vif in refused:
+        for port in vif.ports:
+            owner = vif_owner(vif.domid, vif.devid)
+            fs.flows.append(Flow(CLASSIFY, 100, match(F("in_port", port)), (), cookie(P_REFUSED, owner)))
+    for vif in admitted:
+        _vif_ingress(fs, bridge, vif)
+        _port_security(fs, vif)
+
+    # -- forwarding, flooding, egress ----------------------------------------------------
+    members: dict[int, list[tuple[int, bool, bool]]] = {v: [] for v in vlans}  # vlan -> (port, tag?, private?)
+    for vlan in vlans:
+        for port in bridge.uplinks:
+            members[vlan].append((port, vlan != 0, False))
+        if bridge.local and vlan == 0:
+            members[vlan].append((OFPP_LOCAL, False, False))
+    for vif in admitted:
+        port = vif.active_port
+        if port is None:
+            continue
+        private = bridge.is_private(vif)
+        owner = vif_owner(vif.domid, vif.devid)
+        for vlan in vif.access_vlans:
+            members[vlan].append((port, vif.tagged_on_wire(vlan), private))
+            dst = (F("reg6", vlan), F("dl_dst", vif.mac))
+            allowed_from = F("reg5", FROM_UPLINK) if private else F("reg5", 0, FROM_PRIVATE)
+            fs.flows.append(
+                Flow(
+                    FORWARD,
+                    100,
+                    match(*dst, allowed_from),
+                    (SetReg("reg7", port), Goto(EGRESS)),
+                    cookie(P_FORWARD, owner),
+                )
+            )
+            # Its MAC from anyone else (a private vif, or anyone to a private vif): nowhere.
+            fs.flows.append(Flow(FORWARD, 90, match(*dst), (), cookie(P_FORWARD, owner)))
+    for vlan in vlans:
+        for klass in CLASSES:
+            gid = group_id(vlan, klass)
+            fs.flows.append(
+                Flow(FORWARD, 50, match(F("reg5", klass), F("reg6", vlan), MULTICAST), (Group(gid),), cookie(P_FLOOD))
+            )
+            fs.flows.append(
+                Flow(EGRESS, 10, match(F("reg5", klass), F("reg6", vlan), F("reg7", 0)), (Group(gid),), cookie(P_FLOOD))
+            )
+            fs.groups.append(GroupEntry(gid, _flood_buckets(vlan, members[vlan], klass, promiscuous)))
+        for port, tag, _private in members[vlan]:
+            out = (PushVlan(vlan), Output(port)) if tag else (Output(port),)
+            fs.flows.append(Flow(EGRESS, 100, match(F("reg6", vlan), F("reg7", port)), out, cookie(P_EGRESS)))
+    fs.flows.append(Flow(FORWARD, 10, (), (Resubmit(LEARNED), Resubmit(EGRESS)), cookie(P_FORWARD)))
+
+    for f in fs.flows:
+        check_flow(f)
+    fs.by_key()  # no two flows may collide
+    return fs
+
+
+def _flood_buckets(
+    vlan: int, members: list[tuple[int, bool, bool]], klass: int, promiscuous: list[int]
+) -> tuple[Bucket, ...]:
+    """One bucket per member port; OVS never sends a copy back out of the ingress port."""
+    out = []
+    for port, tag, private in sorted(members):
+        if klass == FROM_VIF and private:
+            continue  # ordinary guests do not reach private ones
+        if klass == FROM_PRIVATE and port not in promiscuous:
+            continue  # a private guest reaches only the uplinks and dom0
+        out.append(Bucket((PushVlan(vlan), Output(port)) if tag else (Output(port),)))
+    return tuple(out)
+
+
+def _vif_ingress(fs: FlowSet, bridge: BridgeModel, vif: VifModel) -> None:
+    klass = FROM_PRIVATE if bridge.is_private(vif) else FROM_VIF
+    owner = vif_owner(vif.domid, vif.devid)
+    for port in vif.ports:
+        for vlan in vif.access_vlans:
+            if vif.tagged_on_wire(vlan):
+                m, pre = match(F("in_port", port), tagged(vlan)), (PopVlan(),)
+            else:
+                m, pre = match(F("in_port", port), untagged()), ()
+            acts = (*pre, SetReg("reg5", klass), SetReg("reg6", vlan), Goto(PORT_SECURITY))
+            fs.flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY, owner)))
+        # Anything else this port sends (a tag it may not use): dropped, counted for the vif.
+        fs.flows.append(Flow(CLASSIFY, 1, match(F("in_port", port)), (), cookie(P_DROP, owner)))
+
+
+def _port_security(fs: FlowSet, vif: VifModel) -> None:
+    owner = vif_owner(vif.domid, vif.devid)
+    allow, drop = cookie(P_ALLOW, owner), cookie(P_DROP, owner)
+    go = (Goto(FORWARD),)
+    v4 = [i.ip for i in vif.ips if i.version == 4]
+    v6 = [i.ip for i in vif.ips if i.version == 6]
+    has_ip = bool(vif.ips)
+    ll = link_local(vif.mac)
+    for port in vif.ports:
+        src = (F("in_port", port), F("dl_src", vif.mac))
+
+        def add(prio: int, *fields: F, acts: tuple = go, ck: int = allow, _src: tuple = src) -> None:
+            fs.flows.append(Flow(PORT_SECURITY, prio, match(*_src, *fields), acts, ck))
+
+        if not vif.trusted:
+            # DHCP/DHCPv6 server replies and router advertisements: only from a trusted vif.
+            for fields in (
+                (F("dl_type", ETH_IP), F("nw_proto", UDP), F("tp_src", 67)),
+                (F("dl_type", ETH_IPV6), F("nw_proto", UDP), F("tp_src", 547)),
+                (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6), F("icmpv6_type", ND_RA)),
+            ):
+                fs.flows.append(Flow(PORT_SECURITY, 300, match(F("in_port", port), *fields), (), drop))
+        # ARP: sender hardware address is its MAC; sender IP among its addresses.
+        arp = (F("dl_type", ETH_ARP), F("arp_sha", vif.mac))
+        if has_ip:
+            for ip in v4:
+                add(200, *arp, F("arp_spa", str(ip)))
+        else:
+            add(200, *arp)
+        # IPv4.
+        if has_ip:
+            for ip in v4:
+                add(200, F("dl_type", ETH_IP), F("nw_src", str(ip)))
+            add(
+                200,
+                F("dl_type", ETH_IP),
+                F("nw_proto", UDP),
+                F("nw_src", "0.0.0.0"),
+                F("nw_dst", "255.255.255.255"),
+                F("tp_src", 68),
+                F("tp_dst", 67),
+            )
+        else:
+            add(200, F("dl_type", ETH_IP))
+        # IPv6 neighbour discovery: link-layer options are its MAC (or absent).
+        icmp6 = (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6))
+        sources6 = [ll, *v6] if has_ip else None
+        for sll in (vif.mac, NO_MAC):
+            if sources6 is None:
+                add(250, *icmp6, F("icmpv6_type", ND_NS), F("nd_sll", sll))
+            else:
+                for s in sources6:
+                    add(250, *icmp6, F("ipv6_src", str(s)), F("icmpv6_type", ND_NS), F("nd_sll", sll))
+        if sources6 is not None:  # duplicate address detection: from ::, no link-layer option
+            add(250, *icmp6, F("ipv6_src", "::"), F("icmpv6_type", ND_NS), F("nd_sll", NO_MAC))
+            add(250, *icmp6, F("ipv6_src", "::"), F("icmpv6_type", MLD2_REPORT))
+        for tll in (vif.mac, NO_MAC):
+            if sources6 is None:
+                add(250, *icmp6, F("icmpv6_type", ND_NA), F("nd_tll", tll))
+            else:
+                for target in sources6:
+                    add(250, *icmp6, F("icmpv6_type", ND_NA), F("nd_target", str(target)), F("nd_tll", tll))
+        for nd in (ND_NS, ND_NA):  # any other NS/NA from it is a spoof
+            add(240, *icmp6, F("icmpv6_type", nd), acts=(), ck=drop)
+        if sources6 is None:
+            add(200, F("dl_type", ETH_IPV6))
+        else:
+            for s in sources6:
+                add(200, F("dl_type", ETH_IPV6), F("ipv6_src", str(s)))
+        # Everything else from this port: dropped, and counted as the vif's drops.
+        fs.flows.append(Flow(PORT_SECURITY, 1, match(F("in_port", port)), (), drop))

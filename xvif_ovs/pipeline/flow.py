@@ -1,0 +1,238 @@
+"""One flow representation, rendered both to the wire (controller/ofmsg.py) and to
+ovs-ofctl syntax (here), so that what the CLI prints is what was installed.
+
+Matches and actions are small frozen values with a canonical order: two flows that
+mean the same thing compare equal, which is what the diff against the switch needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OFPP_LOCAL = 0xFFFFFFFE
+OFPVID_PRESENT = 0x1000
+
+# ovs-ofctl field names in the order they are rendered.
+FIELDS = (
+    "in_port",
+    "reg5",
+    "reg6",
+    "reg7",
+    "dl_src",
+    "dl_dst",
+    "vlan_tci",
+    "dl_type",
+    "arp_op",
+    "arp_spa",
+    "arp_sha",
+    "nw_src",
+    "nw_dst",
+    "nw_proto",
+    "ipv6_src",
+    "ipv6_dst",
+    "tp_src",
+    "tp_dst",
+    "icmpv6_type",
+    "nd_target",
+    "nd_sll",
+    "nd_tll",
+)
+_ORDER = {f: i for i, f in enumerate(FIELDS)}
+HEX_FIELDS = {"reg5", "reg6", "reg7", "vlan_tci", "dl_type"}
+
+# Cookies: the top 16 bits say "installed by xvif-ovs"; flows without them are not ours.
+COOKIE_MAGIC = 0x7876 << 48
+COOKIE_MASK = 0xFFFF << 48
+
+
+def cookie(purpose: int, owner: int = 0) -> int:
+    """``purpose`` (8 bits) says why the flow exists; ``owner`` which vif (0: the bridge)."""
+    return COOKIE_MAGIC | (purpose & 0xFF) << 40 | (owner & 0xFFFFFFFF)
+
+
+def vif_owner(domid: int, devid: int) -> int:
+    return 1 << 31 | (domid & 0xFFFF) << 8 | (devid & 0xFF)
+
+
+def decode_cookie(value: int) -> tuple[int, int | None, int | None] | None:
+    """(purpose, domid, devid) of one of our cookies; None for someone else's."""
+    if value & COOKIE_MASK != COOKIE_MAGIC:
+        return None
+    owner = value & 0xFFFFFFFF
+    if owner & 1 << 31:
+        return (value >> 40) & 0xFF, (owner >> 8) & 0xFFFF, owner & 0xFF
+    return (value >> 40) & 0xFF, None, None
+
+
+@dataclass(frozen=True)
+class F:
+    """One match field: value and optional mask (ints for numbers, text for addresses)."""
+
+    name: str
+    value: int | str
+    mask: int | str | None = None
+
+    def render(self) -> str:
+        v = self.value
+        if self.name in HEX_FIELDS and isinstance(v, int):
+            text = f"{v:#x}" if self.name != "dl_type" else f"0x{v:04x}"
+        elif self.name == "in_port" and v == OFPP_LOCAL:
+            text = "LOCAL"
+        else:
+            text = str(v)
+        if self.mask is not None:
+            m = self.mask
+            text += "/" + (f"{m:#x}" if isinstance(m, int) else str(m))
+        return f"{self.name}={text}"
+
+
+def match(*fields: F) -> tuple[F, ...]:
+    names = [f.name for f in fields]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a field appears twice in {names}")
+    return tuple(sorted(fields, key=lambda f: _ORDER[f.name]))
+
+
+# -- actions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    port: int
+
+    def render(self) -> str:
+        return "LOCAL" if self.port == OFPP_LOCAL else f"output:{self.port}"
+
+
+@dataclass(frozen=True)
+class Group:
+    group_id: int
+
+    def render(self) -> str:
+        return f"group:{self.group_id}"
+
+
+@dataclass(frozen=True)
+class SetReg:
+    reg: str  # reg5..reg7
+    value: int
+
+    def render(self) -> str:
+        return f"set_field:{self.value:#x}->{self.reg}"
+
+
+@dataclass(frozen=True)
+class PushVlan:
+    vid: int  # pushes an 802.1Q header with this VLAN
+
+    def render(self) -> str:
+        return f"push_vlan:0x8100,set_field:{self.vid | OFPVID_PRESENT}->vlan_vid"
+
+
+@dataclass(frozen=True)
+class PopVlan:
+    def render(self) -> str:
+        return "pop_vlan"
+
+
+@dataclass(frozen=True)
+class Resubmit:
+    table: int
+
+    def render(self) -> str:
+        return f"resubmit(,{self.table})"
+
+
+@dataclass(frozen=True)
+class Goto:
+    table: int
+
+    def render(self) -> str:
+        return f"goto_table:{self.table}"
+
+
+@dataclass(frozen=True)
+class LearnSource:
+    """Learn the source MAC of a frame, per VLAN (reg6), as a flow in ``table`` that
+    loads the ingress port into reg7: MAC learning in the datapath, no packet-in."""
+
+    table: int
+    idle_timeout: int
+    priority: int
+    cookie: int
+
+    def render(self) -> str:
+        return (
+            f"learn(table={self.table},idle_timeout={self.idle_timeout},priority={self.priority},"
+            f"cookie={self.cookie:#x},NXM_NX_REG6[0..11],NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],"
+            f"load:OXM_OF_IN_PORT[]->NXM_NX_REG7[])"
+        )
+
+
+Action = Output | Group | SetReg | PushVlan | PopVlan | Resubmit | Goto | LearnSource
+
+
+@dataclass(frozen=True)
+class Flow:
+    table: int
+    priority: int
+    match: tuple[F, ...]
+    actions: tuple[Action, ...]  # empty: drop
+    cookie: int
+
+    @property
+    def key(self) -> tuple:
+        """What identifies a flow in a table (OpenFlow's strict match)."""
+        return (self.table, self.priority, self.match)
+
+    def render(self) -> str:
+        m = ",".join(f.render() for f in self.match)
+        acts = ",".join(a.render() for a in self.actions) if self.actions else "drop"
+        return (
+            f"cookie={self.cookie:#x}, table={self.table}, priority={self.priority}"
+            + (f",{m}" if m else "")
+            + f" actions={acts}"
+        )
+
+
+@dataclass(frozen=True)
+class Bucket:
+    actions: tuple[Action, ...]
+
+    def render(self) -> str:
+        return "bucket=" + ",".join(a.render() for a in self.actions)
+
+
+@dataclass(frozen=True)
+class GroupEntry:
+    """An OpenFlow ALL group: a copy of the frame through every bucket (a VLAN's flood)."""
+
+    group_id: int
+    buckets: tuple[Bucket, ...]
+
+    def render(self) -> str:
+        return f"group_id={self.group_id},type=all," + ",".join(b.render() for b in self.buckets)
+
+
+@dataclass
+class FlowSet:
+    flows: list[Flow] = field(default_factory=list)
+    groups: list[GroupEntry] = field(default_factory=list)
+
+    def by_key(self) -> dict[tuple, Flow]:
+        out: dict[tuple, Flow] = {}
+        for f in self.flows:
+            if f.key in out:
+                raise ValueError(
+                    f"two flows with the same table/priority/match:\n  {out[f.key].render()}\n  {f.render()}"
+                )
+            out[f.key] = f
+        return out
+
+    def render(self) -> str:
+        """ovs-ofctl syntax, sorted as a reviewer reads it: groups, then table by table."""
+        lines = [g.render() for g in sorted(self.groups, key=lambda g: g.group_id)]
+        lines += [
+            f.render() for f in sorted(self.flows, key=lambda f: (f.table, -f.priority, [x.render() for x in f.match]))
+        ]
+        return "\n".join(lines) + "\n"

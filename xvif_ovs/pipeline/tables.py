@@ -1,0 +1,122 @@
+"""The pipeline's tables, declared: what each holds, which fields it may match and
+where it may go next. build.py's output is checked against this (check_flow), and
+flows/PIPELINE.md is written from the same facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .flow import Flow, Goto, LearnSource, Resubmit
+
+
+@dataclass(frozen=True)
+class Table:
+    id: int
+    name: str
+    purpose: str
+    matches: frozenset[str]
+    next_tables: frozenset[int]
+
+
+CLASSIFY, PORT_SECURITY, LEARN, FORWARD, LEARNED, EGRESS = 0, 1, 2, 3, 4, 5
+
+TABLES = {
+    t.id: t
+    for t in (
+        Table(
+            CLASSIFY,
+            "classify",
+            "which port a frame came in on and on which VLAN: sets reg5 (ingress class: 1 uplink or dom0, "
+            "2 vif, 4 private vif) and reg6 (VLAN, 0 = untagged network), strips the 802.1Q tag. "
+            "Frames a port may not send (a tag on an access port, an untagged frame on a trunk, "
+            "any frame from a vif refused by a reserved bridge) are dropped here.",
+            frozenset({"in_port", "vlan_tci"}),
+            frozenset({PORT_SECURITY, LEARN}),
+        ),
+        Table(
+            PORT_SECURITY,
+            "port_security",
+            "anti-spoofing for vifs, keyed on in_port: the vif's own source MAC only; ARP with "
+            "arp_sha = its MAC and arp_spa among its IPs; IPv4 source among its IPs (and the DHCP "
+            "client's 0.0.0.0 -> 255.255.255.255 udp 68->67); IPv6 source its link-local or its IPs; "
+            "ND with nd_sll / nd_tll = its MAC and NA targets among its addresses; no DHCP server "
+            "replies or router advertisements unless trusted. The rest is dropped by a per-vif flow "
+            "whose counters are the vif's drop count.",
+            frozenset(
+                {
+                    "in_port",
+                    "dl_src",
+                    "dl_type",
+                    "arp_spa",
+                    "arp_sha",
+                    "nw_src",
+                    "nw_dst",
+                    "nw_proto",
+                    "ipv6_src",
+                    "tp_src",
+                    "tp_dst",
+                    "icmpv6_type",
+                    "nd_target",
+                    "nd_sll",
+                    "nd_tll",
+                }
+            ),
+            frozenset({FORWARD}),
+        ),
+        Table(
+            LEARN,
+            "learn",
+            "frames from an uplink or dom0: learn their source MAC per VLAN into table 4 with the "
+            "learn action (in the datapath: no packet-in), then forward.",
+            frozenset({"reg5"}),
+            frozenset({FORWARD}),
+        ),
+        Table(
+            FORWARD,
+            "forward",
+            "known destinations first: each vif's MAC on each of its VLANs (installed from XenStore, "
+            "not learned), allowed unless private mode forbids; broadcast and multicast to the VLAN's "
+            "flood group for the ingress class; anything else is looked up in table 4 and egresses "
+            "through table 5.",
+            frozenset({"reg5", "reg6", "dl_dst"}),
+            frozenset({LEARNED, EGRESS}),
+        ),
+        Table(
+            LEARNED,
+            "learned",
+            "only flows the learn action made: VLAN + MAC behind an uplink -> reg7 = port. Idle ones expire.",
+            frozenset({"reg6", "dl_dst"}),
+            frozenset(),
+        ),
+        Table(
+            EGRESS,
+            "egress",
+            "reg7 = output port: out with the 802.1Q tag that port needs for the VLAN; no reg7 "
+            "(unknown unicast): the VLAN's flood group for the ingress class.",
+            frozenset({"reg5", "reg6", "reg7"}),
+            frozenset(),
+        ),
+    )
+}
+
+
+class PipelineError(ValueError):
+    """A flow that breaks the declared pipeline: a bug in build.py, never operator input."""
+
+
+def check_flow(flow: Flow) -> None:
+    table = TABLES.get(flow.table)
+    if table is None:
+        raise PipelineError(f"flow in undeclared table {flow.table}: {flow.render()}")
+    extra = {f.name for f in flow.match} - table.matches
+    if extra:
+        raise PipelineError(f"table {table.name} may not match {sorted(extra)}: {flow.render()}")
+    for a in flow.actions:
+        target = a.table if isinstance(a, Goto | Resubmit) else None
+        if isinstance(a, LearnSource):
+            target = a.table
+            if target != LEARNED:
+                raise PipelineError(f"learn writes only into table {LEARNED}: {flow.render()}")
+            continue
+        if target is not None and target not in table.next_tables:
+            raise PipelineError(f"table {table.name} may not go to table {target}: {flow.render()}")
