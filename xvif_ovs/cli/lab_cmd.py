@@ -29,9 +29,15 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
         "--dir", default=os.environ.get("XVIF_LAB_DIR"), help="lab state directory (default /run/xvif-ovs/lab)"
     )
     cmds = lab.add_subparsers(dest="lab_command", required=True)
+    # --dir is accepted after the subcommand too (`lab up --dir D`), as operators type it.
+    here = argparse.ArgumentParser(add_help=False)
+    here.add_argument("--dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     up = cmds.add_parser(
-        "up", help="start OVS, XenStore and the bridges", epilog="example: xvif-ovs lab up --bridge xenbr1:peth1"
+        "up",
+        parents=[here],
+        help="start OVS, XenStore and the bridges",
+        epilog="example: xvif-ovs lab up --bridge xenbr1:peth1",
     )
     up.add_argument(
         "--bridge",
@@ -45,15 +51,22 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
     )
     up.set_defaults(func=_up)
 
-    down = cmds.add_parser("down", help="remove everything the lab made", epilog="example: xvif-ovs lab down")
+    down = cmds.add_parser(
+        "down", parents=[here], help="remove everything the lab made", epilog="example: xvif-ovs lab down"
+    )
     down.set_defaults(func=_down)
 
-    st = cmds.add_parser("status", help="processes, bridges and domains", epilog="example: xvif-ovs lab status --json")
+    st = cmds.add_parser(
+        "status", parents=[here], help="processes, bridges and domains", epilog="example: xvif-ovs lab status --json"
+    )
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
 
     env = cmds.add_parser(
-        "env", help="print the exports for Xen's and OVS's own tools", epilog='example: eval "$(xvif-ovs lab env)"'
+        "env",
+        parents=[here],
+        help="print the exports for Xen's and OVS's own tools",
+        epilog='example: eval "$(xvif-ovs lab env)"',
     )
     env.set_defaults(func=_env)
 
@@ -61,6 +74,7 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
     dcmds = dom.add_subparsers(dest="domain_command", required=True)
     add = dcmds.add_parser(
         "add",
+        parents=[here],
         help="boot a guest: namespace, vifs, XenStore keys, hotplug scripts",
         epilog="example: xvif-ovs lab domain add web --domid 5 --vif 'bridge=xenbr0.10,ip=192.0.2.5' --hvm",
     )
@@ -72,12 +86,13 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--hvm", action="store_true", help="also make the emulated tap vifN.M-emu")
     add.add_argument("--netbsd", action="store_true", help="name backends xvifN.M as NetBSD does")
     add.set_defaults(func=_domain_add)
-    rm = dcmds.add_parser("del", help="destroy a guest", epilog="example: xvif-ovs lab domain del web")
+    rm = dcmds.add_parser("del", parents=[here], help="destroy a guest", epilog="example: xvif-ovs lab domain del web")
     rm.add_argument("name")
     rm.set_defaults(func=_domain_del)
 
     demo = cmds.add_parser(
         "demo",
+        parents=[here],
         help="bring a host up, boot guests on VLANs, show XenStore, OVS and reachability",
         epilog="example: xvif-ovs lab demo --keep",
     )
@@ -85,7 +100,10 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_demo)
 
     ex = cmds.add_parser(
-        "exec", help="run a command in a guest (or 'lan')", epilog="example: xvif-ovs lab exec lan -- ip addr"
+        "exec",
+        parents=[here],
+        help="run a command in a guest (or 'lan')",
+        epilog="example: xvif-ovs lab exec lan -- ip addr",
     )
     ex.add_argument("name", help="a domain name, 'lan', or 'lan-BRIDGE'")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)

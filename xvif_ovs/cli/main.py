@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(prog="xvif-ovs", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -50,6 +55,14 @@ def _hotplug(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["hotplug"] and not {"-h", "--help"} & set(argv):
+        # libxl waits for every hook: skip building the whole parser.
+        import os
+
+        from ..hotplug.run import run
+
+        return run(argv[1:], os.environ)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -12,7 +12,7 @@ datapath (about 0.9 s at 1000 ports), and is what makes vif-openvswitch slow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import XvifError
@@ -21,6 +21,7 @@ from .vifconfig import VifConfig
 
 OFPORT_FIRST = 100  # leave low numbers to uplinks and ports OVS numbers itself
 OFPORT_LAST = 0xFEFF  # OFPP_MAX in OpenFlow 1.3
+PROBE = 8  # candidate ofports looked up per round trip
 ATTEMPTS = 20
 
 
@@ -41,11 +42,12 @@ class Snapshot:
     mac: str
     bridge_exists: bool
     same_mac: list[dict[str, Any]]  # Interface rows: _uuid, name, external_ids
-    ofports: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # name -> (request, ofport)
-    old_port: str | None = None  # uuid of a Port already named dev (a repeated online)
+    mine: int | None = None  # the ofport dev already has or asked for (a repeated online keeps it)
+    old_port: str | None = None  # uuid of a Port already named dev
 
 
 def read_snapshot(db: Ovsdb, bridge: str, dev: str, mac: str) -> Snapshot:
+    """A handful of indexed selects: nothing here grows with the number of ports."""
     r = db.transact(
         [
             {"op": "select", "table": "Bridge", "where": [["name", "==", bridge]], "columns": ["name"]},
@@ -55,13 +57,21 @@ def read_snapshot(db: Ovsdb, bridge: str, dev: str, mac: str) -> Snapshot:
                 "where": [["external_ids", "includes", ovs_map({"attached-mac": mac})]],
                 "columns": ["_uuid", "name", "external_ids"],
             },
-            {"op": "select", "table": "Interface", "where": [], "columns": ["name", "ofport", "ofport_request"]},
+            {
+                "op": "select",
+                "table": "Interface",
+                "where": [["name", "==", dev]],
+                "columns": ["ofport", "ofport_request"],
+            },
             {"op": "select", "table": "Port", "where": [["name", "==", dev]], "columns": ["_uuid"]},
         ]
     )
-    ofports = {row["name"]: (_int_or_none(row["ofport_request"]), _int_or_none(row["ofport"])) for row in r[2]["rows"]}
+    mine = None
+    if r[2]["rows"]:
+        row = r[2]["rows"][0]
+        mine = _int_or_none(row["ofport_request"]) or _int_or_none(row["ofport"])
     old = r[3]["rows"][0]["_uuid"][1] if r[3]["rows"] else None
-    return Snapshot(bridge, dev, mac, bool(r[0]["rows"]), r[1]["rows"], ofports, old)
+    return Snapshot(bridge, dev, mac, bool(r[0]["rows"]), r[1]["rows"], mine, old)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -101,25 +111,37 @@ def _bridge_of_interface(db: Ovsdb, iface_uuid: str) -> str | None:
     return bridges[0]["name"] if bridges else None
 
 
-def choose_ofport(snap: Snapshot, cfg: VifConfig, tap: bool) -> int:
-    """Keep the port's ofport across a repeated online; otherwise start from a number
-    derived from domid/devid, so concurrent hooks rarely probe the same one."""
-    mine = snap.ofports.get(snap.dev)
-    if mine and (mine[0] or mine[1]):
-        return mine[0] or mine[1]  # type: ignore[return-value]
-    used = {n for name, pair in snap.ofports.items() if name != snap.dev for n in pair if n}
+def candidate_ofports(cfg: VifConfig, tap: bool, attempt: int) -> list[int]:
+    """Numbers to probe, derived from domid/devid so that concurrent hooks (and a vif
+    booted again) mostly land on different, stable numbers without reading every port."""
     span = OFPORT_LAST - OFPORT_FIRST + 1
     start = (cfg.domid * 64 + cfg.devid * 2 + int(tap)) % span
-    for i in range(span):
-        n = OFPORT_FIRST + (start + i) % span
-        if n not in used:
-            return n
+    return [OFPORT_FIRST + (start + attempt * PROBE + i * 997) % span for i in range(PROBE)]
+
+
+def choose_ofport(db: Ovsdb, snap: Snapshot, cfg: VifConfig, tap: bool) -> int:
+    """Keep the port's ofport across a repeated online; otherwise the first free candidate."""
+    if snap.mine:
+        return snap.mine
+    for attempt in range((OFPORT_LAST - OFPORT_FIRST + 1) // PROBE):
+        cands = candidate_ofports(cfg, tap, attempt)
+        r = db.transact(
+            [
+                {"op": "select", "table": "Interface", "where": [[col, "==", n]], "columns": ["name"]}
+                for n in cands
+                for col in ("ofport_request", "ofport")
+            ]
+        )
+        for i, n in enumerate(cands):
+            if not r[2 * i]["rows"] and not r[2 * i + 1]["rows"]:
+                return n
     raise XvifError(f"no free OpenFlow port number left in {OFPORT_FIRST}-{OFPORT_LAST}")
 
 
 def plan_attach(snap: Snapshot, cfg: VifConfig, tap: bool, ofport: int) -> list[dict[str, Any]]:
     """The whole change as one list of OVSDB operations (pure: unit-tested as data)."""
-    holders = lambda col: [{"name": n} for n, pair in sorted(snap.ofports.items()) if pair[col] == ofport]  # noqa: E731
+    # The chosen number is free, or already dev's own (a repeated online).
+    holders = [{"name": snap.dev}] if snap.mine == ofport else []
     ops: list[dict[str, Any]] = [
         _wait("Bridge", [["name", "==", snap.bridge]], [{"name": snap.bridge}]),
         _wait(
@@ -127,8 +149,8 @@ def plan_attach(snap: Snapshot, cfg: VifConfig, tap: bool, ofport: int) -> list[
             [["external_ids", "includes", ovs_map({"attached-mac": snap.mac})]],
             [{"name": r["name"]} for r in snap.same_mac],
         ),
-        _wait("Interface", [["ofport_request", "==", ofport]], holders(0)),
-        _wait("Interface", [["ofport", "==", ofport]], holders(1)),
+        _wait("Interface", [["ofport_request", "==", ofport]], holders),
+        _wait("Interface", [["ofport", "==", ofport]], holders),
     ]
     if snap.old_port:
         ops.append(_remove_port(snap.old_port))
@@ -191,7 +213,7 @@ def attach(db: Ovsdb, cfg: VifConfig, dev: str, tap: bool) -> int:
     for _ in range(ATTEMPTS):
         snap = read_snapshot(db, cfg.bridge.name, dev, cfg.mac)
         check(db, snap, cfg)
-        ofport = choose_ofport(snap, cfg, tap)
+        ofport = choose_ofport(db, snap, cfg, tap)
         try:
             db.transact(plan_attach(snap, cfg, tap, ofport))
             return ofport

@@ -126,7 +126,9 @@ def stop_ovs(d: Path) -> None:
 
 
 def vsctl(d: Path, *args: str, timeout: float = 30) -> str:
-    return run(["ovs-vsctl", f"--db=unix:{d}/db.sock", "--timeout=20", *args], env=ovs_env(d), timeout=timeout).stdout
+    """ovs-vsctl against the lab; ``timeout`` bounds its wait for ovs-vswitchd too."""
+    argv = ["ovs-vsctl", f"--db=unix:{d}/db.sock", f"--timeout={max(1, int(timeout) - 5)}", *args]
+    return run(argv, env=ovs_env(d), timeout=timeout).stdout
 
 
 def start_xenstored(d: Path) -> None:

@@ -1,21 +1,19 @@
-"""A short-lived OVSDB JSON-RPC client for the hotplug hook.
+"""A short-lived OVSDB client for the hotplug hook.
 
 The hook runs once per vif and libxl waits for it, so it must not pay for what it does
 not use: the IDL would monitor (download) every Port and Interface row, O(ports) per
-hook, and importing eventlet (which python-ovs probes for) costs more than the whole
-transaction. Plain `transact` requests with OVSDB `wait` operations give the same
-atomicity as the IDL's verify-and-retry: the transaction commits only if what the hook
-read is still true.
+hook. Plain `transact` requests with OVSDB `wait` operations give the same atomicity as
+the IDL's verify-and-retry: the transaction commits only if what the hook read is
+still true.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import sys
 from typing import Any
 
 from ..errors import XvifError
+from .jsonrpc import JsonRpc, JsonRpcError
 
 DEFAULT_DB = "/var/run/openvswitch/db.sock"
 DB_NAME = "Open_vSwitch"
@@ -43,41 +41,21 @@ def locate(remote: str | None = None) -> str:
     return f"unix:{rundir}/db.sock" if rundir else f"unix:{DEFAULT_DB}"
 
 
-def _import_ovs():  # noqa: ANN202
-    # python-ovs imports eventlet if it can, only to ask whether select is monkey-patched;
-    # this process never uses eventlet, and the import alone costs ~150 ms per hook.
-    if "eventlet" not in sys.modules:
-        sys.modules["eventlet"] = None  # type: ignore[assignment]
-        try:
-            import ovs.jsonrpc
-            import ovs.poller
-            import ovs.stream
-        finally:
-            del sys.modules["eventlet"]
-    import ovs.jsonrpc
-    import ovs.poller
-    import ovs.stream
-    import ovs.timeval
-
-    return ovs
-
-
 class Ovsdb:
     def __init__(self, remote: str | None = None, timeout: float = 10.0) -> None:
         self.remote = locate(remote)
-        self.timeout_ms = int(timeout * 1000)
-        ovs = _import_ovs()
-        self._ovs = ovs
-        error, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(self.remote), self.timeout_ms)
-        if error:
+        try:
+            self._rpc = JsonRpc(self.remote, timeout)
+        except JsonRpcError as e:
+            raise OvsdbUnavailable(str(e)) from None
+        except OSError as e:
             raise OvsdbUnavailable(
-                f"cannot connect to OVSDB at {self.remote}: {os.strerror(error)}; is ovsdb-server running? "
+                f"cannot connect to OVSDB at {self.remote}: {e.strerror or e}; is ovsdb-server running? "
                 "(set OVS_RUNDIR, or XVIF_OVSDB=unix:/path/db.sock)"
-            )
-        self._conn = ovs.jsonrpc.Connection(stream)
+            ) from None
 
     def close(self) -> None:
-        self._conn.close()
+        self._rpc.close()
 
     def __enter__(self) -> Ovsdb:
         return self
@@ -86,30 +64,14 @@ class Ovsdb:
         self.close()
 
     def _call(self, method: str, params: list[Any]) -> Any:
-        ovs = self._ovs
-        request = ovs.jsonrpc.Message.create_request(method, params)
-        deadline = ovs.timeval.msec() + self.timeout_ms
-        error = self._conn.send(request)
-        while not error:
-            error, reply = self._conn.recv()
-            if error == errno.EAGAIN:
-                if ovs.timeval.msec() > deadline:
-                    raise OvsdbUnavailable(f"OVSDB at {self.remote} did not answer within {self.timeout_ms} ms")
-                self._conn.run()
-                poller = ovs.poller.Poller()
-                self._conn.wait(poller)
-                self._conn.recv_wait(poller)
-                poller.timer_wait_until(deadline)
-                poller.block()
-                error = 0
-                continue
-            if error:
-                break
-            if reply.id == request.id:
-                if reply.type == ovs.jsonrpc.Message.T_ERROR:
-                    raise OvsdbError(f"OVSDB refused {method}: {reply.error}")
-                return reply.result
-        raise OvsdbUnavailable(f"lost the connection to OVSDB at {self.remote}: {os.strerror(error)}")
+        try:
+            return self._rpc.call(method, params)
+        except JsonRpcError as e:
+            raise OvsdbError(f"OVSDB refused {method}: {e}") from None
+        except TimeoutError:
+            raise OvsdbUnavailable(f"OVSDB at {self.remote} did not answer in time") from None
+        except OSError as e:
+            raise OvsdbUnavailable(f"lost the connection to OVSDB at {self.remote}: {e}") from None
 
     def transact(self, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Run ``ops`` atomically. A failed `wait` raises ConditionFailed; any other error
