@@ -1,0 +1,98 @@
+"""Reference scenarios whose flow tables are kept in flows/golden/, so that a change to
+the pipeline shows up as a reviewable diff of ovs-ofctl text.
+
+Regenerate after an intended change:  python -m xvif_ovs.pipeline.scenarios flows/golden
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ..model.host import BridgeModel, VifModel
+from ..model.vifspec import parse_bridge, parse_ips
+from .build import build
+from .sim import Switch
+
+UPLINK = 1
+
+
+def _vif(domid: int, spec: str, ips: str = "", **kw) -> VifModel:
+    return VifModel(
+        domid,
+        0,
+        f"00:16:3e:00:00:{domid:02x}",
+        parse_bridge(spec),
+        parse_ips(ips),
+        vif_port=domid,
+        name=f"dom{domid}",
+        **kw,
+    )
+
+
+def two_guests_one_vlan() -> str:
+    b = BridgeModel("xenbr0", (UPLINK,), vifs=(_vif(5, "xenbr0.10", "192.0.2.5"), _vif(6, "xenbr0.10", "192.0.2.6")))
+    return build(b).render()
+
+
+def access_trunk_native() -> str:
+    b = BridgeModel(
+        "xenbr0",
+        (UPLINK,),
+        vifs=(
+            _vif(5, "xenbr0.10", "192.0.2.5"),
+            _vif(6, "xenbr0:10:20"),
+            _vif(7, "xenbr0.10:20:30", "192.0.2.7 2001:db8::7"),
+        ),
+    )
+    return build(b).render()
+
+
+def private_mode() -> str:
+    b = BridgeModel(
+        "xenbr0", (UPLINK,), vifs=(_vif(5, "xenbr0", "192.0.2.5", private=True), _vif(6, "xenbr0", "192.0.2.6"))
+    )
+    return build(b).render()
+
+
+def hvm_pair() -> str:
+    hvm = VifModel(
+        5, 0, "00:16:3e:00:00:05", parse_bridge("xenbr0"), parse_ips("192.0.2.5"), 5, 105, False, True, name="hvm"
+    )
+    return build(BridgeModel("xenbr0", (UPLINK,), vifs=(hvm,))).render()
+
+
+def uplink_learning() -> str:
+    """The flows, then table 4 after two hosts behind the uplink spoke on VLANs 0 and 10."""
+    b = BridgeModel("xenbr0", (UPLINK,), vifs=(_vif(5, "xenbr0", "192.0.2.5"), _vif(6, "xenbr0.10")))
+    fs = build(b)
+    sw = Switch(fs)
+    for mac, vlan in (("00:00:5e:00:53:01", None), ("00:00:5e:00:53:02", 10)):
+        sw.send(UPLINK, {"dl_src": mac, "dl_dst": "ff:ff:ff:ff:ff:ff", "dl_type": 0x0806}, vlan=vlan)
+    learned = sorted(f.render() for f in sw.tables.get(4, []))
+    return (
+        fs.render()
+        + "# table 4 after frames from 00:00:5e:00:53:01 (untagged) and :02 (VLAN 10):\n"
+        + "\n".join(learned)
+        + "\n"
+    )
+
+
+SCENARIOS: dict[str, Callable[[], str]] = {
+    "two-guests-one-vlan": two_guests_one_vlan,
+    "access-trunk-native": access_trunk_native,
+    "private-mode": private_mode,
+    "hvm-pair": hvm_pair,
+    "uplink-learning": uplink_learning,
+}
+
+
+def write(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, fn in SCENARIOS.items():
+        (directory / f"{name}.flows").write_text(fn())
+
+
+if __name__ == "__main__":
+    write(Path(sys.argv[1] if len(sys.argv) > 1 else "flows/golden"))
