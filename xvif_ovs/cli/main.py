@@ -34,6 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("args", nargs=argparse.REMAINDER, help="online|offline|add|remove [type_if=tap]")
     hp.set_defaults(func=_hotplug)
 
+    ctl = sub.add_parser(
+        "controller",
+        help="the OpenFlow controller (os-ken) that programs the bridges",
+        epilog="example: xvif-ovs controller --config /etc/xvif-ovs/controller.toml",
+    )
+    ctl.add_argument("--config", help="TOML file (see deploy/controller.toml)")
+    ctl.add_argument("--listen", help="unix (default: OVS_RUNDIR/xvif-ovs.sock), tcp:HOST:PORT or ssl:HOST:PORT")
+    ctl.add_argument("--bridge", action="append", dest="bridges", help="manage only this bridge (repeatable)")
+    ctl.add_argument("--db", help="OVSDB remote (default: OVS_RUNDIR/db.sock)")
+    ctl.add_argument("--xenstore", help="XenStore socket (default: XENSTORED_PATH, as Xen's tools)")
+    ctl.add_argument("--no-syslog", action="store_true")
+    ctl.add_argument("-v", "--verbose", action="store_true")
+    ctl.set_defaults(func=_controller)
+
     from .lab_cmd import add_lab_parser
 
     add_lab_parser(sub)
@@ -44,6 +58,18 @@ def _xenstored(args: argparse.Namespace) -> int:
     from ..xenstore.daemon import run
 
     return run(args.socket, args.pidfile, args.log_file, args.verbose)
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from ..controller.config import ConfigError, load
+    from ..controller.main import run
+
+    try:
+        cfg = load(args.config, listen=args.listen, bridges=args.bridges, ovsdb=args.db, xenstore=args.xenstore)
+    except ConfigError as e:
+        print(f"xvif-ovs controller: {e}", file=sys.stderr)
+        return 2
+    return run(cfg, args.verbose, not args.no_syslog)
 
 
 def _hotplug(args: argparse.Namespace) -> int:

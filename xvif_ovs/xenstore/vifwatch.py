@@ -49,6 +49,7 @@ class VifWatcher:
         self._watcher.connect()
         self._monitor = self._watcher.monitor()
         self._known: dict[tuple[int, int], dict[str, str]] = {}
+        self._watching = False
 
     def close(self) -> None:
         for c in (self._watcher, self._reader):
@@ -61,9 +62,24 @@ class VifWatcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def scan(self) -> dict[tuple[int, int], dict[str, str]]:
+        """Every vif now, read at once: a consumer that (re)connects starts from this
+        whole picture instead of a stream of adds, then follows ``events()``."""
+        self._known = {}
+        for _ev in self._resync(BACKEND_ROOT):
+            pass
+        return dict(self._known)
+
+    def ping(self) -> None:
+        """Raise if the XenStore connection is gone (pyxs does not notice on its own)."""
+        self._reader.exists(b"/")
+
     def events(self, timeout: float | None = None) -> Iterator[VifEvent]:
-        """Yield events until ``timeout`` seconds pass without one (forever if None)."""
-        self._monitor.watch(BACKEND_ROOT.encode(), TOKEN)
+        """Yield events until ``timeout`` seconds pass without one (forever if None).
+        Vifs already known (from ``scan()`` or earlier events) are compared, not re-added."""
+        if not self._watching:
+            self._monitor.watch(BACKEND_ROOT.encode(), TOKEN)
+            self._watching = True
         while True:
             try:
                 path, _token = self._monitor.events.get(timeout=timeout)

@@ -1,0 +1,1 @@
+"""The OpenFlow controller: an os-ken shim around the pure pipeline."""

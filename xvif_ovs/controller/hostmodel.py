@@ -1,0 +1,113 @@
+"""Joining XenStore (what each vif is), OVSDB (which port it is on) and OpenFlow (its
+ofport and link) into one BridgeModel per bridge. Pure, so the rules for what gets flows
+are unit-tested; what cannot be used is reported with what to fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import VifSpecError
+from ..model.host import BridgeModel, VifModel
+from ..model.vifspec import BridgeSpec, parse_bridge, parse_ips, parse_mac, parse_xl_vlan
+from .config import Config
+from .ovsdb_monitor import BridgeInfo
+
+
+@dataclass(frozen=True)
+class OfPort:
+    number: int
+    live: bool
+
+
+def vif_from_xenstore(keys: dict[str, str], domid: int, devid: int, name: str, cfg: Config) -> VifModel:
+    """Raises VifSpecError (with what to fix) for a vif that cannot be given flows."""
+    if "mac" not in keys:
+        raise VifSpecError(f"vif {domid}.{devid} has no mac in XenStore")
+    mac = parse_mac(keys["mac"])
+    vlans = parse_bridge(keys.get("bridge") or "xenbr0")
+    if keys.get("vlan"):
+        tag, trunks = parse_xl_vlan(keys["vlan"])
+        vlans = BridgeSpec(vlans.name, tag, trunks)
+    return VifModel(
+        domid=domid,
+        devid=devid,
+        mac=mac,
+        vlans=vlans,
+        ips=parse_ips(keys.get("ip", "")),
+        trusted=keys.get("trusted") == "1" or cfg.matches(cfg.trusted_vifs, name, domid, devid),
+        private=cfg.matches(cfg.private_vifs, name, domid, devid),
+        name=name,
+    )
+
+
+def bridge_models(
+    ovsdb: dict[str, BridgeInfo],
+    of_ports: dict[str, dict[str, OfPort]],
+    vifs: dict[tuple[int, int], dict[str, str]],
+    names: dict[int, str],
+    cfg: Config,
+) -> tuple[dict[str, BridgeModel], list[str]]:
+    """Models for the bridges that have an OpenFlow connection, and the problems found."""
+    models: dict[str, BridgeModel] = {}
+    problems: list[str] = []
+    for bname, ports in of_ports.items():
+        info = ovsdb.get(bname)
+        if info is None:
+            continue
+        uplinks, members = [], {}
+        for p in info.ports:
+            of = ports.get(p.name)
+            if of is None:
+                continue
+            if p.kind == "uplink":
+                uplinks.append(of.number)
+            elif p.kind in ("vif", "emu") and p.domid is not None and p.devid is not None:
+                members.setdefault((p.domid, p.devid), {})[p.kind] = of
+        built: list[VifModel] = []
+        seen_macs: dict[str, str] = {}
+        for (domid, devid), backends in sorted(members.items()):
+            keys = vifs.get((domid, devid))
+            dev = f"vif{domid}.{devid}"
+            if keys is None:
+                problems.append(
+                    f"{dev} on {bname} has no vif in XenStore: its traffic is dropped (stale port? remove it)"
+                )
+                continue
+            name = names.get(domid, "")
+            try:
+                vif = vif_from_xenstore(keys, domid, devid, name, cfg)
+            except VifSpecError as e:
+                problems.append(f"{dev} on {bname}: {e}; its traffic is dropped until XenStore is fixed")
+                continue
+            if vif.vlans.name != bname:
+                problems.append(
+                    f"{dev} is on bridge {bname} but XenStore says bridge={keys.get('bridge')}: using {bname}"
+                )
+            if vif.mac in seen_macs:
+                problems.append(
+                    f"MAC conflict on {bname}: {dev} and {seen_macs[vif.mac]} both use {vif.mac}; {dev} gets no flows"
+                )
+                continue
+            seen_macs[vif.mac] = dev
+            v, e = backends.get("vif"), backends.get("emu")
+            built.append(
+                VifModel(
+                    **{
+                        **vif.__dict__,
+                        "vif_port": v.number if v else None,
+                        "emu_port": e.number if e else None,
+                        "vif_live": v.live if v else False,
+                        "emu_live": e.live if e else False,
+                    }
+                )
+            )
+        policy = cfg.bridge_policy.get(bname)
+        models[bname] = BridgeModel(
+            bname,
+            tuple(sorted(uplinks)),
+            local=True,
+            private=bool(policy and policy.private),
+            reserved_for=policy.reserved_for if policy else None,
+            vifs=tuple(built),
+        )
+    return models, problems

@@ -1,0 +1,253 @@
+"""Our Flow / GroupEntry values to os-ken OpenFlow 1.3 messages and back.
+
+Rendering both ways lets the controller compare what the switch reports (flow stats,
+group descriptions) with what it wants, in the one representation the CLI also prints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..pipeline.flow import (
+    OFPP_LOCAL,
+    OFPVID_PRESENT,
+    Action,
+    Bucket,
+    F,
+    Flow,
+    Goto,
+    Group,
+    GroupEntry,
+    LearnSource,
+    Output,
+    PopVlan,
+    PushVlan,
+    Resubmit,
+    SetReg,
+    match,
+)
+
+# ovs-ofctl name -> OXM name (tp_src/tp_dst depend on nw_proto).
+_TO_OXM = {
+    "in_port": "in_port",
+    "reg5": "reg5",
+    "reg6": "reg6",
+    "reg7": "reg7",
+    "dl_src": "eth_src",
+    "dl_dst": "eth_dst",
+    "dl_type": "eth_type",
+    "arp_op": "arp_op",
+    "arp_spa": "arp_spa",
+    "arp_sha": "arp_sha",
+    "nw_src": "ipv4_src",
+    "nw_dst": "ipv4_dst",
+    "nw_proto": "ip_proto",
+    "ipv6_src": "ipv6_src",
+    "ipv6_dst": "ipv6_dst",
+    "icmpv6_type": "icmpv6_type",
+    "nd_target": "ipv6_nd_target",
+    "nd_sll": "ipv6_nd_sll",
+    "nd_tll": "ipv6_nd_tll",
+}
+_FROM_OXM = {v: k for k, v in _TO_OXM.items()}
+_L4 = {6: "tcp", 17: "udp", 132: "sctp"}
+
+
+class Unknown:
+    """An action or field we did not install: makes the flow differ, so it is replaced."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def render(self) -> str:
+        return f"unknown({self.what})"
+
+
+def to_oxm(fields: tuple[F, ...]) -> dict[str, Any]:
+    proto = next((int(f.value) for f in fields if f.name == "nw_proto"), None)
+    out: dict[str, Any] = {}
+    for f in fields:
+        if f.name == "vlan_tci":
+            # Our tci forms: 0/0x1000 (no tag) and (vid|0x1000)/0x1fff (that VLAN, any PCP).
+            out["vlan_vid"] = 0 if int(f.value) == 0 else int(f.value) & 0x1FFF
+            continue
+        if f.name in ("tp_src", "tp_dst"):
+            name = f"{_L4[proto]}_{f.name[3:]}"  # type: ignore[index]
+        elif f.name == "in_port" and f.value == OFPP_LOCAL:
+            out["in_port"] = OFPP_LOCAL
+            continue
+        else:
+            name = _TO_OXM[f.name]
+        out[name] = (f.value, f.mask) if f.mask is not None else f.value
+    return out
+
+
+def from_oxm(items: list[tuple[str, Any]]) -> tuple[F, ...]:
+    fields = []
+    for name, value in items:
+        v, m = value if isinstance(value, tuple) else (value, None)
+        if name == "vlan_vid":
+            fields.append(F("vlan_tci", 0, OFPVID_PRESENT) if v == 0 else F("vlan_tci", v | OFPVID_PRESENT, 0x1FFF))
+            continue
+        if name.endswith(("_src", "_dst")) and name.split("_")[0] in _L4.values():
+            fields.append(F(f"tp_{name.split('_')[1]}", v, m))
+            continue
+        if name not in _FROM_OXM:
+            fields.append(F(name, v, m))  # not ours: the key will not match any desired flow
+            continue
+        fields.append(F(_FROM_OXM[name], _norm(v), _norm(m)))
+    try:
+        return match(*fields)
+    except KeyError:
+        return tuple(fields)
+
+
+def _norm(v: Any) -> Any:
+    return v.lower() if isinstance(v, str) else v
+
+
+def actions_to_os_ken(parser: Any, ofp: Any, actions: tuple[Action, ...]) -> tuple[list, int | None]:
+    """(apply-actions, goto table or None)."""
+    out: list = []
+    goto = None
+    for a in actions:
+        if isinstance(a, Output):
+            out.append(parser.OFPActionOutput(ofp.OFPP_LOCAL if a.port == OFPP_LOCAL else a.port, 0xFFFF))
+        elif isinstance(a, Group):
+            out.append(parser.OFPActionGroup(a.group_id))
+        elif isinstance(a, SetReg):
+            out.append(parser.OFPActionSetField(**{a.reg: a.value}))
+        elif isinstance(a, PushVlan):
+            out.append(parser.OFPActionPushVlan(0x8100))
+            out.append(parser.OFPActionSetField(vlan_vid=a.vid | OFPVID_PRESENT))
+        elif isinstance(a, PopVlan):
+            out.append(parser.OFPActionPopVlan())
+        elif isinstance(a, Resubmit):
+            out.append(parser.NXActionResubmitTable(table_id=a.table))
+        elif isinstance(a, Goto):
+            goto = a.table
+        elif isinstance(a, LearnSource):
+            out.append(
+                parser.NXActionLearn(
+                    table_id=a.table,
+                    specs=[
+                        parser.NXFlowSpecMatch(src=("reg6", 0), dst=("reg6", 0), n_bits=12),
+                        parser.NXFlowSpecMatch(src=("eth_src_nxm", 0), dst=("eth_dst_nxm", 0), n_bits=48),
+                        parser.NXFlowSpecLoad(src=("in_port", 0), dst=("reg7", 0), n_bits=32),
+                    ],
+                    idle_timeout=a.idle_timeout,
+                    priority=a.priority,
+                    cookie=a.cookie,
+                )
+            )
+        else:  # pragma: no cover
+            raise NotImplementedError(a)
+    return out, goto
+
+
+def flow_mod(dp: Any, flow: Flow, command: str = "add") -> Any:
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    acts, goto = actions_to_os_ken(parser, ofp, flow.actions)
+    inst = []
+    if acts:
+        inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, acts))
+    if goto is not None:
+        inst.append(parser.OFPInstructionGotoTable(goto))
+    cmd = {"add": ofp.OFPFC_ADD, "modify": ofp.OFPFC_MODIFY_STRICT, "delete": ofp.OFPFC_DELETE_STRICT}[command]
+    return parser.OFPFlowMod(
+        dp,
+        cookie=flow.cookie,
+        cookie_mask=0,
+        table_id=flow.table,
+        command=cmd,
+        priority=flow.priority,
+        match=parser.OFPMatch(**to_oxm(flow.match)),
+        instructions=inst,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+    )
+
+
+def group_mod(dp: Any, group: GroupEntry, command: str = "add") -> Any:
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    buckets = [
+        parser.OFPBucket(
+            actions=actions_to_os_ken(parser, ofp, b.actions)[0], watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY
+        )
+        for b in group.buckets
+    ]
+    cmd = {"add": ofp.OFPGC_ADD, "modify": ofp.OFPGC_MODIFY, "delete": ofp.OFPGC_DELETE}[command]
+    return parser.OFPGroupMod(dp, cmd, ofp.OFPGT_ALL, group.group_id, [] if command == "delete" else buckets)
+
+
+# -- back from the switch ------------------------------------------------------------------
+
+
+def actions_from_os_ken(ofp: Any, actions: list) -> list[Action | Unknown]:
+    out: list[Action | Unknown] = []
+    i = 0
+    while i < len(actions):
+        a = actions[i]
+        name = type(a).__name__
+        if name == "OFPActionOutput":
+            out.append(Output(OFPP_LOCAL if a.port == ofp.OFPP_LOCAL else a.port))
+        elif name == "OFPActionGroup":
+            out.append(Group(a.group_id))
+        elif name == "OFPActionSetField" and a.key in ("reg5", "reg6", "reg7"):
+            out.append(SetReg(a.key, a.value))
+        elif name == "OFPActionPushVlan":
+            nxt = actions[i + 1] if i + 1 < len(actions) else None
+            if nxt is not None and type(nxt).__name__ == "OFPActionSetField" and nxt.key == "vlan_vid":
+                out.append(PushVlan(nxt.value & 0xFFF))
+                i += 1
+            else:
+                out.append(Unknown("push_vlan"))
+        elif name == "OFPActionPopVlan":
+            out.append(PopVlan())
+        elif name == "NXActionResubmitTable":
+            out.append(Resubmit(a.table_id))
+        elif name == "NXActionLearn":
+            out.append(
+                LearnSource(a.table_id, a.idle_timeout, a.priority, a.cookie) if _our_learn(a) else Unknown("learn")
+            )
+        else:
+            out.append(Unknown(name))
+        i += 1
+    return out
+
+
+def _our_learn(a: Any) -> bool:
+    specs = [(type(s).__name__, s.src, s.dst, s.n_bits) for s in a.specs]
+    return specs == [
+        ("NXFlowSpecMatch", ("reg6", 0), ("reg6", 0), 12),
+        ("NXFlowSpecMatch", ("eth_src_nxm", 0), ("eth_dst_nxm", 0), 48),
+        ("NXFlowSpecLoad", ("in_port", 0), ("reg7", 0), 32),
+    ]
+
+
+def flow_from_stats(ofp: Any, stats: Any) -> Flow:
+    actions: list = []
+    goto = None
+    for inst in stats.instructions:
+        kind = type(inst).__name__
+        if kind == "OFPInstructionActions" and inst.type == ofp.OFPIT_APPLY_ACTIONS:
+            actions += actions_from_os_ken(ofp, inst.actions)
+        elif kind == "OFPInstructionGotoTable":
+            goto = inst.table_id
+        else:
+            actions.append(Unknown(kind))
+    if goto is not None:
+        actions.append(Goto(goto))
+    return Flow(stats.table_id, stats.priority, from_oxm(list(stats.match.items())), tuple(actions), stats.cookie)
+
+
+def group_from_desc(ofp: Any, desc: Any) -> GroupEntry:
+    buckets = tuple(Bucket(tuple(actions_from_os_ken(ofp, b.actions))) for b in desc.buckets)
+    if desc.type != ofp.OFPGT_ALL:
+        buckets += (Bucket((Unknown(f"group type {desc.type}"),)),)
+    return GroupEntry(desc.group_id, buckets)

@@ -1,0 +1,192 @@
+"""The controller's view of OVSDB: bridges, their ports and ofports, kept current by a
+python-ovs IDL (a monitor: changes are pushed, never polled), and the writes that make
+a bridge ours (OpenFlow 1.3, fail_mode secure, our controller target)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..ovsdb.client import locate
+from ..ovsdb.jsonrpc import JsonRpc
+
+log = logging.getLogger("xvif_ovs.controller.ovsdb")
+MAX_BACKOFF_MS = 1000  # OVS retries a lost controller every second, not up to every 8 s
+_VIF_NAME = re.compile(r"^x?vif(\d+)\.(\d+)(-emu)?$")
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    name: str
+    ofport: int | None
+    kind: str  # vif | emu | uplink | local
+    domid: int | None = None
+    devid: int | None = None
+    link_up: bool = True
+
+
+@dataclass(frozen=True)
+class BridgeInfo:
+    name: str
+    ports: tuple[PortInfo, ...]
+    fail_mode: str
+    controllers: tuple[str, ...]
+    protocols: tuple[str, ...]
+    connected: bool
+    fast_reconnect: bool = True  # every controller row has our max_backoff
+
+
+def classify_port(name: str, bridge: str, iface_type: str, ids: dict[str, str]) -> tuple[str, int | None, int | None]:
+    """vif/emu (from our external ids, or Xen's names for ports the hook did not add),
+    local (the bridge's own internal port) or uplink (every other port: a PIF, a bond, a patch)."""
+    if name == bridge and iface_type == "internal":
+        return "local", None, None
+    if "xvif-domid" in ids and "xvif-devid" in ids:
+        try:
+            return ids.get("xvif-kind", "vif"), int(ids["xvif-domid"]), int(ids["xvif-devid"])
+        except ValueError:
+            pass
+    m = _VIF_NAME.match(name)
+    if m:
+        return ("emu" if m.group(3) else "vif"), int(m.group(1)), int(m.group(2))
+    return "uplink", None, None
+
+
+def _one(value):  # noqa: ANN001, ANN202 - IDL optional columns are lists of 0 or 1
+    return value[0] if isinstance(value, list) and value else (None if isinstance(value, list) else value)
+
+
+class OvsdbMonitor:
+    """Runs the IDL in a thread; calls ``on_change(bridges)`` with a fresh snapshot
+    whenever OVSDB changed."""
+
+    def __init__(self, remote: str | None, on_change: Callable[[dict[str, BridgeInfo]], None]) -> None:
+        import ovs.db.idl  # python-ovs; heavy imports belong to the long-lived controller only
+
+        self.remote = locate(remote)
+        rpc = JsonRpc(self.remote, 10)
+        try:
+            schema = rpc.call("get_schema", ["Open_vSwitch"])
+        finally:
+            rpc.close()
+        helper = ovs.db.idl.SchemaHelper(schema_json=schema)
+        helper.register_columns("Open_vSwitch", ["bridges"])
+        helper.register_columns(
+            "Bridge", ["name", "ports", "fail_mode", "controller", "protocols", "datapath_type", "external_ids"]
+        )
+        helper.register_columns("Port", ["name", "interfaces"])
+        helper.register_columns("Interface", ["name", "ofport", "type", "external_ids", "link_state"])
+        helper.register_columns("Controller", ["target", "is_connected", "max_backoff"])
+        self.idl = ovs.db.idl.Idl(self.remote, helper)
+        self.on_change = on_change
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._requests: list[Callable[[], None]] = []
+        self._thread = threading.Thread(target=self._run, name="ovsdb", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.idl.close()
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the IDL thread (the IDL is not thread-safe)."""
+        with self._lock:
+            self._requests.append(fn)
+
+    def _run(self) -> None:
+        import ovs.poller
+
+        seqno = None
+        while not self._stop.is_set():
+            self.idl.run()
+            with self._lock:
+                requests, self._requests = self._requests, []
+            for fn in requests:
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - a failed write is logged; monitoring goes on
+                    log.exception("OVSDB request failed")
+            if self.idl.has_ever_connected() and self.idl.change_seqno != seqno:
+                seqno = self.idl.change_seqno
+                try:
+                    self.on_change(self.snapshot())
+                except Exception:  # noqa: BLE001
+                    log.exception("handling an OVSDB change failed")
+            poller = ovs.poller.Poller()
+            self.idl.wait(poller)
+            poller.timer_wait(100)  # also wakes for call_soon requests
+            poller.block()
+
+    def snapshot(self) -> dict[str, BridgeInfo]:
+        out = {}
+        for br in self.idl.tables["Bridge"].rows.values():
+            ports = []
+            for port in br.ports:
+                for iface in port.interfaces:
+                    ids = dict(iface.external_ids)
+                    kind, domid, devid = classify_port(iface.name, br.name, iface.type, ids)
+                    ofport = _one(iface.ofport)
+                    link = _one(iface.link_state)
+                    ports.append(
+                        PortInfo(
+                            iface.name,
+                            ofport if isinstance(ofport, int) and ofport > 0 else None,
+                            kind,
+                            domid,
+                            devid,
+                            link != "down",
+                        )
+                    )
+            ctrls = tuple(sorted(c.target for c in br.controller))
+            connected = any(_one(c.is_connected) for c in br.controller)
+            fast = all(_one(c.max_backoff) == MAX_BACKOFF_MS for c in br.controller)
+            out[br.name] = BridgeInfo(
+                br.name,
+                tuple(sorted(ports, key=lambda p: p.name)),
+                _one(br.fail_mode) or "",
+                ctrls,
+                tuple(br.protocols),
+                connected,
+                fast,
+            )
+        return out
+
+    def take_over(self, bridge: str, target: str) -> None:
+        """Make ``bridge`` ours: OpenFlow 1.3, fail_mode secure (flows stay when we are
+        away, and nothing else forwards), and our controller target. In the IDL thread."""
+
+        def do() -> None:
+            import ovs.db.idl
+
+            br = next((b for b in self.idl.tables["Bridge"].rows.values() if b.name == bridge), None)
+            if br is None:
+                return
+            protocols = sorted(set(br.protocols) | {"OpenFlow13"})
+            if (
+                _one(br.fail_mode) == "secure"
+                and [(c.target, _one(c.max_backoff)) for c in br.controller] == [(target, MAX_BACKOFF_MS)]
+                and list(br.protocols) == protocols
+            ):
+                return
+            txn = ovs.db.idl.Transaction(self.idl)
+            ctrl = txn.insert(self.idl.tables["Controller"])
+            ctrl.target = target
+            ctrl.max_backoff = [MAX_BACKOFF_MS]
+            br.controller = [ctrl]
+            br.fail_mode = ["secure"]
+            br.protocols = protocols
+            txn.add_comment(f"xvif-ovs controller: take over {bridge}")
+            status = txn.commit_block()
+            if status not in (ovs.db.idl.Transaction.SUCCESS, ovs.db.idl.Transaction.UNCHANGED):
+                log.error("could not take over bridge %s: %s %s", bridge, status, txn.get_error())
+            else:
+                log.info("took over bridge %s: fail_mode secure, controller %s", bridge, target)
+
+        self.call_soon(do)

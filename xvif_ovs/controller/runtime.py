@@ -1,0 +1,278 @@
+"""The controller's moving parts around the pure pipeline.
+
+Three sources feed one reconciler thread: XenStore (a watch on the vif backends), OVSDB
+(an IDL monitor of bridges and ports) and the switches (os-ken events: connect, port
+status). Whatever changed, the reconciler recomputes the affected bridges' desired flows
+and applies the difference to what the switch has, atomically. It keeps no state that
+cannot be rebuilt from those sources, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from pyxs import Client
+
+from ..pipeline.build import P_DROP, PURPOSES, build
+from ..pipeline.diff import diff
+from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, decode_cookie
+from ..xenstore.client import locate
+from ..xenstore.vifwatch import VifWatcher
+from .config import Config
+from .hostmodel import OfPort, bridge_models
+from .ovsdb_monitor import BridgeInfo, OvsdbMonitor
+from .session import Session, SwitchError
+
+log = logging.getLogger("xvif_ovs.controller")
+DROP_REPORT_INTERVAL = 10.0
+
+
+class Runtime:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.sessions: dict[int, Session] = {}  # by datapath id
+        self.vifs: dict[tuple[int, int], dict[str, str]] = {}
+        self.names: dict[int, str] = {}
+        self.ovsdb: dict[str, BridgeInfo] = {}
+        self.xenstore_ready = threading.Event()
+        self.ovsdb_ready = threading.Event()
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._reported_problems: set[str] = set()
+        self._drops: dict[tuple[int, int], int] = {}
+        self.monitor: OvsdbMonitor | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.monitor = OvsdbMonitor(self.cfg.ovsdb, self._on_ovsdb)
+        self.monitor.start()
+        for target, name in ((self._xenstore_loop, "xenstore"), (self._reconcile_loop, "reconcile")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(("stop", None))
+        for t in self._threads:
+            t.join(5)
+        if self.monitor:
+            self.monitor.stop()
+
+    # -- inputs (any thread) -----------------------------------------------------------------
+
+    def datapath_up(self, dp: Any) -> None:
+        old = self.sessions.get(dp.id)
+        if old:
+            old.close()
+        self.sessions[dp.id] = Session(dp)
+        self._queue.put(("dp_up", dp.id))
+
+    def datapath_down(self, dp: Any) -> None:
+        s = self.sessions.get(dp.id)
+        if s and s.dp is dp:
+            s.close()
+            del self.sessions[dp.id]
+            log.info("switch %s disconnected", s.bridge or hex(dp.id))
+
+    def session(self, dp: Any) -> Session | None:
+        s = self.sessions.get(dp.id)
+        return s if s and s.dp is dp else None
+
+    def port_status(self, dp: Any, msg: Any) -> None:
+        s = self.session(dp)
+        ofp = dp.ofproto
+        p = msg.desc
+        name = p.name.decode() if isinstance(p.name, bytes) else p.name
+        live = not (p.state & ofp.OFPPS_LINK_DOWN) and not (p.config & ofp.OFPPC_PORT_DOWN)
+        reason = {ofp.OFPPR_ADD: "added", ofp.OFPPR_DELETE: "removed", ofp.OFPPR_MODIFY: "changed"}.get(msg.reason, "?")
+        bridge = s.bridge if s else hex(dp.id)
+        if msg.reason == ofp.OFPPR_MODIFY and s and name in s.ports and s.ports[name][1] != live:
+            log.info("interface %s on %s: link %s", name, bridge, "up" if live else "down")
+        elif msg.reason != ofp.OFPPR_MODIFY:
+            log.info("interface %s on %s: port %s (ofport %s)", name, bridge, reason, p.port_no)
+        self._queue.put(("ports", dp.id))
+
+    def _on_ovsdb(self, snapshot: dict[str, BridgeInfo]) -> None:
+        self.ovsdb = snapshot
+        target = self.cfg.target()
+        assert self.monitor is not None
+        for name, info in snapshot.items():
+            if self.cfg.managed(name) and (
+                info.fail_mode != "secure"
+                or info.controllers != (target,)
+                or "OpenFlow13" not in info.protocols
+                or not info.fast_reconnect
+            ):
+                self.monitor.take_over(name, target)
+        self.ovsdb_ready.set()
+        self._queue.put(("model", None))
+
+    # -- XenStore --------------------------------------------------------------------------
+
+    def _xenstore_loop(self) -> None:
+        where = self.cfg.xenstore
+        while not self._stop.is_set():
+            try:
+                kwargs = {"unix_socket_path": where} if where else locate()
+                with VifWatcher(kwargs.get("unix_socket_path")) as w:
+                    self.vifs = w.scan()
+                    self._refresh_names()
+                    log.info("XenStore: %d vif(s)", len(self.vifs))
+                    self.xenstore_ready.set()
+                    self._queue.put(("model", None))
+                    while not self._stop.is_set():
+                        for ev in w.events(timeout=2.0):
+                            if ev.kind == "removed":
+                                self.vifs.pop((ev.domid, ev.devid), None)
+                            else:
+                                self.vifs[(ev.domid, ev.devid)] = ev.keys
+                                if ev.domid not in self.names:
+                                    self._refresh_names()
+                            log.debug("XenStore: vif %d.%d %s %s", ev.domid, ev.devid, ev.kind, sorted(ev.changed))
+                            self._queue.put(("model", None))
+                        w.ping()
+            except Exception as e:  # noqa: BLE001 - XenStore went away: keep the flows, retry
+                if not self._stop.is_set():
+                    log.warning("XenStore connection lost (%s); flows stay as they are, reconnecting", e)
+                    self._stop.wait(1.0)
+
+    def _refresh_names(self) -> None:
+        where = self.cfg.xenstore
+        try:
+            with Client(**({"unix_socket_path": where} if where else locate())) as c:
+                for domid in {d for d, _ in self.vifs}:
+                    p = f"/local/domain/{domid}/name".encode()
+                    if c.exists(p):
+                        self.names[domid] = c.read(p).decode()
+        except Exception as e:  # noqa: BLE001 - names are for logs and config matching only
+            log.debug("reading domain names: %s", e)
+
+    # -- the reconciler ------------------------------------------------------------------------
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._reconcile_loop_once()
+            except Exception:  # noqa: BLE001 - a bug must not stop the controller; the next change retries
+                log.exception("reconciler failed; continuing")
+                self._stop.wait(1.0)
+
+    def _reconcile_loop_once(self) -> None:
+        next_report = time.monotonic() + DROP_REPORT_INTERVAL
+        while not self._stop.is_set():
+            try:
+                kind, arg = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                kind, arg = "tick", None
+            items = [(kind, arg)]
+            while True:  # coalesce a burst of changes into one pass
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if any(k == "stop" for k, _ in items):
+                return
+            for k, a in items:
+                if k == "dp_up":
+                    self._connect(a)
+                elif k == "ports":
+                    s = self.sessions.get(a)
+                    if s:
+                        try:
+                            s.read_ports()
+                        except SwitchError as e:
+                            log.warning("%s", e)
+            if any(k != "tick" for k, _ in items):
+                self._reconcile_all()
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + DROP_REPORT_INTERVAL
+                self._report_drops()
+
+    def _connect(self, dpid: int) -> None:
+        s = self.sessions.get(dpid)
+        if s is None:
+            return
+        try:
+            s.read_ports()
+            s.read_tables()
+            s.synced = True
+            log.info(
+                "switch %s connected: %d of our flows and %d groups installed",
+                s.bridge,
+                len(s.installed_flows),
+                len(s.installed_groups),
+            )
+        except SwitchError as e:
+            log.warning("switch %x: %s", dpid, e)
+
+    def _reconcile_all(self) -> None:
+        if not (self.xenstore_ready.is_set() and self.ovsdb_ready.is_set()):
+            return  # never act on half a picture: that would delete good flows
+        sessions = {s.bridge: s for s in list(self.sessions.values()) if s.synced and s.bridge}
+        of_ports = {b: {n: OfPort(no, live) for n, (no, live) in s.ports.items()} for b, s in sessions.items()}
+        models, problems = bridge_models(self.ovsdb, of_ports, dict(self.vifs), dict(self.names), self.cfg)
+        for p in problems:
+            if p not in self._reported_problems:
+                log.warning("%s", p)
+        self._reported_problems = set(problems)
+        for bname, model in models.items():
+            if not self.cfg.managed(bname):
+                continue
+            s = sessions[bname]
+            desired = build(model, self.cfg.learn_idle_timeout)
+            plan = diff(desired, s.installed_flows, s.installed_groups)
+            if not plan:
+                continue
+            t0 = time.monotonic()
+            try:
+                s.apply(plan)
+            except SwitchError as e:
+                log.error("applying flows to %s failed, re-reading the switch: %s", bname, e)
+                with contextlib.suppress(SwitchError):
+                    s.read_tables()
+                continue
+            s.installed_flows = [f for f in desired.flows]
+            s.installed_groups = list(desired.groups)
+            log.info("%s: %s in %.0f ms", bname, plan.summary(), (time.monotonic() - t0) * 1000)
+
+    def _report_drops(self) -> None:
+        """Rate-limited port-security summaries: one line per vif whose drops rose."""
+        cookie, mask = COOKIE_MAGIC | P_DROP << 40, COOKIE_MASK | 0xFF << 40
+        for s in list(self.sessions.values()):
+            if not s.synced:
+                continue
+            try:
+                stats = s.flow_stats(cookie, mask)
+            except SwitchError:
+                continue
+            totals: dict[tuple[int, int], int] = {}
+            for st in stats:
+                d = decode_cookie(st.cookie)
+                if d and d[1] is not None:
+                    totals[(d[1], d[2])] = totals.get((d[1], d[2]), 0) + st.packet_count
+            for key, total in sorted(totals.items()):
+                before = self._drops.get(key, 0)
+                if total > before:
+                    name = self.names.get(key[0], "?")
+                    log.warning(
+                        "port security on %s: dropped %d frame(s) from vif%d.%d (domain %s) in the last %.0f s (%d in all)",
+                        s.bridge,
+                        total - before,
+                        key[0],
+                        key[1],
+                        name,
+                        DROP_REPORT_INTERVAL,
+                        total,
+                    )
+                self._drops[key] = total
+
+
+__all__ = ["Runtime", "PURPOSES"]

@@ -1,0 +1,171 @@
+"""One switch connection: synchronous requests over os-ken's asynchronous datapath.
+
+os-ken delivers replies as events on its own thread; the reconciler thread waits for
+them here by xid. Reading the switch's flows and groups, and applying a plan atomically
+in an ONF bundle (OpenFlow 1.3's bundle extension, which OVS implements), are the only
+two things the controller ever does to a switch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+from typing import Any
+
+from ..pipeline.diff import Plan
+from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, Flow, GroupEntry
+from . import ofmsg
+
+log = logging.getLogger("xvif_ovs.controller")
+TIMEOUT = 10.0
+_bundle_ids = itertools.count(1)
+
+
+class SwitchError(Exception):
+    """The switch refused something or did not answer."""
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.replies: list[Any] = []
+        self.error: Any = None
+
+
+class Session:
+    def __init__(self, dp: Any) -> None:
+        self.dp = dp
+        self.bridge: str | None = None
+        self.ports: dict[str, tuple[int, bool]] = {}  # name -> (ofport, live)
+        self.installed_flows: list[Flow] = []
+        self.installed_groups: list[GroupEntry] = []
+        self.synced = False
+        self._waiters: dict[int, _Waiter] = {}
+        self._bundled: set[int] = set()  # xids of messages added to the open bundle
+        self._bundle_errors: list[Any] = []
+        self._lock = threading.Lock()
+        self.closed = False
+
+    # -- called from os-ken's thread --------------------------------------------------
+
+    def on_reply(self, msg: Any, more: bool = False) -> None:
+        with self._lock:
+            w = self._waiters.get(msg.xid)
+        if w is None:
+            return
+        w.replies.append(msg)
+        if not more:
+            w.done.set()
+
+    def on_error(self, msg: Any) -> None:
+        with self._lock:
+            w = self._waiters.get(msg.xid)
+            if w is None and msg.xid in self._bundled:
+                self._bundle_errors.append(msg)
+                return
+        if w is None:
+            log.error(
+                "switch %s reported an error for xid %s: type %s code %s", self.bridge, msg.xid, msg.type, msg.code
+            )
+            return
+        w.error = msg
+        w.done.set()
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            for w in self._waiters.values():
+                w.done.set()
+
+    # -- called from the reconciler thread -----------------------------------------------
+
+    def request(self, msg: Any, what: str) -> list[Any]:
+        self.dp.set_xid(msg)
+        w = _Waiter()
+        with self._lock:
+            self._waiters[msg.xid] = w
+        try:
+            if not self.dp.send_msg(msg):
+                raise SwitchError(f"{what}: the connection to {self.bridge} is closed")
+            if not w.done.wait(TIMEOUT) or self.closed:
+                raise SwitchError(f"{what}: no answer from {self.bridge} within {TIMEOUT:.0f} s")
+            if w.error is not None:
+                raise SwitchError(f"{what}: {self.bridge} answered error type {w.error.type} code {w.error.code}")
+            return w.replies
+        finally:
+            with self._lock:
+                self._waiters.pop(msg.xid, None)
+
+    def read_ports(self) -> None:
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        replies = self.request(parser.OFPPortDescStatsRequest(self.dp, 0), "port description")
+        ports = {}
+        for r in replies:
+            for p in r.body:
+                live = not (p.state & ofp.OFPPS_LINK_DOWN) and not (p.config & ofp.OFPPC_PORT_DOWN)
+                ports[p.name.decode() if isinstance(p.name, bytes) else p.name] = (p.port_no, live)
+                if p.port_no == ofp.OFPP_LOCAL:
+                    self.bridge = p.name.decode() if isinstance(p.name, bytes) else p.name
+        self.ports = ports
+
+    def read_tables(self) -> None:
+        """What the switch has now: our flows (by cookie) and all groups."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        req = parser.OFPFlowStatsRequest(
+            self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, COOKIE_MAGIC, COOKIE_MASK, parser.OFPMatch()
+        )
+        flows = [ofmsg.flow_from_stats(ofp, s) for r in self.request(req, "flow stats") for s in r.body]
+        greq = parser.OFPGroupDescStatsRequest(self.dp, 0)
+        groups = [ofmsg.group_from_desc(ofp, d) for r in self.request(greq, "group description") for d in r.body]
+        self.installed_flows, self.installed_groups = flows, groups
+
+    def flow_stats(self, cookie: int, mask: int) -> list[Any]:
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        req = parser.OFPFlowStatsRequest(
+            self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, mask, parser.OFPMatch()
+        )
+        return [s for r in self.request(req, "flow stats") for s in r.body]
+
+    def apply(self, plan: Plan) -> None:
+        """All of ``plan`` or none of it: one atomic, ordered bundle."""
+        dp, ofp, parser = self.dp, self.dp.ofproto, self.dp.ofproto_parser
+        msgs = (
+            [ofmsg.group_mod(dp, g, "add") for g in plan.group_adds]
+            + [ofmsg.group_mod(dp, g, "modify") for g in plan.group_mods]
+            + [ofmsg.flow_mod(dp, f, "delete") for f in plan.flow_deletes]
+            + [ofmsg.flow_mod(dp, f, "add") for f in plan.flow_adds]
+            + [ofmsg.flow_mod(dp, f, "modify") for f in plan.flow_mods]
+            + [ofmsg.group_mod(dp, g, "delete") for g in plan.group_deletes]
+        )
+        if not msgs:
+            return
+        bid = next(_bundle_ids) & 0xFFFFFFFF
+        flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+        self.request(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, flags, []), "bundle open")
+        with self._lock:
+            self._bundled, self._bundle_errors = set(), []
+        try:
+            for m in msgs:  # the bundle message gives its xid to the message inside
+                add = parser.ONFBundleAddMsg(dp, bid, flags, m, [])
+                dp.set_xid(add)
+                with self._lock:
+                    self._bundled.add(add.xid)
+                if not dp.send_msg(add):
+                    raise SwitchError(f"bundle add: the connection to {self.bridge} is closed")
+            # OVS leaves a message it refuses out of the bundle and keeps the bundle open;
+            # a barrier tells us every add was judged, so a refusal aborts the whole plan.
+            self.request(parser.OFPBarrierRequest(dp), "barrier")
+            with self._lock:
+                refused = list(self._bundle_errors)
+            if refused:
+                e = refused[0]
+                raise SwitchError(
+                    f"{self.bridge} refused {len(refused)} bundled message(s), first: type {e.type} code {e.code}"
+                )
+            self.request(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []), "bundle commit")
+        except SwitchError:
+            with contextlib.suppress(SwitchError):
+                self.request(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_DISCARD_REQUEST, flags, []), "bundle discard")
+            raise
