@@ -368,3 +368,34 @@ def test_vif_watcher_reports_added_changed_removed(guests):
         del_domain(guests.lab, "w1")
         gone = [ev for ev in events if ev.domid == 90]
         assert gone and gone[-1].kind == "removed"
+
+
+# -- found in review: states a real host gets into --------------------------------------
+
+
+def test_online_again_when_ofport_request_and_ofport_differ(guests):
+    guests.guest("re", 92, "mac=00:16:3e:00:5c:01")
+    guests.vsctl("set", "interface", "vif92.0", "ofport_request=4242")  # as if OVS could not honour it
+    assert hook(guests, "online", "vif92.0", 92).returncode == 0
+    assert guests.vsctl("list-ports", "xenbr0").split().count("vif92.0") == 1
+
+
+def test_a_guest_reusing_anothers_vifname_does_not_take_its_port_down(guests, raw):
+    guests.guest("owner", 93, "mac=00:16:3e:00:5d:01,vifname=shared0")
+    dev = raw.make(94, {**BASE, "mac": "00:16:3e:00:5e:01", "vifname": "shared0"})
+    assert hook(guests, "online", dev, 94).returncode == 1  # the name is taken
+    assert hook(guests, "offline", dev, 94).returncode == 0  # libxl's clean-up after the failure
+    assert "shared0" in guests.vsctl("list-ports", "xenbr0").split()
+    assert link_exists("shared0")
+
+
+def test_a_stale_port_of_a_dead_domain_does_not_block_its_mac(guests, raw):
+    dead = raw.make(95, {**BASE, "mac": "00:16:3e:00:5f:01"})
+    assert hook(guests, "online", dead, 95).returncode == 0
+    with xs(guests) as c:  # the domain died and its backend went without an offline
+        c.delete(b"/local/domain/0/backend/vif/95")
+    dev = raw.make(96, {**BASE, "mac": "00:16:3e:00:5f:01"})
+    proc = hook(guests, "online", dev, 96)
+    assert proc.returncode == 0, proc.stderr
+    ports = guests.vsctl("list-ports", "xenbr0").split()
+    assert dev in ports and dead not in ports

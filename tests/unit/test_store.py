@@ -80,3 +80,57 @@ def test_new_nodes_inherit_parent_permissions():
     s.set_perms(None, "/p", (Perm("n", 5), Perm("r", 0)))
     s.write(None, "/p/q/r", b"")
     assert s.get_perms(None, "/p/q/r") == (Perm("n", 5), Perm("r", 0))
+
+
+def _consistent(s: Store) -> None:
+    nodes = s._nodes  # noqa: SLF001 - the invariant is about the internal tree
+    for path, node in nodes.items():
+        for child in node.children:
+            assert (path.rstrip("/") + "/" + child) in nodes, f"{path} lists missing child {child}"
+        if path != "/":
+            parent = path.rsplit("/", 1)[0] or "/"
+            assert parent in nodes and path.rsplit("/", 1)[1] in nodes[parent].children, f"{path} is orphaned"
+
+
+def test_random_interleavings_keep_the_tree_consistent():
+    """Transactions racing plain writers: commits either apply whole or fail with EAGAIN,
+    and the tree never ends with orphans or dangling children."""
+    import random
+
+    rng = random.Random(1234)
+    paths = ["/a", "/a/b", "/a/b/c", "/a/d", "/e", "/e/f"]
+    for _ in range(3000):
+        s = Store()
+        txs = [Transaction() for _ in range(2)]
+        for _step in range(12):
+            tx = rng.choice([None, *txs])
+            op, path = rng.choice(["write", "rm", "read", "mkdir"]), rng.choice(paths)
+            try:
+                if op == "write":
+                    s.write(tx, path, b"v")
+                elif op == "rm":
+                    s.rm(tx, path)
+                elif op == "mkdir":
+                    s.mkdir(tx, path)
+                else:
+                    s.read(tx, path)
+            except XsError as e:
+                assert e.errno_name in ("ENOENT", "EAGAIN")
+        for tx in txs:
+            try:
+                s.commit(tx)
+            except XsError as e:
+                assert e.errno_name == "EAGAIN"
+            _consistent(s)
+
+
+def test_a_node_that_came_and_went_during_the_transaction_is_a_conflict():
+    s = Store()
+    tx = Transaction()
+    assert not s.exists(tx, "/x")
+    s.write(None, "/x/old", b"")
+    s.write(tx, "/x/y", b"1")  # built on its own view: /x missing
+    s.rm(None, "/x")
+    with pytest.raises(XsError):
+        s.commit(tx)
+    _consistent(s)

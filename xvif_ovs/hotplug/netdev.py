@@ -62,5 +62,15 @@ def rename(old: str, new: str) -> None:
     _ioctl(old, SIOCSIFNAME, struct.pack("16s", new.encode()))
 
 
+SIOCGIFMTU = 0x8921
+
+
+def get_mtu(name: str) -> int | None:
+    try:
+        return struct.unpack("i", _ioctl(name, SIOCGIFMTU, b"\0" * 16)[16:20])[0]
+    except NetdevError:
+        return None
+
+
 def set_mtu(name: str, mtu: int) -> None:
     _ioctl(name, SIOCSIFMTU, struct.pack("i", mtu) + b"\0" * 12)

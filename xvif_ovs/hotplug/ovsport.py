@@ -12,6 +12,7 @@ datapath (about 0.9 s at 1000 ports), and is what makes vif-openvswitch slow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..errors import XvifError
 from ..ovsdb.client import ConditionFailed, Ovsdb, from_map, from_set, ovs_map, ovs_set
 from .vifconfig import VifConfig
 
+VifExists = Callable[[int, int], bool]  # does XenStore still have this domid/devid's backend?
 OFPORT_FIRST = 100  # leave low numbers to uplinks and ports OVS numbers itself
 OFPORT_LAST = 0xFEFF  # OFPP_MAX in OpenFlow 1.3
 PROBE = 8  # candidate ofports looked up per round trip
@@ -42,7 +44,14 @@ class Snapshot:
     mac: str
     bridge_exists: bool
     same_mac: list[dict[str, Any]]  # Interface rows: _uuid, name, external_ids
-    mine: int | None = None  # the ofport dev already has or asked for (a repeated online keeps it)
+    mine_request: int | None = None  # dev's ofport_request, if dev exists (a repeated online)
+    mine_ofport: int | None = None  # dev's ofport as assigned by ovs-vswitchd
+
+    @property
+    def mine(self) -> int | None:
+        """The number a repeated online keeps: what dev asked for, else what it got."""
+        return self.mine_request or self.mine_ofport
+
     old_port: str | None = None  # uuid of a Port already named dev
 
 
@@ -66,12 +75,11 @@ def read_snapshot(db: Ovsdb, bridge: str, dev: str, mac: str) -> Snapshot:
             {"op": "select", "table": "Port", "where": [["name", "==", dev]], "columns": ["_uuid"]},
         ]
     )
-    mine = None
+    req = ofp = None
     if r[2]["rows"]:
-        row = r[2]["rows"][0]
-        mine = _int_or_none(row["ofport_request"]) or _int_or_none(row["ofport"])
+        req, ofp = _int_or_none(r[2]["rows"][0]["ofport_request"]), _int_or_none(r[2]["rows"][0]["ofport"])
     old = r[3]["rows"][0]["_uuid"][1] if r[3]["rows"] else None
-    return Snapshot(bridge, dev, mac, bool(r[0]["rows"]), r[1]["rows"], mine, old)
+    return Snapshot(bridge, dev, mac, bool(r[0]["rows"]), r[1]["rows"], req, ofp, old)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -79,8 +87,12 @@ def _int_or_none(value: Any) -> int | None:
     return vals[0] if vals and isinstance(vals[0], int) and vals[0] > 0 else None
 
 
-def check(db: Ovsdb, snap: Snapshot, cfg: VifConfig) -> None:
-    """Refuse what must never reach the bridge; messages say what to fix."""
+def check(db: Ovsdb, snap: Snapshot, cfg: VifConfig, vif_exists: VifExists = lambda d, n: True) -> list[str]:
+    """Refuse what must never reach the bridge; messages say what to fix.
+
+    Returns the Port uuids of stale ports to replace: same MAC on this bridge, left by a
+    vif whose backend is gone from XenStore (its domain died without `offline`)."""
+    stale: list[str] = []
     if not snap.bridge_exists:
         raise BridgeMissing(
             f"bridge {snap.bridge} does not exist in OVSDB: create it (ovs-vsctl add-br {snap.bridge}) "
@@ -92,23 +104,28 @@ def check(db: Ovsdb, snap: Snapshot, cfg: VifConfig) -> None:
             continue  # this very port, online again
         if ids.get("xvif-domid") == str(cfg.domid) and ids.get("xvif-devid") == str(cfg.devid):
             continue  # the HVM twin: one NIC, two backends
-        other_bridge = _bridge_of_interface(db, row["_uuid"][1])
-        if other_bridge == snap.bridge:
-            who = ids.get("xen-vm-name") or "?"
-            dom = ids.get("xvif-domid")
-            owner = f"domain {who}" + (f" (domid {dom})" if dom else "")
-            raise MacConflict(
-                f"MAC {snap.mac} of vif {cfg.domid}.{cfg.devid} is already used on bridge {snap.bridge} by "
-                f"{row['name']} of {owner}: give one of them another mac= (a free one in Xen's OUI 00:16:3e)"
-            )
+        other_port, other_bridge = _port_and_bridge_of_interface(db, row["_uuid"][1])
+        if other_bridge != snap.bridge or other_port is None:
+            continue  # another bridge is another L2 network
+        dom, dev = ids.get("xvif-domid", ""), ids.get("xvif-devid", "")
+        if dom.isdigit() and dev.isdigit() and not vif_exists(int(dom), int(dev)):
+            stale.append(other_port)
+            continue
+        who = ids.get("xen-vm-name") or "?"
+        owner = f"domain {who}" + (f" (domid {dom})" if dom else "")
+        raise MacConflict(
+            f"MAC {snap.mac} of vif {cfg.domid}.{cfg.devid} is already used on bridge {snap.bridge} by "
+            f"{row['name']} of {owner}: give one of them another mac= (a free one in Xen's OUI 00:16:3e)"
+        )
+    return stale
 
 
-def _bridge_of_interface(db: Ovsdb, iface_uuid: str) -> str | None:
+def _port_and_bridge_of_interface(db: Ovsdb, iface_uuid: str) -> tuple[str | None, str | None]:
     ports = db.select("Port", [["interfaces", "includes", ["uuid", iface_uuid]]], ["_uuid"])
     if not ports:
-        return None
+        return None, None
     bridges = db.select("Bridge", [["ports", "includes", ports[0]["_uuid"]]], ["name"])
-    return bridges[0]["name"] if bridges else None
+    return ports[0]["_uuid"][1], (bridges[0]["name"] if bridges else None)
 
 
 def candidate_ofports(cfg: VifConfig, tap: bool, attempt: int) -> list[int]:
@@ -138,10 +155,14 @@ def choose_ofport(db: Ovsdb, snap: Snapshot, cfg: VifConfig, tap: bool) -> int:
     raise XvifError(f"no free OpenFlow port number left in {OFPORT_FIRST}-{OFPORT_LAST}")
 
 
-def plan_attach(snap: Snapshot, cfg: VifConfig, tap: bool, ofport: int) -> list[dict[str, Any]]:
+def plan_attach(
+    snap: Snapshot, cfg: VifConfig, tap: bool, ofport: int, stale: list[str] | None = None
+) -> list[dict[str, Any]]:
     """The whole change as one list of OVSDB operations (pure: unit-tested as data)."""
-    # The chosen number is free, or already dev's own (a repeated online).
-    holders = [{"name": snap.dev}] if snap.mine == ofport else []
+    # The chosen number is free, or already dev's own (a repeated online); each column
+    # is asserted as it was read, since ofport_request and ofport may differ.
+    req_holders = [{"name": snap.dev}] if snap.mine_request == ofport else []
+    of_holders = [{"name": snap.dev}] if snap.mine_ofport == ofport else []
     ops: list[dict[str, Any]] = [
         _wait("Bridge", [["name", "==", snap.bridge]], [{"name": snap.bridge}]),
         _wait(
@@ -149,11 +170,12 @@ def plan_attach(snap: Snapshot, cfg: VifConfig, tap: bool, ofport: int) -> list[
             [["external_ids", "includes", ovs_map({"attached-mac": snap.mac})]],
             [{"name": r["name"]} for r in snap.same_mac],
         ),
-        _wait("Interface", [["ofport_request", "==", ofport]], holders),
-        _wait("Interface", [["ofport", "==", ofport]], holders),
+        _wait("Interface", [["ofport_request", "==", ofport]], req_holders),
+        _wait("Interface", [["ofport", "==", ofport]], of_holders),
     ]
-    if snap.old_port:
-        ops.append(_remove_port(snap.old_port))
+    for port_uuid in [snap.old_port, *(stale or [])]:
+        if port_uuid:
+            ops.append(_remove_port(port_uuid))
     b = cfg.bridge
     ops += [
         {
@@ -208,14 +230,14 @@ def _remove_port(port_uuid: str) -> dict[str, Any]:
     }
 
 
-def attach(db: Ovsdb, cfg: VifConfig, dev: str, tap: bool) -> int:
+def attach(db: Ovsdb, cfg: VifConfig, dev: str, tap: bool, vif_exists: VifExists = lambda d, n: True) -> int:
     """Add or replace ``dev`` on its bridge; returns its ofport."""
     for _ in range(ATTEMPTS):
         snap = read_snapshot(db, cfg.bridge.name, dev, cfg.mac)
-        check(db, snap, cfg)
+        stale = check(db, snap, cfg, vif_exists)
         ofport = choose_ofport(db, snap, cfg, tap)
         try:
-            db.transact(plan_attach(snap, cfg, tap, ofport))
+            db.transact(plan_attach(snap, cfg, tap, ofport, stale))
             return ofport
         except ConditionFailed:
             continue  # another writer changed what we read: look again
@@ -223,14 +245,24 @@ def attach(db: Ovsdb, cfg: VifConfig, dev: str, tap: bool) -> int:
 
 
 def detach(db: Ovsdb, names: list[str], domid: int, devid: int, tap: bool) -> list[str]:
-    """Remove the ports of this vif (by name, and by our ids in case it was renamed);
-    nothing to remove is success. Returns the names removed."""
-    ids = ovs_map({"xvif-domid": str(domid), "xvif-devid": str(devid), "xvif-kind": "emu" if tap else "vif"})
-    wanted = set(names) | {row["name"] for row in db.select("Interface", [["external_ids", "includes", ids]], ["name"])}
+    """Remove the ports of this vif; nothing to remove is success. Returns the names removed.
+
+    A port is this vif's if its Interface carries our ids for this domid/devid/kind, or
+    (a port added by another script) it has no ids and the name libxl gave the device.
+    A port that merely shares the name of another guest's vifname is left alone: a
+    guest that wrongly reuses a vifname must not take another guest's port down.
+    """
+    kind = "emu" if tap else "vif"
+    ids = ovs_map({"xvif-domid": str(domid), "xvif-devid": str(devid), "xvif-kind": kind})
+    mine = {row["name"] for row in db.select("Interface", [["external_ids", "includes", ids]], ["name"])}
+    created = names[0]
+    for row in db.select("Interface", [["name", "==", created]], ["name", "external_ids"]):
+        if "xvif-domid" not in from_map(row["external_ids"]):
+            mine.add(created)
     r = db.transact(
-        [{"op": "select", "table": "Port", "where": [["name", "==", n]], "columns": ["_uuid"]} for n in sorted(wanted)]
+        [{"op": "select", "table": "Port", "where": [["name", "==", n]], "columns": ["_uuid"]} for n in sorted(mine)]
     )
-    ports = {n: res["rows"][0]["_uuid"][1] for n, res in zip(sorted(wanted), r, strict=True) if res["rows"]}
+    ports = {n: res["rows"][0]["_uuid"][1] for n, res in zip(sorted(mine), r, strict=True) if res["rows"]}
     if ports:
         ops = [_remove_port(uuid) for uuid in ports.values()]
         ops.append({"op": "comment", "comment": f"vif-xvif-ovs: remove {', '.join(sorted(ports))}"})

@@ -9,6 +9,7 @@ fails; the error goes to hotplug-error as Xen's scripts write it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 
@@ -43,6 +44,11 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
                 if req.attach:
                     _report_error(xs, req, str(e))
                 return 1
+            except Exception as e:  # noqa: BLE001 - libxl must hear "error" now, not time out in 40 s
+                log.error(f"{where}: unexpected {type(e).__name__}: {e}")
+                if req.attach:
+                    _report_error(xs, req, f"internal error ({type(e).__name__}: {e}); see xen-hotplug.log")
+                return 1
     except XenStoreUnavailable as e:
         log.error(f"{where}: {e}")
         return 1
@@ -60,28 +66,44 @@ def _attach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
         )
     with Ovsdb(env.get("XVIF_OVSDB")) as db:
         # Checked before the rename so that a bad vif leaves even the kernel as it was.
-        ovsport.check(db, ovsport.read_snapshot(db, cfg.bridge.name, target, cfg.mac), cfg)
-        if target != req.dev and netdev.exists(req.dev):
-            netdev.rename(req.dev, target)
-            renamed = True
+        def vif_exists(domid: int, devid: int) -> bool:
+            return xs.exists(f"/local/domain/0/backend/vif/{domid}/{devid}".encode())
+
+        ovsport.check(db, ovsport.read_snapshot(db, cfg.bridge.name, target, cfg.mac), cfg, vif_exists)
+        old_mtu = netdev.get_mtu(req.dev if netdev.exists(req.dev) else target)
+        attached = False
         try:
+            if target != req.dev and netdev.exists(req.dev):
+                netdev.rename(req.dev, target)
+                renamed = True
             if cfg.mtu:
                 netdev.set_mtu(target, cfg.mtu)
-            ofport = ovsport.attach(db, cfg, target, req.tap)
+            ofport = ovsport.attach(db, cfg, target, req.tap, vif_exists)
+            attached = True
+            netdev.set_up(target)
+
+            def report(c: Client) -> None:
+                write(c, f"{req.xenbus_path}/{'ofport-emu' if req.tap else 'ofport'}", str(ofport))
+                if not req.tap:  # libxl and netback wait for this; the tap's script reports by exit status
+                    if c.exists(f"{req.xenbus_path}/hotplug-error".encode()):
+                        c.delete(f"{req.xenbus_path}/hotplug-error".encode())
+                    write(c, f"{req.xenbus_path}/hotplug-status", "connected")
+
+            in_transaction(xs, report)
         except BaseException:
-            if renamed:
-                netdev.rename(target, req.dev)
+            # Undo in reverse: the port, the MTU, the name. Best effort; the error that
+            # brought us here is the one to report.
+            with contextlib.suppress(Exception):
+                if attached:
+                    ovsport.detach(db, [target], req.domid, req.devid, req.tap)
+            with contextlib.suppress(Exception):
+                if cfg.mtu and old_mtu:
+                    netdev.set_mtu(target, old_mtu)
+            with contextlib.suppress(Exception):
+                if renamed:
+                    netdev.set_up(target, False)
+                    netdev.rename(target, req.dev)
             raise
-    netdev.set_up(target)
-
-    def report(c: Client) -> None:
-        write(c, f"{req.xenbus_path}/{'ofport-emu' if req.tap else 'ofport'}", str(ofport))
-        if not req.tap:  # libxl and netback wait for this; the tap's script reports by exit status
-            if c.exists(f"{req.xenbus_path}/hotplug-error".encode()):
-                c.delete(f"{req.xenbus_path}/hotplug-error".encode())
-            write(c, f"{req.xenbus_path}/hotplug-status", "connected")
-
-    in_transaction(xs, report)
     port = f"port {target} " if target != req.dev else ""
     return f"{port}bridge={cfg.bridge.name} {_vlans(cfg)} mac={cfg.mac} ofport={ofport}: connected"
 
@@ -89,12 +111,12 @@ def _attach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
 def _detach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
     # The backend node may already be half gone; the device name is all we need then.
     vifname = read_str(xs, f"{req.xenbus_path}/vifname")
-    names = {req.dev}
+    names = [req.dev]
     if vifname:
-        names.add(f"{vifname}-emu" if req.tap else vifname)
+        names.append(f"{vifname}-emu" if req.tap else vifname)
     with Ovsdb(env.get("XVIF_OVSDB")) as db:
-        removed = ovsport.detach(db, sorted(names), req.domid, req.devid, req.tap)
-    for name in names:
+        removed = ovsport.detach(db, names, req.domid, req.devid, req.tap)
+    for name in removed:
         if netdev.exists(name):
             netdev.set_up(name, False)
     key = f"{req.xenbus_path}/{'ofport-emu' if req.tap else 'ofport'}".encode()

@@ -23,9 +23,13 @@ def ovs_env(d: Path) -> dict[str, str]:
 
 
 def read_pid(pidfile: Path) -> int | None:
+    """The daemon's pid, if it still runs: a recycled pid of some other program is not it."""
     try:
         pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
+        return None
+    if str(pidfile.parent).encode() not in cmdline:  # every lab daemon is started with paths in its dir
         return None
     return pid if pid_alive(pid) else None
 

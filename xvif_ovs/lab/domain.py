@@ -244,6 +244,8 @@ def _run_script(lab: Lab, dom: DomainRec, v: VifRec, action: str, tap: bool) -> 
         proc = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=HOTPLUG_TIMEOUT)
     except subprocess.TimeoutExpired as e:
         raise LabError(f"hotplug script `{shlex.join(argv)}` did not finish within {HOTPLUG_TIMEOUT} s") from e
+    except OSError as e:  # the script vanished or lost its exec bit since the domain was made
+        raise LabError(f"cannot run hotplug script {v.script}: {e.strerror}") from e
     be = _backend_path(dom.domid, v.devid)
     if action not in ("online", "add"):
         if proc.returncode != 0:
@@ -264,9 +266,12 @@ def del_domain(lab: Lab, name: str) -> None:
     dom = state.domains.get(name)
     if dom is None:
         raise LabError(f"no domain named {name} (domains: {', '.join(state.domains) or 'none'})")
-    _teardown(lab, dom, strict=True)
-    with lab.state_file.locked() as st:
-        st.domains.pop(name, None)
+    try:
+        _teardown(lab, dom, strict=True)
+    finally:
+        # Every step ran even if one failed: the domain is gone either way.
+        with lab.state_file.locked() as st:
+            st.domains.pop(name, None)
 
 
 def _teardown(lab: Lab, dom: DomainRec, strict: bool) -> None:

@@ -79,8 +79,7 @@ class Lab:
                 "lab can run per host); `xvif-ovs lab down --dir DIR` for that lab first"
             )
         if self.dir.exists():
-            self._remove_leftovers(self.state_file.load())  # a lab that died without `down`
-            shutil.rmtree(self.dir)
+            self.down()  # a lab that died without `down`: stop what still runs, remove the rest
         self.dir.mkdir(parents=True)
         try:
             daemons.start_ovs(self.dir)

@@ -41,7 +41,8 @@ class Event:
 @dataclass
 class Transaction:
     changes: dict[str, Node | None] = field(default_factory=dict)
-    accessed: dict[str, int] = field(default_factory=dict)
+    accessed: dict[str, int] = field(default_factory=dict)  # generation at first access
+    seen: dict[str, Node | None] = field(default_factory=dict)  # each node as first seen
     events: list[Event] = field(default_factory=list)
 
 
@@ -59,16 +60,20 @@ class Store:
         if tx is not None:
             if path in tx.changes:
                 return tx.changes[path]
-            node = self._nodes.get(path)
-            tx.accessed.setdefault(path, node.generation if node else _ABSENT)
-            return node
+            if path not in tx.seen:
+                # A transaction sees every node as it was at its first access (as
+                # xenstored copies it then), never a later version: otherwise it could
+                # build on a node that is gone again by commit time.
+                node = self._nodes.get(path)
+                tx.accessed.setdefault(path, node.generation if node else _ABSENT)
+                tx.seen[path] = node.copy() if node else None
+            return tx.seen[path]
         return self._nodes.get(path)
 
     def _put(self, tx: Transaction | None, path: str, node: Node | None) -> None:
         if tx is not None:
             if path not in tx.changes:
-                cur = self._nodes.get(path)
-                tx.accessed.setdefault(path, cur.generation if cur else _ABSENT)
+                self._get(tx, path)  # record the generation it is based on
             tx.changes[path] = node
             return
         if node is None:
@@ -159,6 +164,10 @@ class Store:
             self._put(tx, p, None)
         parent_path = parent_of(path)
         parent = self._mutable(tx, parent_path)
+        if basename(path) not in parent.children:
+            # Only possible inside a transaction whose view of the parent predates the
+            # node: the tree changed under it, which its commit would refuse anyway.
+            raise XsError("EAGAIN", f"{path} changed during the transaction")
         parent.children.remove(basename(path))
         self._put(tx, parent_path, parent)
         events = [Event(p, exact=True) for p in removed[1:]] + [Event(path)]
