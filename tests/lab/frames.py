@@ -18,13 +18,13 @@ from scapy.all import AsyncSniffer, Dot1Q, Ether, Raw, get_if_hwaddr
 iface, marker, seconds = sys.argv[1], sys.argv[2].encode(), float(sys.argv[3])
 mine = get_if_hwaddr(iface)
 s = AsyncSniffer(iface=iface, store=True,
-    lfilter=lambda p: Raw in p and marker in bytes(p[Raw]) and p[Ether].src != mine)
+    lfilter=lambda p: marker in bytes(p) and p[Ether].src != mine)  # raw bytes: whatever scapy dissects
 s.start()
 print("ready", flush=True)
 sys.stdin.readline()  # until told to stop
 s.stop()
-print(json.dumps([{"vlan": p[Dot1Q].vlan if Dot1Q in p else None, "src": p[Ether].src,
-                   "payload": bytes(p[Raw]).decode(errors="replace")} for p in (s.results or [])]))
+print(json.dumps([{"vlan": p[Dot1Q].vlan if Dot1Q in p else None, "src": p[Ether].src}
+                  for p in (s.results or [])]))
 """
 
 _SEND = r"""
@@ -69,6 +69,26 @@ class Capture:
         if src:
             argv.append(src)
         subprocess.run(["ip", "netns", "exec", netns(guest), *argv], check=True, capture_output=True, timeout=30)
+
+    def send_frame(self, guest: str, expr: str, count: int = 1) -> None:
+        """Send a frame built by the scapy expression ``expr`` (with ``M`` the marker
+        payload and ``MAC`` the guest's own MAC) from the guest's eth0."""
+        code = (
+            "import logging, sys\n"
+            'logging.getLogger("scapy.runtime").setLevel(logging.ERROR)\n'
+            "from scapy.all import *\n"
+            "from scapy.layers.dhcp import BOOTP, DHCP\n"
+            "from scapy.layers.inet6 import *\n"
+            'M = Raw(sys.argv[1].encode()); MAC = get_if_hwaddr("eth0")\n'
+            f'sendp({expr}, iface="eth0", verbose=False, count={count})\n'
+        )
+        proc = subprocess.run(
+            ["ip", "netns", "exec", netns(guest), sys.executable, "-c", code, self.marker],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 0, f"sending {expr} from {guest}: {proc.stderr}"
 
     def results(self, settle: float = 0.5) -> dict[str, list[dict]]:
         """Stop sniffing; per guest, the frames that arrived (vlan None = untagged)."""

@@ -49,7 +49,18 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--internal", action="append", default=[], metavar="BR", help="a bridge with no uplink (an internal network)"
     )
+    up.add_argument("--controller", action="store_true", help="also run the xvif-ovs controller on the bridges")
     up.set_defaults(func=_up)
+
+    ctl = cmds.add_parser(
+        "controller",
+        parents=[here],
+        help="start, stop or kill the lab's controller",
+        epilog="example: xvif-ovs lab controller restart",
+    )
+    ctl.add_argument("action", choices=["start", "stop", "kill", "restart"])
+    ctl.add_argument("--config", help="controller TOML file")
+    ctl.set_defaults(func=_controller)
 
     down = cmds.add_parser(
         "down", parents=[here], help="remove everything the lab made", epilog="example: xvif-ovs lab down"
@@ -138,11 +149,25 @@ def _up(args: argparse.Namespace) -> int:
         b = parse_bridge_arg(name)
         bridges.append(BridgeArg(b.name, None))
     lab = _lab(args)
-    state = lab.up(bridges)
+    state = lab.up(bridges, controller=args.controller)
     for b in state.bridges:
         side = f"uplink {b.uplink} -> LAN namespace '{b.lan}' ({b.lan_ipv4}, {b.lan_ipv6})" if b.uplink else "internal"
         print(f"bridge {b.name}: {side}")
     print(f'lab up in {lab.dir}; `eval "$(xvif-ovs lab env)"` for xenstore-* and ovs-* tools')
+    return 0
+
+
+@_guarded
+def _controller(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    lab = _lab(args)
+    lab.require_up()
+    cfg = Path(args.config) if args.config else None
+    if args.action in ("stop", "kill", "restart"):
+        lab.stop_controller(kill=args.action == "kill")
+    if args.action in ("start", "restart"):
+        lab.start_controller(cfg)
     return 0
 
 

@@ -59,6 +59,10 @@ class XvifOvsApp(app_manager.OSKenApp):
         if s:
             s.on_reply(ev.msg)
 
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev: Any) -> None:
+        self.runtime.packet_in(ev.msg.datapath, ev.msg)
+
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:
         s = self.runtime.session(ev.msg.datapath)

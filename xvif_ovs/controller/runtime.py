@@ -47,6 +47,7 @@ class Runtime:
         self._reported_problems: set[str] = set()
         self._drops: dict[tuple[int, int], int] = {}
         self.monitor: OvsdbMonitor | None = None
+        self.packet_ins = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -99,6 +100,19 @@ class Runtime:
         elif msg.reason != ofp.OFPPR_MODIFY:
             log.info("interface %s on %s: port %s (ofport %s)", name, bridge, reason, p.port_no)
         self._queue.put(("ports", dp.id))
+
+    def packet_in(self, dp: Any, msg: Any) -> None:
+        """The pipeline sends nothing to the controller: any packet-in is a bug to see."""
+        self.packet_ins += 1
+        if self.packet_ins <= 10 or self.packet_ins % 1000 == 0:
+            s = self.session(dp)
+            log.warning(
+                "unexpected packet-in #%d from %s (table %s, reason %s): the pipeline should never send one",
+                self.packet_ins,
+                s.bridge if s else hex(dp.id),
+                msg.table_id,
+                msg.reason,
+            )
 
     def _on_ovsdb(self, snapshot: dict[str, BridgeInfo]) -> None:
         self.ovsdb = snapshot

@@ -120,6 +120,15 @@ def start_vswitchd(d: Path) -> None:
     )
 
 
+def restart_vswitchd(d: Path) -> None:
+    """Stop ovs-vswitchd (its flows die with it, as on a real restart) and start it again."""
+    ctl = d / "ovs-vswitchd.ctl"
+    if read_pid(d / "ovs-vswitchd.pid") and ctl.exists():
+        run(["ovs-appctl", "-t", str(ctl), "exit"], check=False, timeout=20)
+    stop_pid(d / "ovs-vswitchd.pid")
+    start_vswitchd(d)
+
+
 def stop_ovs(d: Path) -> None:
     ctl = d / "ovs-vswitchd.ctl"
     if read_pid(d / "ovs-vswitchd.pid") and ctl.exists():
@@ -149,3 +158,39 @@ def start_xenstored(d: Path) -> None:
 def stop_xenstored(d: Path) -> None:
     stop_pid(d / "xenstored.pid")
     (d / "xenstored.sock").unlink(missing_ok=True)
+
+
+def start_controller(d: Path, config: Path | None = None) -> None:
+    """The xvif-ovs controller for the lab's OVS and XenStore, as its systemd unit would run it."""
+    pidfile, log = d / "controller.pid", d / "controller.log"
+    if read_pid(pidfile):
+        return
+    cmd = [sys.executable, "-m", "xvif_ovs.cli.main", "controller", "--no-syslog", "--db", f"unix:{d}/db.sock"]
+    cmd += ["--xenstore", str(d / "xenstored.sock")]
+    if config:
+        cmd += ["--config", str(config)]
+    env = {**os.environ, **ovs_env(d)}
+    with open(log, "a") as out:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True, cwd=str(d)
+        )
+    tmp = pidfile.with_suffix(".tmp")
+    tmp.write_text(f"{proc.pid}\n")
+    os.replace(tmp, pidfile)
+
+
+def stop_controller(d: Path, kill: bool = False) -> None:
+    """SIGTERM (a clean stop) or, with ``kill``, SIGKILL as a crash would."""
+    pidfile = d / "controller.pid"
+    pid = read_pid(pidfile)
+    if pid is None:
+        pidfile.unlink(missing_ok=True)
+        return
+    if kill:
+        os.kill(pid, signal.SIGKILL)
+        while pid_alive(pid):
+            _reap(pid)
+            time.sleep(0.01)
+        pidfile.unlink(missing_ok=True)
+        return
+    stop_pid(pidfile)

@@ -155,7 +155,7 @@ def _make_nic(ns: str, dev: str, frontend: str, mac: str, spec: VifSpec, up: boo
         run(["ip", "link", "set", dev, "mtu", str(spec.mtu)])
         run(["ip", "link", "set", frontend, "mtu", str(spec.mtu)], netns=ns)
     run(["ip", "link", "set", frontend, "address", mac], netns=ns)
-    for ip in spec.ips:
+    for ip in spec.ips if up else ():  # the emulated twin is idle: the guest's addresses are on the PV NIC
         iface = ip if ip.network.prefixlen != ip.max_prefixlen else f"{ip.ip}/{24 if ip.version == 4 else 64}"
         cmd = ["ip", "addr", "add", str(iface), "dev", frontend]
         run(cmd + (["nodad"] if ip.version == 6 else []), netns=ns)

@@ -66,7 +66,13 @@ class Lab:
 
     # -- up / down -----------------------------------------------------------------
 
-    def up(self, bridges: list[BridgeArg] | None = None) -> LabState:
+    def start_controller(self, config: Path | None = None) -> None:
+        daemons.start_controller(self.dir, config)
+
+    def stop_controller(self, kill: bool = False) -> None:
+        daemons.stop_controller(self.dir, kill)
+
+    def up(self, bridges: list[BridgeArg] | None = None, controller: bool = False) -> LabState:
         require_tools(*REQUIRED_TOOLS)
         bridges = bridges if bridges is not None else [BridgeArg("xenbr0", "peth0")]
         if self.is_up():
@@ -93,6 +99,8 @@ class Lab:
                 n_uplinks += rec.uplink is not None
                 with self.state_file.locked() as st:
                     st.bridges.append(rec)
+            if controller:
+                self.start_controller()
         except BaseException:
             self.down()
             raise
@@ -146,6 +154,7 @@ class Lab:
         """Remove every process, namespace, interface and file the lab made. Never fails
         half-way: each step runs even if an earlier one found nothing to do."""
         state = self.state_file.load() if self.state_file.exists() else LabState()
+        daemons.stop_controller(self.dir)
         self._remove_leftovers(state)
         daemons.stop_xenstored(self.dir)
         daemons.stop_ovs(self.dir)
@@ -172,7 +181,10 @@ class Lab:
     # -- status ------------------------------------------------------------------
 
     def status(self) -> dict:
-        procs = {name: read_pid(self.dir / f"{name}.pid") for name in ("ovsdb-server", "ovs-vswitchd", "xenstored")}
+        procs = {
+            name: read_pid(self.dir / f"{name}.pid")
+            for name in ("ovsdb-server", "ovs-vswitchd", "xenstored", "controller")
+        }
         state = self.state_file.load() if self.state_file.exists() else LabState()
         return {
             "dir": str(self.dir),

@@ -1,0 +1,263 @@
+"""The controller on the lab: real ovs-vswitchd, real OpenFlow, real frames between guests."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+from frames import Capture
+from pyxs import Client
+
+from xvif_ovs.lab import daemons
+from xvif_ovs.lab.host import BridgeArg
+from xvif_ovs.pipeline.build import P_ALLOW, P_DROP
+from xvif_ovs.pipeline.flow import COOKIE_MAGIC, vif_owner
+
+CONFIG = """
+[controller]
+learn_idle_timeout = 120
+
+[bridges.xenbr1]
+reserved_for = ["router"]
+
+[vifs]
+private = ["loner"]
+trusted = ["router"]
+"""
+
+
+@pytest.fixture(scope="module")
+def lab_bridges():
+    return [BridgeArg("xenbr0", "peth0"), BridgeArg("xenbr1", "peth1")]
+
+
+def ofctl(host, *args: str, bridge: str = "xenbr0") -> str:
+    env = host.lab.env()
+    cmd = ["ovs-ofctl", "-O", "OpenFlow13", args[0], f"unix:{host.lab.dir}/{bridge}.mgmt", *args[1:]]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+
+
+def vif_cookie(purpose: int, domid: int, devid: int = 0) -> str:
+    return f"cookie={COOKIE_MAGIC | purpose << 40 | vif_owner(domid, devid):#x}/-1"
+
+
+def packets(host, purpose: int, domid: int, bridge: str = "xenbr0") -> int:
+    out = ofctl(host, "dump-flows", vif_cookie(purpose, domid), bridge=bridge)
+    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", out))
+
+
+def wait_for(cond, what: str, timeout: float = 15.0) -> float:
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def wait_vif(host, domid: int, bridge: str = "xenbr0") -> None:
+    wait_for(
+        lambda: "table=1" in ofctl(host, "dump-flows", vif_cookie(P_ALLOW, domid), bridge=bridge),
+        f"flows of vif{domid}.0",
+    )
+
+
+def ping(host, guest: str, addr: str, count: int = 1) -> bool:
+    cmd = ["ping", "-6" if ":" in addr else "-4", "-c", str(count), "-i", "0.2", "-W", "1", addr]
+    return host.exec(guest, *cmd, check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def controller(host):
+    cfg = host.lab.dir / "controller.toml"
+    cfg.write_text(CONFIG)
+    host.lab.start_controller(cfg)
+    wait_for(lambda: "connected" in (host.lab.dir / "controller.log").read_text(), "the controller to connect")
+    yield host
+    host.lab.stop_controller()
+
+
+@pytest.fixture
+def net(controller, guests):
+    return guests
+
+
+def log_text(host) -> str:
+    return (host.lab.dir / "controller.log").read_text()
+
+
+# -- allowed traffic -----------------------------------------------------------------------
+
+
+def test_guests_and_the_lan_talk_through_the_pipeline(net):
+    net.guest("a", 11, "mac=00:16:3e:00:0b:01,ip=192.0.2.11 2001:db8::11")
+    net.guest("b", 12, "mac=00:16:3e:00:0c:01,ip=192.0.2.12 2001:db8::12")
+    wait_vif(net, 11)
+    wait_vif(net, 12)
+    flows = ofctl(net, "dump-flows")
+    assert "NORMAL" not in flows and "CONTROLLER" not in flows  # ours, all of it; nothing to the controller
+    assert ping(net, "a", "192.0.2.12", 3)
+    assert ping(net, "a", "192.0.2.1")
+    assert net.exec("lan", "ping", "-c1", "-W1", "192.0.2.12", check=False).returncode == 0
+    assert ping(net, "b", "2001:db8::11", 2)  # IPv6 with neighbour discovery through port security
+    net.exec("b", "iperf3", "-s", "-1", "-D", "--pidfile", "/tmp/xvif-ctl-iperf.pid")
+    time.sleep(0.3)
+    out = net.exec("a", "iperf3", "-c", "192.0.2.12", "-t", "1", timeout=30).stdout
+    assert "receiver" in out
+    assert "packet-in" not in log_text(net)
+
+
+def test_dhcp_client_passes_and_a_rogue_dhcp_server_does_not(net):
+    net.guest("d", 13, "mac=00:16:3e:00:0d:01,ip=192.0.2.13")
+    wait_vif(net, 13)
+    cap = Capture(["lan"])
+    discover = 'Ether(src=MAC,dst="ff:ff:ff:ff:ff:ff")/IP(src="0.0.0.0",dst="255.255.255.255")/UDP(sport=68,dport=67)/M'
+    cap.send_frame("d", discover)
+    assert len(cap.results()["lan"]) >= 1
+    before = packets(net, P_DROP, 13)
+    cap = Capture(["lan"])
+    offer = 'Ether(src=MAC,dst="ff:ff:ff:ff:ff:ff")/IP(src="192.0.2.13",dst="255.255.255.255")/UDP(sport=67,dport=68)/M'
+    cap.send_frame("d", offer)
+    assert cap.results()["lan"] == []
+    assert packets(net, P_DROP, 13) >= before + 1
+
+
+SPOOFS = {
+    "foreign source MAC": 'Ether(src="00:16:3e:66:66:66",dst="ff:ff:ff:ff:ff:ff")/IP(src="192.0.2.14",dst="192.0.2.1")/UDP()/M',
+    "foreign IPv4 source": 'Ether(src=MAC,dst="ff:ff:ff:ff:ff:ff")/IP(src="192.0.2.99",dst="192.0.2.1")/UDP()/M',
+    "ARP with another sha": 'Ether(src=MAC,dst="ff:ff:ff:ff:ff:ff")/ARP(op=2,hwsrc="00:16:3e:66:66:66",psrc="192.0.2.14",pdst="192.0.2.1")/M',
+    "ARP for another IP": 'Ether(src=MAC,dst="ff:ff:ff:ff:ff:ff")/ARP(op=2,hwsrc=MAC,psrc="192.0.2.1",pdst="192.0.2.1")/M',
+    "router advertisement": 'Ether(src=MAC,dst="33:33:00:00:00:01")/IPv6(src="fe80::216:3eff:fe00:e01",dst="ff02::1")/ICMPv6ND_RA()/M',
+    "NA for another address": 'Ether(src=MAC,dst="33:33:00:00:00:01")/IPv6(src="2001:db8::14",dst="ff02::1")/ICMPv6ND_NA(tgt="2001:db8::1")/ICMPv6NDOptDstLLAddr(lladdr=MAC)/M',
+    "NS with another sll": 'Ether(src=MAC,dst="33:33:ff:00:00:01")/IPv6(src="2001:db8::14",dst="ff02::1:ff00:1")/ICMPv6ND_NS(tgt="2001:db8::1")/ICMPv6NDOptSrcLLAddr(lladdr="00:16:3e:66:66:66")/M',
+    "tagged frame on an access port": 'Ether(src=MAC,dst="ff:ff:ff:ff:ff:ff")/Dot1Q(vlan=20)/IP(src="192.0.2.14",dst="192.0.2.1")/UDP()/M',
+}
+
+
+def test_every_spoof_is_dropped_and_counted(net):
+    net.guest("s", 14, "mac=00:16:3e:00:0e:01,ip=192.0.2.14 2001:db8::14")
+    net.guest("peer", 15, "mac=00:16:3e:00:0f:01,ip=192.0.2.15 2001:db8::15")
+    wait_vif(net, 14)
+    wait_vif(net, 15)
+    legit = 'Ether(src=MAC,dst="ff:ff:ff:ff:ff:ff")/IP(src="192.0.2.14",dst="192.0.2.255")/UDP(sport=9,dport=9)/M'
+    cap = Capture(["lan", "peer"])
+    cap.send_frame("s", legit)
+    assert all(cap.results().values()), "the sniffers see nothing: the spoof checks below would prove nothing"
+    for what, expr in SPOOFS.items():
+        before = packets(net, P_DROP, 14)
+        cap = Capture(["lan", "peer"])
+        cap.send_frame("s", expr, count=3)
+        got = cap.results()
+        assert got == {"lan": [], "peer": []}, f"{what} leaked: {got}"
+        assert packets(net, P_DROP, 14) >= before + 3, f"{what} was not counted as vif14.0's drop"
+    wait_for(lambda: "port security on xenbr0: dropped" in log_text(net), "the drop summary in the log", 15)
+
+
+def test_nothing_crosses_vlans(net):
+    net.guest("v10", 21, "mac=00:16:3e:00:15:01,bridge=xenbr0.10")
+    net.guest("v20", 22, "mac=00:16:3e:00:16:01,bridge=xenbr0.20")
+    net.guest("tr", 23, "mac=00:16:3e:00:17:01,bridge=xenbr0:10:20")
+    net.guest("pl", 24, "mac=00:16:3e:00:18:01,bridge=xenbr0")
+    for d in (21, 22, 23, 24):
+        wait_vif(net, d)
+    others = ["v10", "v20", "tr", "pl"]
+    ether = 'Ether(src=MAC,dst="ff:ff:ff:ff:ff:ff")'
+
+    def seen(sender: str, vlan: int | None) -> dict:
+        cap = Capture([g for g in others if g != sender] + ["lan"])
+        tag = f"/Dot1Q(vlan={vlan})" if vlan else ""
+        cap.send_frame(sender, f'{ether}{tag}/IP(src="198.18.255.1",dst="198.18.255.2")/UDP(sport=9,dport=9)/M')
+        return cap.vlans()
+
+    assert seen("v10", None) == {"v20": set(), "tr": {10}, "pl": set(), "lan": {10}}
+    assert seen("tr", 20) == {"v10": set(), "v20": {None}, "pl": set(), "lan": {20}}
+    assert seen("pl", None) == {"v10": set(), "v20": set(), "tr": set(), "lan": {None}}
+
+
+def test_private_vif_reaches_the_lan_but_no_guest(net):
+    net.guest("loner", 31, "mac=00:16:3e:00:1f:01,ip=192.0.2.31")
+    net.guest("other", 32, "mac=00:16:3e:00:20:01,ip=192.0.2.32")
+    wait_vif(net, 31)
+    wait_vif(net, 32)
+    assert ping(net, "loner", "192.0.2.1")
+    assert not ping(net, "loner", "192.0.2.32")
+    assert not ping(net, "other", "192.0.2.31")
+
+
+def test_reserved_bridge_admits_only_named_domains(net):
+    net.guest("router", 33, "mac=00:16:3e:00:21:01,bridge=xenbr1,ip=198.51.100.33")
+    net.guest("intruder", 34, "mac=00:16:3e:00:22:01,bridge=xenbr1,ip=198.51.100.34")
+    wait_vif(net, 33, "xenbr1")
+    assert ping(net, "router", "198.51.100.1")
+    assert not ping(net, "intruder", "198.51.100.1")
+    assert "table=1" not in ofctl(net, "dump-flows", vif_cookie(P_ALLOW, 34), bridge="xenbr1")
+
+
+def test_uplink_macs_are_learned_in_the_switch(net):
+    net.guest("l", 35, "mac=00:16:3e:00:23:01,ip=192.0.2.35")
+    wait_vif(net, 35)
+    assert ping(net, "l", "192.0.2.1", 2)
+    lan_mac = net.exec("lan", "cat", "/sys/class/net/eth0/address").stdout.strip()
+    learned = ofctl(net, "dump-flows", "table=4")
+    assert f"dl_dst={lan_mac}" in learned and "idle_timeout=120" in learned
+    assert "packet-in" not in log_text(net)
+
+
+def test_hvm_pair_follows_the_live_backend(net):
+    net.guest("h", 36, "mac=00:16:3e:00:24:01,ip=192.0.2.36", hvm=True)
+    net.guest("x", 37, "mac=00:16:3e:00:25:01,ip=192.0.2.37")
+    wait_vif(net, 36)
+    wait_vif(net, 37)
+    assert ping(net, "x", "192.0.2.36")  # through the PV vif
+    # The PV driver goes away (link down) and the emulated NIC takes over with the address.
+    net.exec("h", "ip", "link", "set", "eth0", "down")
+    net.exec("h", "ip", "addr", "add", "192.0.2.36/24", "dev", "emu0")
+    net.exec("h", "ip", "link", "set", "emu0", "up")
+    wait_for(lambda: ping(net, "x", "192.0.2.36"), "traffic to follow the emulated NIC", 10)
+
+
+def test_an_ip_change_in_xenstore_gets_new_rules_without_hotplug(net):
+    net.guest("m", 38, "mac=00:16:3e:00:26:01,ip=192.0.2.38")
+    wait_vif(net, 38)
+    assert ping(net, "m", "192.0.2.1")
+    with Client(unix_socket_path=str(net.lab.xenstore_socket)) as c:
+        c.write(b"/local/domain/0/backend/vif/38/0/ip", b"192.0.2.88")
+    net.exec("m", "ip", "addr", "add", "192.0.2.88/24", "dev", "eth0")
+    wait_for(lambda: "nw_src=192.0.2.88" in ofctl(net, "dump-flows", "table=1"), "rules for the new address", 10)
+    assert not ping(net, "m", "192.0.2.1")  # the old address is no longer its own
+    assert net.exec("m", "ping", "-c1", "-W1", "-I", "192.0.2.88", "192.0.2.1", check=False).returncode == 0
+
+
+# -- restarts ------------------------------------------------------------------------------
+
+
+def test_controller_kill_and_restart_loses_no_packets(net):
+    net.guest("f1", 41, "mac=00:16:3e:00:29:01,ip=192.0.2.41")
+    net.guest("f2", 42, "mac=00:16:3e:00:2a:01,ip=192.0.2.42")
+    wait_vif(net, 41)
+    wait_vif(net, 42)
+    flows_before = ofctl(net, "dump-flows", "--no-stats")
+    flood = subprocess.Popen(
+        ["ip", "netns", "exec", "xvl-f1", "ping", "-q", "-c", "1500", "-i", "0.002", "192.0.2.42"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    net.lab.stop_controller(kill=True)
+    time.sleep(0.5)
+    net.lab.start_controller(net.lab.dir / "controller.toml")
+    out, _ = flood.communicate(timeout=60)
+    assert " 0% packet loss" in out, out
+    wait_for(lambda: log_text(net).count("connected:") >= 2, "the controller to reconnect")
+    time.sleep(0.5)
+    assert ofctl(net, "dump-flows", "--no-stats") == flows_before  # it found nothing to change
+
+
+def test_vswitchd_restart_is_recovered(net):
+    net.guest("r1", 43, "mac=00:16:3e:00:2b:01,ip=192.0.2.43")
+    wait_vif(net, 43)
+    daemons.restart_vswitchd(net.lab.dir)
+    took = wait_for(lambda: ping(net, "r1", "192.0.2.1"), "traffic after ovs-vswitchd restarted", 30)
+    print(f"traffic back {took:.1f} s after ovs-vswitchd restarted")
+    assert "CONTROLLER" not in ofctl(net, "dump-flows")
