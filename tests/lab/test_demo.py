@@ -18,4 +18,6 @@ def test_demo_runs_and_cleans_up(tmp_path_factory):
     assert "all checks passed" in proc.stdout
     assert "blue20  -> app10   198.18.10.13 blocked" in proc.stdout  # VLANs keep guests apart
     assert 'hotplug-status = "connected"' in proc.stdout
+    assert "table 1 port_security" in proc.stdout
+    assert "web as 192.0.2.99 -> LAN  blocked  (ok: port security" in proc.stdout
     assert not d.exists()

@@ -1,0 +1,78 @@
+"""The controller's configuration and the join of XenStore, OVSDB and OpenFlow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xvif_ovs.controller.config import ConfigError, load
+from xvif_ovs.controller.hostmodel import OfPort, bridge_models
+from xvif_ovs.controller.ovsdb_monitor import BridgeInfo, PortInfo, classify_port
+
+DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "controller.toml"
+
+
+def test_the_shipped_example_loads():
+    cfg = load(str(DEPLOYED))
+    assert cfg.listen == "unix" and cfg.learn_idle_timeout == 300
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("[controler]\n", "unknown section"),
+        ("[controller]\nlisten = 'udp:1'\n", "use unix, tcp:HOST:PORT"),
+        ("[controller]\nlearn_idle_timeout = 0\n", "1-65535"),
+        ("[controller]\nbogus = 1\n", "unknown key"),
+        ("[bridges.xenbr1]\nreserved_for = 'web'\n", "a list"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_config_says_what_to_fix(tmp_path, text, hint):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=hint):
+        load(str(p))
+
+
+def test_flags_override_the_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[controller]\nlisten = 'tcp:127.0.0.1:6653'\nbridges = ['xenbr0']\n")
+    cfg = load(str(p), listen="unix", bridges=["xenbr1"])
+    assert cfg.listen == "unix" and cfg.bridges == ("xenbr1",)
+
+
+def test_port_classification():
+    assert classify_port("xenbr0", "xenbr0", "internal", {}) == ("local", None, None)
+    assert classify_port("web0", "xenbr0", "", {"xvif-domid": "5", "xvif-devid": "1", "xvif-kind": "emu"}) == ("emu", 5, 1)
+    assert classify_port("vif7.0", "xenbr0", "", {}) == ("vif", 7, 0)  # added by vif-openvswitch
+    assert classify_port("xvif7.1-emu", "xenbr0", "", {}) == ("emu", 7, 1)
+    assert classify_port("eth1", "xenbr0", "", {}) == ("uplink", None, None)
+
+
+def _bridge(*ports: PortInfo) -> dict:
+    return {"xenbr0": BridgeInfo("xenbr0", ports, "secure", ("unix:x",), ("OpenFlow13",), True)}
+
+
+def test_join_reports_what_gets_no_flows():
+    ports = (
+        PortInfo("peth0", 1, "uplink"),
+        PortInfo("vif5.0", 10, "vif", 5, 0),
+        PortInfo("vif6.0", 11, "vif", 6, 0),
+        PortInfo("vif7.0", 12, "vif", 7, 0),
+        PortInfo("vif8.0", 13, "vif", 8, 0),
+    )
+    of = {"xenbr0": {p.name: OfPort(p.ofport, True) for p in ports}}
+    vifs = {
+        (5, 0): {"mac": "00:16:3e:00:00:05", "bridge": "xenbr0"},
+        (6, 0): {"mac": "01:00:5e:00:00:01", "bridge": "xenbr0"},  # multicast
+        (8, 0): {"mac": "00:16:3e:00:00:05", "bridge": "xenbr0"},  # conflicts with 5.0
+    }
+    models, problems = bridge_models(_bridge(*ports), of, vifs, {5: "web"}, load(None))
+    m = models["xenbr0"]
+    assert m.uplinks == (1,) and [v.key for v in m.vifs] == ["5.0"]
+    text = "\n".join(problems)
+    assert "vif6.0 on xenbr0: mac" in text and "multicast" in text
+    assert "vif7.0 on xenbr0 has no vif in XenStore" in text
+    assert "MAC conflict on xenbr0: vif8.0 and vif5.0" in text
