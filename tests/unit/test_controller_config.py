@@ -45,7 +45,11 @@ def test_flags_override_the_file(tmp_path):
 
 def test_port_classification():
     assert classify_port("xenbr0", "xenbr0", "internal", {}) == ("local", None, None)
-    assert classify_port("web0", "xenbr0", "", {"xvif-domid": "5", "xvif-devid": "1", "xvif-kind": "emu"}) == ("emu", 5, 1)
+    assert classify_port("web0", "xenbr0", "", {"xvif-domid": "5", "xvif-devid": "1", "xvif-kind": "emu"}) == (
+        "emu",
+        5,
+        1,
+    )
     assert classify_port("vif7.0", "xenbr0", "", {}) == ("vif", 7, 0)  # added by vif-openvswitch
     assert classify_port("xvif7.1-emu", "xenbr0", "", {}) == ("emu", 7, 1)
     assert classify_port("eth1", "xenbr0", "", {}) == ("uplink", None, None)
