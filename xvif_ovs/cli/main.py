@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("-v", "--verbose", action="store_true")
     ctl.set_defaults(func=_controller)
 
+    from .inspect_cmd import add_inspect_parsers
+
+    add_inspect_parsers(sub)
+
     from .lab_cmd import add_lab_parser
 
     add_lab_parser(sub)

@@ -106,9 +106,9 @@ class UnixListener:
 
 def run(cfg: Config, verbose: bool = False, use_syslog: bool = True) -> int:
     setup_logging(verbose, use_syslog)
-    import warnings
+    from ..compat import quiet_eventlet
 
-    warnings.filterwarnings("ignore", message=".*Eventlet is deprecated.*")
+    quiet_eventlet()
     from os_ken import cfg as os_ken_cfg
     from os_ken.base.app_manager import AppManager
     from os_ken.controller import ofp_handler

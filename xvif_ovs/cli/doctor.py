@@ -1,0 +1,227 @@
+"""`xvif-ovs doctor`: every check, each problem with its fix; exit 0 only when healthy.
+
+JSON shape (`--json`), stable:
+  {"healthy": bool, "checks": [str], "problems": [{"check", "message", "fix"}]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import VifSpecError
+from ..inspect.hoststate import HostView, read_host
+from ..inspect.openflow import OpenFlowUnavailable
+from ..model.vifspec import parse_bridge, parse_mac
+from .flows import controller_config, drift, drops
+
+NETFILTER = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+SYSFS_NET = Path("/sys/class/net")
+
+
+def linux_bridges() -> list[str]:
+    """Linux bridges still on the host (netfilter on bridges only concerns those)."""
+    return sorted(p.name for p in SYSFS_NET.glob("*/bridge") for p in [p.parent])
+
+
+@dataclass
+class Problem:
+    check: str
+    message: str
+    fix: str
+
+
+def xl_conf() -> Path:
+    return Path(os.environ.get("XVIF_XL_CONF", "/etc/xen/xl.conf"))
+
+
+def check_host(host: HostView, config_path: str | None, interval: float) -> tuple[list[str], list[Problem]]:
+    checks: list[str] = []
+    problems: list[Problem] = []
+
+    def check(name: str) -> None:
+        checks.append(name)
+
+    check("vifs on no bridge")
+    for v in sorted(host.vifs.values(), key=lambda v: (v.domid, v.devid)):
+        if not v.ports:
+            problems.append(
+                Problem(
+                    "vifs on no bridge",
+                    f"{v.dev} (domain {v.domain or '?'}, domid {v.domid}) is in XenStore but on no bridge"
+                    + (f"; hotplug-error: {v.keys['hotplug-error']}" if v.keys.get("hotplug-error") else ""),
+                    f"fix the cause, then: vif={v.dev} XENBUS_PATH=/local/domain/0/backend/vif/{v.domid}/{v.devid} "
+                    "/etc/xen/scripts/vif-xvif-ovs online",
+                )
+            )
+    check("ports no vif owns")
+    for p in host.stray_ports:
+        problems.append(
+            Problem(
+                "ports no vif owns",
+                f"port {p.name} on {p.bridge} belongs to no vif in XenStore (domid {p.domid} is gone?)",
+                f"ovs-vsctl del-port {p.bridge} {p.name}",
+            )
+        )
+    check("invalid MACs")
+    check("MAC conflicts")
+    seen: dict[tuple[str, str], str] = {}
+    for v in sorted(host.vifs.values(), key=lambda v: (v.domid, v.devid)):
+        try:
+            mac = parse_mac(v.mac)
+        except VifSpecError as e:
+            problems.append(
+                Problem(
+                    "invalid MACs",
+                    f"{v.dev} (domain {v.domain or '?'}): {e}",
+                    "set mac= in the vif spec to a unicast MAC in 00:16:3e",
+                )
+            )
+            continue
+        try:
+            bridge = parse_bridge(v.keys.get("bridge") or "xenbr0").name
+        except VifSpecError:
+            bridge = v.keys.get("bridge", "?")
+        other = seen.get((bridge, mac))
+        if other:
+            problems.append(
+                Problem(
+                    "MAC conflicts",
+                    f"{v.dev} and {other} both use {mac} on {bridge}",
+                    "give one of them another mac= (xvif-ovs mac new)",
+                )
+            )
+        seen[(bridge, mac)] = v.dev
+    check("missing ofports")
+    for b in host.bridges.values():
+        for p in b.ports:
+            if p.ofport is None and p.kind != "local":
+                problems.append(
+                    Problem(
+                        "missing ofports",
+                        f"{p.name} on {b.name} has no OpenFlow port: ovs-vswitchd could not open it",
+                        f"ovs-vsctl get interface {p.name} error; check the device exists (ip link show {p.name})",
+                    )
+                )
+    check("hotplug status")
+    for v in host.vifs.values():
+        status = v.keys.get("hotplug-status")
+        if status not in (None, "connected"):
+            problems.append(
+                Problem(
+                    "hotplug status",
+                    f"{v.dev} (domain {v.domain or '?'}): hotplug-status is {status!r}"
+                    + (f": {v.keys['hotplug-error']}" if v.keys.get("hotplug-error") else ""),
+                    "fix what hotplug-error says, then re-run the hook (or xl network-detach/attach)",
+                )
+            )
+    check("controller connected")
+    for b in host.bridges.values():
+        has_vifs = any(p.kind in ("vif", "emu") for p in b.ports)
+        if has_vifs and not b.connected:
+            problems.append(
+                Problem(
+                    "controller connected",
+                    f"bridge {b.name} has guests but no connected controller (flows cannot follow changes)",
+                    "systemctl start xvif-ovs-controller (or: xvif-ovs controller)",
+                )
+            )
+    check("netfilter on bridges")
+    try:
+        bridges = linux_bridges()
+        if bridges and NETFILTER.read_text().strip() == "1":
+            problems.append(
+                Problem(
+                    "netfilter on bridges",
+                    f"bridge-nf-call-iptables is on and Linux bridges remain ({', '.join(bridges)}): iptables sees "
+                    "every bridged frame, which slows them and confuses firewalls",
+                    "sysctl -w net.bridge.bridge-nf-call-iptables=0 (and in /etc/sysctl.d)",
+                )
+            )
+    except OSError:
+        pass  # br_netfilter not loaded: nothing to check
+    check("userspace TSO")
+    if (
+        any(b.datapath_type == "netdev" for b in host.bridges.values())
+        and host.ovs_other_config.get("userspace-tso-enable") != "true"
+    ):
+        problems.append(
+            Problem(
+                "userspace TSO",
+                "bridges use the userspace datapath without userspace TSO: guests' TCP is slow or breaks on bad checksums",
+                "ovs-vsctl set Open_vSwitch . other_config:userspace-tso-enable=true, then restart ovs-vswitchd",
+            )
+        )
+    check("vif-openvswitch configured")
+    try:
+        conf = xl_conf().read_text()
+        if "vif-openvswitch" in conf.replace(" ", ""):
+            problems.append(
+                Problem(
+                    "vif-openvswitch configured",
+                    f"{xl_conf()} still names vif-openvswitch (no working anti-spoofing, trunks ignored with a tag)",
+                    'set vif.default.script="vif-xvif-ovs" in xl.conf',
+                )
+            )
+    except OSError:
+        pass
+    users = sorted(v.dev for v in host.vifs.values() if v.keys.get("script", "").endswith("vif-openvswitch"))
+    if users:
+        problems.append(
+            Problem(
+                "vif-openvswitch configured",
+                f"vifs hotplugged by vif-openvswitch: {', '.join(users)}",
+                "use script=vif-xvif-ovs in their vif specs (or vif.default.script in xl.conf)",
+            )
+        )
+    check("flows drifted")
+    connected = sorted(b.name for b in host.bridges.values() if b.connected)
+    try:
+        d = drift(host, connected, controller_config(config_path))
+        for b in d["bridges"]:
+            n = len(b["missing"]) + len(b["extra"]) + len(b["changed"])
+            if n:
+                problems.append(
+                    Problem(
+                        "flows drifted",
+                        f"{b['name']}: {n} flows differ from what the controller would install (xvif-ovs flows --diff)",
+                        "systemctl restart xvif-ovs-controller (it reapplies exactly the difference)",
+                    )
+                )
+    except OpenFlowUnavailable as e:
+        problems.append(Problem("flows drifted", str(e), "check that ovs-vswitchd runs (OVS_RUNDIR)"))
+    check("port-security drops rising")
+    if connected and interval > 0:
+        try:
+            first = {(r["bridge"], r["device"]): r["dropped_packets"] for r in drops(host, connected, None)["vifs"]}
+            time.sleep(interval)
+            for r in drops(host, connected, None)["vifs"]:
+                before = first.get((r["bridge"], r["device"]), 0)
+                if r["dropped_packets"] > before:
+                    problems.append(
+                        Problem(
+                            "port-security drops rising",
+                            f"{r['device']} (domain {r['domain'] or '?'}) sent {r['dropped_packets'] - before} forbidden frame(s) in {interval:.0f} s",
+                            f"look at the guest: spoofing, or an ip= that misses an address it uses (xvif-ovs flows --drops --vif {r['device']})",
+                        )
+                    )
+        except OpenFlowUnavailable:
+            pass  # reported above
+    return checks, problems
+
+
+def run(args) -> tuple[str, int]:  # noqa: ANN001
+    host = read_host(args.db, args.xenstore)
+    checks, problems = check_host(host, args.config, args.interval)
+    if args.json:
+        data = {"healthy": not problems, "checks": checks, "problems": [asdict(p) for p in problems]}
+        return json.dumps(data, indent=2) + "\n", 0 if not problems else 1
+    if not problems:
+        return f"healthy: {len(checks)} checks passed\n", 0
+    lines = [f"{len(problems)} problem(s):"]
+    for p in problems:
+        lines += [f"  [{p.check}] {p.message}", f"      fix: {p.fix}"]
+    return "\n".join(lines) + "\n", 1

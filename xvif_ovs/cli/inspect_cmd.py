@@ -1,0 +1,184 @@
+"""The operator's commands: show, flows, trace, doctor, mac new, completion.
+
+Each finds XenStore and OVSDB as Xen's and OVS's tools do (XENSTORED_PATH, OVS_RUNDIR,
+--db), prints a table or --json, changes nothing, and exits non-zero with one line when
+the thing asked for is not there or the host is unhealthy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import XvifError
+
+
+def _common(p: argparse.ArgumentParser, json_too: bool = True) -> None:
+    p.add_argument("--db", help="OVSDB remote (default: unix:$OVS_RUNDIR/db.sock)")
+    p.add_argument("--xenstore", help="XenStore socket (default: $XENSTORED_PATH, as Xen's tools)")
+    if json_too:
+        p.add_argument("--json", action="store_true", help="machine-readable output (shape in the command's docs)")
+
+
+def add_inspect_parsers(sub: argparse._SubParsersAction) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "show", help="bridges and guests' vifs", formatter_class=raw, epilog="example: xvif-ovs show xenbr0"
+    )
+    p.add_argument("bridge", nargs="?")
+    _common(p)
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser(
+        "flows",
+        help="installed flows by vif and purpose, drift, drops",
+        formatter_class=raw,
+        epilog="examples:\n  xvif-ovs flows --domain web\n  xvif-ovs flows --diff\n  xvif-ovs flows --drops",
+    )
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--vif", help="only this vif's flows (vif5.0, or its vifname)")
+    who.add_argument("--domain", help="only this domain's flows (name or domid)")
+    p.add_argument("--table", type=int, help="only this table")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--diff", action="store_true", help="desired versus installed; exit 1 on drift")
+    mode.add_argument("--drops", action="store_true", help="port-security drop counters per vif")
+    p.add_argument("--config", help="the controller's config, for --diff (default /etc/xvif-ovs/controller.toml)")
+    _common(p)
+    p.set_defaults(func=_flows)
+
+    p = sub.add_parser(
+        "trace",
+        help="what the pipeline does to a packet, in plain words",
+        formatter_class=raw,
+        epilog="examples:\n  xvif-ovs trace --from vif5.0 --to vif6.0\n  xvif-ovs trace --from vif5.0 --to 192.0.2.1 --proto arp --src-ip 192.0.2.99",
+    )
+    p.add_argument("--from", dest="src", required=True, metavar="DEV", help="the port the packet enters on")
+    p.add_argument("--to", required=True, metavar="MAC|IP|DEV")
+    p.add_argument("--vlan", type=int, help="send it tagged with this VLAN")
+    p.add_argument("--proto", choices=["arp", "icmp", "tcp", "udp", "dhcp", "nd"], default="icmp")
+    p.add_argument("--src-mac", help="source MAC (default: the vif's)")
+    p.add_argument("--src-ip", help="source IP (default: the vif's first)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print ofproto/trace's full output")
+    _common(p)
+    p.set_defaults(func=_trace)
+
+    p = sub.add_parser(
+        "doctor",
+        help="every health check, each problem with its fix",
+        formatter_class=raw,
+        epilog="example: xvif-ovs doctor --interval 5",
+    )
+    p.add_argument("--interval", type=float, default=1.0, help="seconds to watch drop counters (0: skip)")
+    p.add_argument("--config", help="the controller's config (default /etc/xvif-ovs/controller.toml)")
+    _common(p)
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("mac", help="MAC addresses for new vifs", epilog="example: xvif-ovs mac new --count 3")
+    macs = p.add_subparsers(dest="mac_command", required=True)
+    n = macs.add_parser(
+        "new", help="fresh MACs in Xen's OUI, none in use here", epilog="example: xvif-ovs mac new --count 3"
+    )
+    n.add_argument("--count", type=int, default=1)
+    _common(n)
+    n.set_defaults(func=_mac)
+
+    p = sub.add_parser(
+        "completion", help="shell completion script", epilog="example: source <(xvif-ovs completion bash)"
+    )
+    p.add_argument("shell", choices=["bash"])
+    p.set_defaults(func=_completion)
+
+
+def _guard(fn):  # noqa: ANN001, ANN202
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            text, code = fn(args)
+        except XvifError as e:
+            print(f"xvif-ovs {args.command}: {e}", file=sys.stderr)
+            return 1
+        sys.stdout.write(text)
+        return code
+
+    return wrapper
+
+
+@_guard
+def _show(args: argparse.Namespace) -> tuple[str, int]:
+    from .show import run
+
+    return run(args.bridge, args.json, args.db, args.xenstore), 0
+
+
+@_guard
+def _flows(args: argparse.Namespace) -> tuple[str, int]:
+    from .flows import run
+
+    return run(args)
+
+
+@_guard
+def _trace(args: argparse.Namespace) -> tuple[str, int]:
+    from .trace import run
+
+    return run(args)
+
+
+@_guard
+def _doctor(args: argparse.Namespace) -> tuple[str, int]:
+    from .doctor import run
+
+    return run(args)
+
+
+@_guard
+def _mac(args: argparse.Namespace) -> tuple[str, int]:
+    from .mac import run
+
+    return run(args)
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from .main import build_parser
+
+    sys.stdout.write(bash_completion(build_parser()))
+    return 0
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion script generated from the parser, so it never goes stale."""
+    words: dict[str, list[str]] = {}
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        opts, subs = [], []
+        for a in p._actions:  # noqa: SLF001 - argparse has no public walk
+            if isinstance(a, argparse._SubParsersAction):  # noqa: SLF001
+                for name, sp in a.choices.items():
+                    subs.append(name)
+                    walk(sp, f"{path} {name}".strip())
+            else:
+                opts += [o for o in a.option_strings if o.startswith("--")]
+                if a.choices and not a.option_strings:
+                    subs += [str(c) for c in a.choices]
+        words[path] = subs + opts
+
+    walk(parser, "")
+    cases = "\n".join(f'        "{k}") words="{" ".join(v)}" ;;' for k, v in sorted(words.items()))
+    return f"""# bash completion for xvif-ovs (generated: xvif-ovs completion bash)
+_xvif_ovs() {{
+    local cur path words i
+    cur="${{COMP_WORDS[COMP_CWORD]}}"
+    path=""
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case "${{COMP_WORDS[i]}}" in -*) ;; *) path="${{path:+$path }}${{COMP_WORDS[i]}}" ;; esac
+    done
+    while true; do
+        case "$path" in
+{cases}
+        *) if [ -z "$path" ]; then words=""; break; fi; path="${{path% *}}"; [ "$path" = "${{path% *}}" ] && path="" ; continue ;;
+        esac
+        break
+    done
+    COMPREPLY=($(compgen -W "$words" -- "$cur"))
+}}
+complete -F _xvif_ovs xvif-ovs
+"""

@@ -1,0 +1,232 @@
+"""`xvif-ovs trace`: what the pipeline does to a packet from a vif, table by table,
+and the verdict in plain words. ofproto/trace (ovs-vswitchd's own tracer, over its
+unixctl socket) does the work; we build its flow from vif names and read its answer.
+
+JSON shape (`--json`), stable:
+  {"bridge", "flow", "verdict", "outputs": [{"port", "vlan"}],
+   "tables": [{"table", "priority", "cookie", "purpose", "owner"}], "trace"}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from pathlib import Path
+
+from ..errors import XvifError
+from ..inspect.hoststate import HostView, PortView, VifView, read_host
+from ..pipeline.build import P_DEFAULT, P_DROP, P_FORWARD, P_REFUSED, PURPOSES, link_local
+from ..pipeline.flow import decode_cookie
+from .show import NotFound
+
+PROTOS = ("arp", "icmp", "tcp", "udp", "dhcp", "nd")
+NO_IP_SOURCE = "198.18.0.1"  # used as the source when the vif has no ip= (any source is allowed then)
+
+
+class TraceError(XvifError):
+    """ovs-vswitchd could not trace the packet."""
+
+
+def unixctl_path() -> str:
+    rundir = Path(os.environ.get("OVS_RUNDIR", "/var/run/openvswitch"))
+    if (rundir / "ovs-vswitchd.ctl").exists():
+        return str(rundir / "ovs-vswitchd.ctl")
+    try:
+        pid = (rundir / "ovs-vswitchd.pid").read_text().strip()
+    except OSError:
+        raise TraceError(f"ovs-vswitchd is not running (no pidfile in {rundir}; set OVS_RUNDIR)") from None
+    return str(rundir / f"ovs-vswitchd.{pid}.ctl")
+
+
+def appctl(command: str, *args: str) -> str:
+    from ..compat import quiet_eventlet
+
+    quiet_eventlet()
+    import ovs.unixctl.client
+
+    error, client = ovs.unixctl.client.UnixctlClient.create(unixctl_path())
+    if error:
+        raise TraceError(f"cannot reach ovs-vswitchd's control socket: {os.strerror(error)}")
+    try:
+        error, err, result = client.transact(command, list(args))  # python-ovs returns (errno, error, result)
+    finally:
+        client.close()
+    if error or err:
+        raise TraceError(f"{command}: {err or os.strerror(error)}")
+    return result
+
+
+def find_port(host: HostView, dev: str) -> tuple[VifView | None, PortView]:
+    for v in host.vifs.values():
+        for p in v.ports:
+            if p.name == dev:
+                return v, p
+    for b in host.bridges.values():
+        for p in b.ports:
+            if p.name == dev:
+                return None, p
+    names = sorted(p.name for b in host.bridges.values() for p in b.ports)
+    raise NotFound(f"no port named {dev} on any bridge (ports: {', '.join(names) or 'none'})")
+
+
+def resolve_to(host: HostView, to: str) -> tuple[str, str | None]:
+    """(destination MAC, destination IP or None) for --to MAC|IP|DEV."""
+    if re.match(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$", to):
+        return to.lower(), None
+    try:
+        ip = ipaddress.ip_address(to)
+    except ValueError:
+        v, p = find_port(host, to)
+        if v is None:
+            raise NotFound(f"{to} is a port but not a guest's vif: give --to a MAC or IP") from None
+        return v.mac, None
+    for v in host.vifs.values():
+        if str(ip) in v.keys.get("ip", "").split():
+            return v.mac, str(ip)
+    return "ff:ff:ff:ff:ff:ff", str(ip)  # someone behind the uplink: ARP for it would be broadcast
+
+
+def build_flow(v: VifView | None, port: PortView, to: str, host: HostView, args) -> str:  # noqa: ANN001
+    src_mac = (args.src_mac or (v.mac if v else "00:00:5e:00:53:01")).lower()
+    dst_mac, dst_ip = resolve_to(host, to)
+    ips = v.keys.get("ip", "").split() if v else []
+    v4 = [i for i in ips if ":" not in i]
+    v6 = [i for i in ips if ":" in i]
+    parts = [f"in_port={port.name}", f"dl_src={src_mac}"]
+    if args.vlan is not None:
+        parts.append(f"dl_vlan={args.vlan}")
+    proto = args.proto or "icmp"
+    if proto == "dhcp":
+        parts += [
+            "dl_dst=ff:ff:ff:ff:ff:ff",
+            "udp",
+            "nw_src=0.0.0.0",
+            "nw_dst=255.255.255.255",
+            "udp_src=68",
+            "udp_dst=67",
+        ]
+    elif proto == "nd":
+        src6 = args.src_ip or (v6[0] if v6 else str(link_local(src_mac)))
+        target = dst_ip if dst_ip and ":" in dst_ip else "fe80::1"
+        parts += ["dl_dst=33:33:ff:00:00:01", "icmp6", f"ipv6_src={src6}", "ipv6_dst=ff02::1:ff00:1"]
+        parts += ["icmp_type=135", "icmp_code=0", f"nd_target={target}", f"nd_sll={src_mac}"]
+    elif proto == "arp":
+        src = args.src_ip or (v4[0] if v4 else NO_IP_SOURCE)
+        parts += [
+            f"dl_dst={'ff:ff:ff:ff:ff:ff' if dst_ip else dst_mac}",
+            "arp",
+            "arp_op=1",
+            f"arp_sha={src_mac}",
+            f"arp_spa={src}",
+        ]
+        parts.append(f"arp_tpa={dst_ip or '192.0.2.1'}")
+    else:
+        src = args.src_ip or (v4[0] if v4 else NO_IP_SOURCE)
+        dst = dst_ip or "192.0.2.1"
+        six = ":" in src or ":" in dst
+        parts += [
+            f"dl_dst={dst_mac}",
+            (proto if proto != "icmp" else "icmp") + ("6" if six and proto == "icmp" else ""),
+        ]
+        if six and proto in ("tcp", "udp"):
+            parts[-1] = f"{proto}6"
+        parts += [f"ipv6_src={src}", f"ipv6_dst={dst}"] if six else [f"nw_src={src}", f"nw_dst={dst}"]
+        if proto in ("tcp", "udp"):
+            parts.append("tcp_dst=80" if proto == "tcp" else "udp_dst=53")
+    # ofproto/trace parses an exact flow field by field: the protocol must come first.
+    keywords = {"udp", "tcp", "icmp", "icmp6", "arp", "udp6", "tcp6"}
+    return ",".join([p for p in parts if p in keywords] + [p for p in parts if p not in keywords])
+
+
+def odp_names(bridge: str) -> dict[str, str]:
+    """Datapath port number -> port name, from dpif/show."""
+    out = {}
+    for line in appctl("dpif/show").splitlines():
+        m = re.match(r"^\s+(\S+) (\d+|LOCAL)/(\d+)", line)
+        if m:
+            out[m.group(3)] = m.group(1)
+    return out
+
+
+def interpret(trace: str, bridge: str, host: HostView, v: VifView | None, src_mac: str) -> dict:
+    tables = []
+    for m in re.finditer(r"^\s*(\d+)\. .*?priority (\d+), cookie (0x[0-9a-f]+)", trace, re.M):
+        table, prio, ck = int(m.group(1)), int(m.group(2)), int(m.group(3), 16)
+        d = decode_cookie(ck)
+        owner = None
+        if d and d[1] is not None:
+            ov = host.vifs.get((d[1], d[2]))
+            owner = ov.dev if ov else f"vif{d[1]}.{d[2]}"
+        tables.append(
+            {
+                "table": table,
+                "priority": prio,
+                "cookie": f"{ck:#x}",
+                "purpose": PURPOSES.get(d[0]) if d else None,
+                "owner": owner,
+            }
+        )
+    m = re.search(r"^Datapath actions: (.*)$", trace, re.M)
+    actions = m.group(1).strip() if m else "drop"
+    names = odp_names(bridge)
+    outputs, vlan = [], None
+    for tok in re.findall(r"push_vlan\(vid=(\d+)[^)]*\)|pop_vlan|(?<![\w(=])(\d+)(?![\w)])", actions):
+        pushed, port = tok
+        if pushed:
+            vlan = int(pushed)
+        elif port:
+            outputs.append({"port": names.get(port, f"odp:{port}"), "vlan": vlan})
+    return {"tables": tables, "outputs": outputs, "verdict": verdict(tables, outputs, v, src_mac)}
+
+
+def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac: str) -> str:
+    def where(o: dict) -> str:
+        return o["port"] + (f" tagged VLAN {o['vlan']}" if o["vlan"] else "")
+
+    if len(outputs) == 1:
+        return f"forwarded to {where(outputs[0])}"
+    if outputs:
+        return f"flooded to {len(outputs)} ports: " + ", ".join(where(o) for o in outputs)
+    last = tables[-1] if tables else None
+    d = decode_cookie(int(last["cookie"], 16)) if last else None
+    if d is None:
+        return "dropped: no flow matched"
+    purpose, t, prio = d[0], last["table"], last["priority"]
+    if purpose == P_DROP and t == 0:
+        return "dropped: this port may not send a frame with that VLAN tag (or without one)"
+    if purpose == P_DROP and prio == 300:
+        return "dropped: DHCP server replies and router advertisements are allowed from trusted vifs only"
+    if purpose == P_DROP and prio == 240:
+        return "dropped: neighbour discovery for an address or link-layer address that is not this vif's"
+    if purpose == P_DROP:
+        if v and src_mac != v.mac:
+            return f"dropped: source MAC {src_mac} is not this vif's ({v.mac})"
+        return "dropped: source address is not this vif's (port security)"
+    if purpose == P_REFUSED:
+        return "dropped: the bridge is reserved for other domains"
+    if purpose == P_FORWARD and prio == 90:
+        return "dropped: private mode (guests do not reach each other)"
+    if purpose == P_DEFAULT:
+        return f"dropped: no rule for this port and VLAN (table {t} miss)"
+    return f"dropped in table {t}"
+
+
+def run(args) -> tuple[str, int]:  # noqa: ANN001
+    host = read_host(args.db, args.xenstore)
+    v, port = find_port(host, args.src)
+    flow = build_flow(v, port, args.to, host, args)
+    trace = appctl("ofproto/trace", port.bridge, flow)
+    src_mac = (args.src_mac or (v.mac if v else "")).lower()
+    result = {"bridge": port.bridge, "flow": flow, **interpret(trace, port.bridge, host, v, src_mac), "trace": trace}
+    if args.json:
+        return json.dumps(result, indent=2) + "\n", 0
+    lines = [f"{port.bridge}: {flow}"]
+    for t in result["tables"]:
+        owner = f" [{t['owner']}]" if t["owner"] else ""
+        lines.append(f"  table {t['table']:<2} priority {t['priority']:<4} {t['purpose'] or 'not ours'}{owner}")
+    lines.append(f"verdict: {result['verdict']}")
+    if args.verbose:
+        lines += ["", trace]
+    return "\n".join(lines) + "\n", 0

@@ -1,0 +1,1 @@
+"""Read-only views of the host for the operator CLI."""

@@ -1,0 +1,217 @@
+"""One consistent read of the host for the CLI: OVSDB (bridges, ports, interfaces,
+controllers) and XenStore (every vif backend), joined by domid/devid. Read-only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..ovsdb.client import Ovsdb, from_map, from_set
+from ..xenstore.client import connect
+from ..xenstore.vifwatch import BACKEND_ROOT
+
+
+@dataclass
+class PortView:
+    name: str
+    bridge: str
+    ofport: int | None
+    kind: str  # vif | emu | uplink | local
+    domid: int | None
+    devid: int | None
+    tag: int | None
+    trunks: list[int]
+    vlan_mode: str | None
+    link: str  # up | down | ?
+    attached_mac: str | None
+    iface_type: str
+
+
+@dataclass
+class BridgeView:
+    name: str
+    fail_mode: str
+    datapath_type: str
+    controllers: list[dict[str, Any]]
+    ports: list[PortView] = field(default_factory=list)
+
+    @property
+    def uplinks(self) -> list[str]:
+        return [p.name for p in self.ports if p.kind == "uplink"]
+
+    @property
+    def connected(self) -> bool:
+        return any(c["connected"] for c in self.controllers)
+
+    def vlans(self) -> list[int]:
+        out = set()
+        for p in self.ports:
+            if p.kind in ("vif", "emu"):
+                if p.tag is not None:
+                    out.add(p.tag)
+                out.update(p.trunks)
+        return sorted(out)
+
+
+@dataclass
+class VifView:
+    domid: int
+    devid: int
+    domain: str
+    keys: dict[str, str]  # the backend node as XenStore has it
+    ports: list[PortView] = field(default_factory=list)  # where OVSDB has it (vif, and emu for HVM)
+
+    @property
+    def mac(self) -> str:
+        return self.keys.get("mac", "")
+
+    @property
+    def dev(self) -> str:
+        return self.keys.get("vifname") or f"vif{self.domid}.{self.devid}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "domid": self.domid,
+            "devid": self.devid,
+            "device": self.dev,
+            "mac": self.mac,
+            "ips": self.keys.get("ip", "").split(),
+            "bridge_spec": self.keys.get("bridge", ""),
+            "hotplug_status": self.keys.get("hotplug-status"),
+            "hotplug_error": self.keys.get("hotplug-error"),
+            "ports": [asdict(p) for p in self.ports],
+        }
+
+
+@dataclass
+class HostView:
+    bridges: dict[str, BridgeView]
+    vifs: dict[tuple[int, int], VifView]
+    ovs_other_config: dict[str, str]
+    stray_ports: list[PortView]  # vif-like ports no XenStore vif owns
+
+
+def read_ovsdb(db: Ovsdb) -> tuple[dict[str, BridgeView], dict[str, str]]:
+    from ..controller.ovsdb_monitor import classify_port
+
+    r = db.transact(
+        [
+            {"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["other_config"]},
+            {
+                "op": "select",
+                "table": "Bridge",
+                "where": [],
+                "columns": ["name", "ports", "fail_mode", "controller", "datapath_type"],
+            },
+            {
+                "op": "select",
+                "table": "Port",
+                "where": [],
+                "columns": ["_uuid", "name", "interfaces", "tag", "trunks", "vlan_mode"],
+            },
+            {
+                "op": "select",
+                "table": "Interface",
+                "where": [],
+                "columns": ["_uuid", "name", "ofport", "type", "external_ids", "link_state"],
+            },
+            {"op": "select", "table": "Controller", "where": [], "columns": ["_uuid", "target", "is_connected"]},
+        ]
+    )
+    other = from_map(r[0]["rows"][0]["other_config"]) if r[0]["rows"] else {}
+    ports = {row["_uuid"][1]: row for row in r[2]["rows"]}
+    ifaces = {row["_uuid"][1]: row for row in r[3]["rows"]}
+    ctrls = {row["_uuid"][1]: row for row in r[4]["rows"]}
+    bridges = {}
+    for b in r[1]["rows"]:
+        name = b["name"]
+        bv = BridgeView(
+            name,
+            (from_set(b["fail_mode"]) or [""])[0] if from_set(b["fail_mode"]) else "",
+            b["datapath_type"] or "system",
+            [
+                {"target": ctrls[u]["target"], "connected": bool(ctrls[u]["is_connected"])}
+                for _, u in (from_set(b["controller"]) if b["controller"] != ["set", []] else [])
+                if u in ctrls
+            ],
+        )
+        for _, pu in from_set(b["ports"]) if b["ports"] != ["set", []] else []:
+            port = ports.get(pu)
+            if port is None:
+                continue
+            for _, iu in from_set(port["interfaces"]):
+                iface = ifaces.get(iu)
+                if iface is None:
+                    continue
+                ids = from_map(iface["external_ids"])
+                kind, domid, devid = classify_port(iface["name"], name, iface["type"], ids)
+                ofp = from_set(iface["ofport"])
+                tag = from_set(port["tag"])
+                mode = from_set(port["vlan_mode"])
+                link = from_set(iface["link_state"])
+                bv.ports.append(
+                    PortView(
+                        iface["name"],
+                        name,
+                        ofp[0] if ofp and isinstance(ofp[0], int) and ofp[0] > 0 else None,
+                        kind,
+                        domid,
+                        devid,
+                        tag[0] if tag and isinstance(tag[0], int) else None,
+                        sorted(x for x in from_set(port["trunks"]) if isinstance(x, int)),
+                        mode[0] if mode and isinstance(mode[0], str) else None,
+                        link[0] if link and isinstance(link[0], str) else "?",
+                        ids.get("attached-mac"),
+                        iface["type"],
+                    )
+                )
+        bv.ports.sort(key=lambda p: (p.kind != "local", p.kind != "uplink", p.domid or 0, p.devid or 0, p.name))
+        bridges[name] = bv
+    return bridges, other
+
+
+def _sets(value: Any) -> list:
+    return from_set(value) if value != ["set", []] else []
+
+
+def read_xenstore(socket_path: str | None = None) -> dict[tuple[int, int], VifView]:
+    out: dict[tuple[int, int], VifView] = {}
+    with connect(socket_path) as xs:
+        root = BACKEND_ROOT.encode()
+        if not xs.exists(root):
+            return out
+        for d in xs.list(root):
+            if not d.isdigit():
+                continue
+            domid = int(d)
+            name_path = f"/local/domain/{domid}/name".encode()
+            domain = xs.read(name_path).decode() if xs.exists(name_path) else ""
+            for n in xs.list(root + b"/" + d):
+                if not n.isdigit():
+                    continue
+                base = root + b"/" + d + b"/" + n
+                keys = {}
+                for k in xs.list(base):
+                    try:
+                        keys[k.decode()] = xs.read(base + b"/" + k).decode()
+                    except Exception:  # noqa: BLE001 - removed while we read
+                        continue
+                out[(domid, int(n))] = VifView(domid, int(n), domain, keys)
+    return out
+
+
+def read_host(db_remote: str | None = None, xenstore: str | None = None) -> HostView:
+    with Ovsdb(db_remote) as db:
+        bridges, other = read_ovsdb(db)
+    vifs = read_xenstore(xenstore)
+    stray = []
+    for b in bridges.values():
+        for p in b.ports:
+            if p.kind in ("vif", "emu") and p.domid is not None:
+                v = vifs.get((p.domid, p.devid or 0))
+                if v is None:
+                    stray.append(p)
+                else:
+                    v.ports.append(p)
+    return HostView(bridges, vifs, other, stray)
