@@ -77,3 +77,24 @@ def test_empty_desired_set_removes_only_ours():
     fs = build(model(_vif(5, "xenbr0")))
     plan = diff(FlowSet(), fs.flows, fs.groups)
     assert len(plan.flow_deletes) == len(fs.flows)
+
+
+def test_diff_parts_skips_unchanged_owners_and_finds_real_changes():
+    from xvif_ovs.pipeline.build import build_parts
+    from xvif_ovs.pipeline.diff import by_owner, diff_parts
+
+    a, b = _vif(5, "xenbr0", "192.0.2.5"), _vif(6, "xenbr0", "192.0.2.6")
+    before = build_parts(model(a, b))
+    installed = by_owner(before.flowset().flows)
+    assert not diff_parts(before, installed, before.groups)  # full compare: in sync
+    assert not diff_parts(before, installed, before.groups, before.flows)
+    after = build_parts(model(a, replace(b, ips=(b.ips[0].__class__("192.0.2.66"),))))
+    assert (
+        after.flows[next(o for o in after.flows if o & 0xFF00 == 5 << 8)]
+        is before.flows[next(o for o in before.flows if o & 0xFF00 == 5 << 8)]
+    )  # the untouched vif's flows are the same cached tuple
+    plan = diff_parts(after, installed, before.groups, before.flows)
+    assert plan and {f.cookie & 0xFFFFFFFF for f in plan.flow_adds + plan.flow_deletes} == {1 << 31 | 6 << 8}
+    gone = build_parts(model(a))
+    plan = diff_parts(gone, installed, before.groups, before.flows)
+    assert len(plan.flow_deletes) == len(before.flows[1 << 31 | 6 << 8])

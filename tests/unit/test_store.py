@@ -134,3 +134,14 @@ def test_a_node_that_came_and_went_during_the_transaction_is_a_conflict():
     with pytest.raises(XsError):
         s.commit(tx)
     _consistent(s)
+
+
+def test_dump_and_load_keep_values_perms_and_order():
+    s = Store()
+    s.write(None, "/b/z", b"\x00\xff bytes")
+    s.write(None, "/b/a", b"2")
+    s.set_perms(None, "/b", (Perm("n", 5), Perm("r", 0)))
+    t = Store.load(s.dump())
+    assert t.read(None, "/b/z") == b"\x00\xff bytes"
+    assert t.directory(None, "/b") == ["z", "a"]
+    assert t.get_perms(None, "/b") == (Perm("n", 5), Perm("r", 0))

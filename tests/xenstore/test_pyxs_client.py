@@ -87,3 +87,15 @@ def test_in_transaction_retries_until_it_commits(xenstored):
         t.join()
     with Client(unix_socket_path=str(xenstored.socket)) as c:
         assert c.read(b"/cnt") == b"80"
+
+
+def test_list_dir_pages_a_directory_over_4096_bytes(client):
+    from xvif_ovs.xenstore.client import list_dir
+
+    names = [f"{i:04d}-{'z' * 30}" for i in range(300)]
+    client.transaction()
+    for n in names:
+        write(client, f"/huge/{n}", "")
+    assert client.commit()
+    assert list_dir(client, "/huge") == names
+    assert list_dir(client, "/huge/" + names[0]) == []

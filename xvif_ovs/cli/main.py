@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     xs.add_argument("--socket", required=True, help="Unix socket to listen on (clients use XENSTORED_PATH)")
     xs.add_argument("--pidfile", help="write the pid here once the socket accepts connections")
     xs.add_argument("--log-file", help="log here instead of stderr")
+    xs.add_argument("--state-file", help="save the tree here on SIGTERM and load it at start (survive a restart)")
     xs.add_argument("-v", "--verbose", action="store_true", help="log every request error")
     xs.set_defaults(func=_xenstored)
 
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _xenstored(args: argparse.Namespace) -> int:
     from ..xenstore.daemon import run
 
-    return run(args.socket, args.pidfile, args.log_file, args.verbose)
+    return run(args.socket, args.pidfile, args.log_file, args.verbose, args.state_file)
 
 
 def _controller(args: argparse.Namespace) -> int:

@@ -18,8 +18,8 @@ from typing import Any
 
 from pyxs import Client
 
-from ..pipeline.build import P_DROP, PURPOSES, build
-from ..pipeline.diff import diff
+from ..pipeline.build import P_DROP, PURPOSES, build_parts
+from ..pipeline.diff import diff_parts
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, decode_cookie
 from ..xenstore.client import locate
 from ..xenstore.vifwatch import VifWatcher
@@ -221,7 +221,7 @@ class Runtime:
             log.info(
                 "switch %s connected: %d of our flows and %d groups installed",
                 s.bridge,
-                len(s.installed_flows),
+                sum(map(len, s.installed_flows.values())),
                 len(s.installed_groups),
             )
         except SwitchError as e:
@@ -241,8 +241,9 @@ class Runtime:
             if not self.cfg.managed(bname):
                 continue
             s = sessions[bname]
-            desired = build(model, self.cfg.learn_idle_timeout)
-            plan = diff(desired, s.installed_flows, s.installed_groups)
+            t_build = time.monotonic()
+            desired = build_parts(model, self.cfg.learn_idle_timeout)
+            plan = diff_parts(desired, s.installed_flows, s.installed_groups, s.applied)
             if not plan:
                 continue
             t0 = time.monotonic()
@@ -253,9 +254,16 @@ class Runtime:
                 with contextlib.suppress(SwitchError):
                     s.read_tables()
                 continue
-            s.installed_flows = [f for f in desired.flows]
+            s.installed_flows = {owner: list(flows) for owner, flows in desired.flows.items()}
             s.installed_groups = list(desired.groups)
-            log.info("%s: %s in %.0f ms", bname, plan.summary(), (time.monotonic() - t0) * 1000)
+            s.applied = dict(desired.flows)
+            log.info(
+                "%s: %s in %.0f ms (computed in %.0f ms)",
+                bname,
+                plan.summary(),
+                (time.monotonic() - t0) * 1000,
+                (t0 - t_build) * 1000,
+            )
 
     def _report_drops(self) -> None:
         """Rate-limited port-security summaries: one line per vif whose drops rose."""

@@ -14,9 +14,9 @@ import logging
 import threading
 from typing import Any
 
-from ..pipeline.diff import Plan
+from ..pipeline.diff import Plan, by_owner
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, Flow, GroupEntry
-from . import ofmsg
+from . import ofmsg, wire
 
 log = logging.getLogger("xvif_ovs.controller")
 TIMEOUT = 10.0
@@ -39,8 +39,9 @@ class Session:
         self.dp = dp
         self.bridge: str | None = None
         self.ports: dict[str, tuple[int, bool]] = {}  # name -> (ofport, live)
-        self.installed_flows: list[Flow] = []
+        self.installed_flows: dict[int, list[Flow]] = {}  # ours, by cookie owner
         self.installed_groups: list[GroupEntry] = []
+        self.applied: dict[int, tuple[Flow, ...]] = {}  # the desired tuples last applied, by owner
         self.synced = False
         self._waiters: dict[int, _Waiter] = {}
         self._bundled: set[int] = set()  # xids of messages added to the open bundle
@@ -119,7 +120,8 @@ class Session:
         flows = [ofmsg.flow_from_stats(ofp, s) for r in self.request(req, "flow stats") for s in r.body]
         greq = parser.OFPGroupDescStatsRequest(self.dp, 0)
         groups = [ofmsg.group_from_desc(ofp, d) for r in self.request(greq, "group description") for d in r.body]
-        self.installed_flows, self.installed_groups = flows, groups
+        self.installed_flows, self.installed_groups = by_owner(flows), groups
+        self.applied = {}  # compare everything against what was just read
 
     def flow_stats(self, cookie: int, mask: int) -> list[Any]:
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
@@ -128,18 +130,23 @@ class Session:
         )
         return [s for r in self.request(req, "flow stats") for s in r.body]
 
+    def _next_xid(self) -> int:
+        """As Datapath.set_xid does, for messages we encode ourselves."""
+        self.dp.xid = (self.dp.xid + 1) & self.dp.ofproto.MAX_XID
+        return self.dp.xid
+
     def apply(self, plan: Plan) -> None:
         """All of ``plan`` or none of it: one atomic, ordered bundle."""
         dp, ofp, parser = self.dp, self.dp.ofproto, self.dp.ofproto_parser
-        msgs = (
-            [ofmsg.group_mod(dp, g, "add") for g in plan.group_adds]
-            + [ofmsg.group_mod(dp, g, "modify") for g in plan.group_mods]
-            + [ofmsg.flow_mod(dp, f, "delete") for f in plan.flow_deletes]
-            + [ofmsg.flow_mod(dp, f, "add") for f in plan.flow_adds]
-            + [ofmsg.flow_mod(dp, f, "modify") for f in plan.flow_mods]
-            + [ofmsg.group_mod(dp, g, "delete") for g in plan.group_deletes]
+        inner = (
+            [wire.group_mod(g, "add", 0) for g in plan.group_adds]
+            + [wire.group_mod(g, "modify", 0) for g in plan.group_mods]
+            + [wire.flow_mod(f, "delete", 0) for f in plan.flow_deletes]
+            + [wire.flow_mod(f, "add", 0) for f in plan.flow_adds]
+            + [wire.flow_mod(f, "modify", 0) for f in plan.flow_mods]
+            + [wire.group_mod(g, "delete", 0) for g in plan.group_deletes]
         )
-        if not msgs:
+        if not inner:
             return
         bid = next(_bundle_ids) & 0xFFFFFFFF
         flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
@@ -147,13 +154,19 @@ class Session:
         with self._lock:
             self._bundled, self._bundle_errors = set(), []
         try:
-            for m in msgs:  # the bundle message gives its xid to the message inside
-                add = parser.ONFBundleAddMsg(dp, bid, flags, m, [])
-                dp.set_xid(add)
+            chunk: list[bytes] = []
+            size = 0
+            for m in inner:
+                xid = self._next_xid()
                 with self._lock:
-                    self._bundled.add(add.xid)
-                if not dp.send_msg(add):
-                    raise SwitchError(f"bundle add: the connection to {self.bridge} is closed")
+                    self._bundled.add(xid)
+                chunk.append(wire.bundle_add(m, bid, flags, xid))
+                size += len(chunk[-1])
+                if size > 1 << 18:  # a few big writes instead of one per message
+                    self._send_raw(b"".join(chunk))
+                    chunk, size = [], 0
+            if chunk:
+                self._send_raw(b"".join(chunk))
             # OVS leaves a message it refuses out of the bundle and keeps the bundle open;
             # a barrier tells us every add was judged, so a refusal aborts the whole plan.
             self.request(parser.OFPBarrierRequest(dp), "barrier")
@@ -169,3 +182,7 @@ class Session:
             with contextlib.suppress(SwitchError):
                 self.request(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_DISCARD_REQUEST, flags, []), "bundle discard")
             raise
+
+    def _send_raw(self, buf: bytes) -> None:
+        if not self.dp.send(buf):
+            raise SwitchError(f"bundle add: the connection to {self.bridge} is closed")

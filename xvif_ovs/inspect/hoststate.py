@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..ovsdb.client import Ovsdb, from_map, from_set
-from ..xenstore.client import connect
+from ..xenstore.client import connect, exists, list_dir, read_str
 from ..xenstore.vifwatch import BACKEND_ROOT
 
 
@@ -178,23 +178,21 @@ def _sets(value: Any) -> list:
 def read_xenstore(socket_path: str | None = None) -> dict[tuple[int, int], VifView]:
     out: dict[tuple[int, int], VifView] = {}
     with connect(socket_path) as xs:
-        root = BACKEND_ROOT.encode()
-        if not xs.exists(root):
+        if not exists(xs, BACKEND_ROOT):
             return out
-        for d in xs.list(root):
+        for d in list_dir(xs, BACKEND_ROOT):
             if not d.isdigit():
                 continue
             domid = int(d)
-            name_path = f"/local/domain/{domid}/name".encode()
-            domain = xs.read(name_path).decode() if xs.exists(name_path) else ""
-            for n in xs.list(root + b"/" + d):
+            domain = read_str(xs, f"/local/domain/{domid}/name", "") or ""
+            for n in list_dir(xs, f"{BACKEND_ROOT}/{d}"):
                 if not n.isdigit():
                     continue
-                base = root + b"/" + d + b"/" + n
+                base = f"{BACKEND_ROOT}/{d}/{n}"
                 keys = {}
-                for k in xs.list(base):
+                for k in list_dir(xs, base):
                     try:
-                        keys[k.decode()] = xs.read(base + b"/" + k).decode()
+                        keys[k] = xs.read(f"{base}/{k}".encode()).decode()
                     except Exception:  # noqa: BLE001 - removed while we read
                         continue
                 out[(domid, int(n))] = VifView(domid, int(n), domain, keys)

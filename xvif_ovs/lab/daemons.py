@@ -83,7 +83,7 @@ def wait_for(path: Path, what: str, timeout: float = 15.0, log: Path | None = No
         time.sleep(0.02)
 
 
-def start_ovs(d: Path) -> None:
+def start_ovs(d: Path, dummy: bool = False) -> None:
     env = ovs_env(d)
     db = d / "conf.db"
     if not db.exists():
@@ -103,13 +103,21 @@ def start_ovs(d: Path) -> None:
     vsctl(d, "--no-wait", "init")
     # Userspace TSO lets veth guests keep their offloads with good checksums (PLATFORM.md).
     vsctl(d, "--no-wait", "set", "Open_vSwitch", ".", "other_config:userspace-tso-enable=true")
-    start_vswitchd(d)
+    start_vswitchd(d, dummy)
 
 
-def start_vswitchd(d: Path) -> None:
+def start_vswitchd(d: Path, dummy: bool | None = None) -> None:
+    """``dummy``: every port is a dummy device (OVS's --enable-dummy=override), for
+    control-plane scale runs with thousands of ports and no traffic (PLATFORM.md)."""
+    flag = d / "dummy"
+    if dummy is None:
+        dummy = flag.exists()
+    elif dummy:
+        flag.touch()
     run(
         [
             "ovs-vswitchd",
+            *(["--enable-dummy=override"] if dummy else []),
             f"unix:{d}/db.sock",
             f"--pidfile={d}/ovs-vswitchd.pid",
             f"--log-file={d}/ovs-vswitchd.log",
@@ -148,11 +156,17 @@ def start_xenstored(d: Path) -> None:
     sock, pidfile, log = d / "xenstored.sock", d / "xenstored.pid", d / "xenstored.log"
     pidfile.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "xvif_ovs.cli.main", "xenstored", "--socket", str(sock)]
-    cmd += ["--pidfile", str(pidfile), "--log-file", str(log)]
+    cmd += ["--pidfile", str(pidfile), "--log-file", str(log), "--state-file", str(d / "xenstore.json")]
     subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     wait_for(pidfile, "the XenStore server", log=log)
+
+
+def restart_xenstored(d: Path) -> None:
+    """Stop and start the XenStore server; its tree survives (state file)."""
+    stop_xenstored(d)
+    start_xenstored(d)
 
 
 def stop_xenstored(d: Path) -> None:

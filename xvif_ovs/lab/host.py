@@ -72,7 +72,7 @@ class Lab:
     def stop_controller(self, kill: bool = False) -> None:
         daemons.stop_controller(self.dir, kill)
 
-    def up(self, bridges: list[BridgeArg] | None = None, controller: bool = False) -> LabState:
+    def up(self, bridges: list[BridgeArg] | None = None, controller: bool = False, dummy: bool = False) -> LabState:
         require_tools(*REQUIRED_TOOLS)
         bridges = bridges if bridges is not None else [BridgeArg("xenbr0", "peth0")]
         if self.is_up():
@@ -88,7 +88,7 @@ class Lab:
             self.down()  # a lab that died without `down`: stop what still runs, remove the rest
         self.dir.mkdir(parents=True)
         try:
-            daemons.start_ovs(self.dir)
+            daemons.start_ovs(self.dir, dummy)
             daemons.start_xenstored(self.dir)
             self._init_dom0()
             state = LabState()

@@ -7,7 +7,9 @@ for what each table does; flows/PIPELINE.md for the reasoning.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+from dataclasses import dataclass, field
 
 from ..model.host import BridgeModel, VifModel
 from .flow import (
@@ -78,41 +80,35 @@ def tagged(vlan: int) -> F:
     return F("vlan_tci", vlan | OFPVID_PRESENT, 0x1FFF)
 
 
+@dataclass
+class Parts:
+    """The pipeline split by owner (0: the bridge; else a vif's cookie owner), so a change
+    to one vif is one entry: the controller diffs only the entries that changed."""
+
+    flows: dict[int, tuple[Flow, ...]] = field(default_factory=dict)
+    groups: list[GroupEntry] = field(default_factory=list)
+
+    def flowset(self) -> FlowSet:
+        return FlowSet([f for owner in sorted(self.flows) for f in self.flows[owner]], list(self.groups))
+
+
 def build(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOUT) -> FlowSet:
-    fs = FlowSet()
+    fs = build_parts(bridge, learn_idle_timeout).flowset()
+    fs.by_key()  # no two flows may collide
+    return fs
+
+
+def build_parts(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOUT) -> Parts:
+    parts = Parts()
     vlans = bridge.vlans()
     admitted = [v for v in bridge.vifs if bridge.admits(v)]
     refused = [v for v in bridge.vifs if not bridge.admits(v)] + list(bridge.refused)
-    bridge_cookie = cookie(P_DEFAULT)
-
-    for t in (CLASSIFY, PORT_SECURITY, LEARN, FORWARD, EGRESS):
-        fs.flows.append(Flow(t, 0, (), (), bridge_cookie))  # explicit misses: drop, and count
-
-    # -- uplinks and dom0 ------------------------------------------------------------
-    promiscuous = list(bridge.uplinks) + ([OFPP_LOCAL] if bridge.local else [])
-    for port in bridge.uplinks:
-        for vlan in vlans:
-            m = match(F("in_port", port), untagged() if vlan == 0 else tagged(vlan))
-            pre = () if vlan == 0 else (PopVlan(),)
-            acts = (*pre, SetReg("reg5", FROM_UPLINK), SetReg("reg6", vlan), Goto(LEARN))
-            fs.flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY)))
-    if bridge.local:
-        m = match(F("in_port", OFPP_LOCAL), untagged())
-        acts = (SetReg("reg5", FROM_UPLINK), SetReg("reg6", 0), Goto(LEARN))
-        fs.flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY)))
-    learn = LearnSource(LEARNED, learn_idle_timeout, 100, cookie(P_LEARNED))
-    fs.flows.append(Flow(LEARN, 100, match(F("reg5", FROM_UPLINK)), (learn, Goto(FORWARD)), cookie(P_LEARN)))
-
-    # -- vifs ------------------------------------------------------------------------
     for vif in refused:
-        for port in vif.ports:
-            owner = vif_owner(vif.domid, vif.devid)
-            fs.flows.append(Flow(CLASSIFY, 100, match(F("in_port", port)), (), cookie(P_REFUSED, owner)))
+        parts.flows[vif_owner(vif.domid, vif.devid)] = _refused_flows(vif)
     for vif in admitted:
-        _vif_ingress(fs, bridge, vif)
-        _port_security(fs, vif)
+        parts.flows[vif_owner(vif.domid, vif.devid)] = _vif_flows(vif, bridge.is_private(vif))
+    parts.flows[0] = _bridge_flows(bridge.uplinks, bridge.local, vlans, learn_idle_timeout)
 
-    # -- forwarding, flooding, egress ----------------------------------------------------
     members: dict[int, list[tuple[int, bool, bool]]] = {v: [] for v in vlans}  # vlan -> (port, tag?, private?)
     for vlan in vlans:
         for port in bridge.uplinks:
@@ -120,13 +116,76 @@ def build(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOUT) -> 
         if bridge.local and vlan == 0:
             members[vlan].append((OFPP_LOCAL, False, False))
     for vif in admitted:
-        port = vif.active_port
-        if port is None:
-            continue
-        private = bridge.is_private(vif)
-        owner = vif_owner(vif.domid, vif.devid)
+        if vif.active_port is not None:
+            for vlan in vif.access_vlans:
+                members[vlan].append((vif.active_port, vif.tagged_on_wire(vlan), bridge.is_private(vif)))
+    promiscuous = list(bridge.uplinks) + ([OFPP_LOCAL] if bridge.local else [])
+    for vlan in vlans:
+        for klass in CLASSES:
+            parts.groups.append(
+                GroupEntry(group_id(vlan, klass), _flood_buckets(vlan, members[vlan], klass, promiscuous))
+            )
+    return parts
+
+
+@functools.lru_cache(maxsize=256)
+def _bridge_flows(
+    uplinks: tuple[int, ...], local: bool, vlans: tuple[int, ...], learn_idle_timeout: int
+) -> tuple[Flow, ...]:
+    flows: list[Flow] = []
+    bridge_cookie = cookie(P_DEFAULT)
+    for t in (CLASSIFY, PORT_SECURITY, LEARN, FORWARD, EGRESS):
+        flows.append(Flow(t, 0, (), (), bridge_cookie))  # explicit misses: drop, and count
+    for port in uplinks:
+        for vlan in vlans:
+            m = match(F("in_port", port), untagged() if vlan == 0 else tagged(vlan))
+            pre = () if vlan == 0 else (PopVlan(),)
+            acts = (*pre, SetReg("reg5", FROM_UPLINK), SetReg("reg6", vlan), Goto(LEARN))
+            flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY)))
+    if local:
+        m = match(F("in_port", OFPP_LOCAL), untagged())
+        acts = (SetReg("reg5", FROM_UPLINK), SetReg("reg6", 0), Goto(LEARN))
+        flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY)))
+    learn = LearnSource(LEARNED, learn_idle_timeout, 100, cookie(P_LEARNED))
+    flows.append(Flow(LEARN, 100, match(F("reg5", FROM_UPLINK)), (learn, Goto(FORWARD)), cookie(P_LEARN)))
+    for vlan in vlans:
+        for klass in CLASSES:
+            gid = group_id(vlan, klass)
+            flows.append(
+                Flow(FORWARD, 50, match(F("reg5", klass), F("reg6", vlan), MULTICAST), (Group(gid),), cookie(P_FLOOD))
+            )
+            flows.append(
+                Flow(EGRESS, 10, match(F("reg5", klass), F("reg6", vlan), F("reg7", 0)), (Group(gid),), cookie(P_FLOOD))
+            )
+        for port in uplinks:
+            out = (PushVlan(vlan), Output(port)) if vlan else (Output(port),)
+            flows.append(Flow(EGRESS, 100, match(F("reg6", vlan), F("reg7", port)), out, cookie(P_EGRESS)))
+        if local and vlan == 0:
+            flows.append(
+                Flow(EGRESS, 100, match(F("reg6", 0), F("reg7", OFPP_LOCAL)), (Output(OFPP_LOCAL),), cookie(P_EGRESS))
+            )
+    flows.append(Flow(FORWARD, 10, (), (Resubmit(LEARNED), Resubmit(EGRESS)), cookie(P_FORWARD)))
+    for f in flows:
+        check_flow(f)
+    return tuple(flows)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _refused_flows(vif: VifModel) -> tuple[Flow, ...]:
+    owner = vif_owner(vif.domid, vif.devid)
+    return tuple(Flow(CLASSIFY, 100, match(F("in_port", port)), (), cookie(P_REFUSED, owner)) for port in vif.ports)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
+    """Everything one vif owns; cached, so an unchanged vif costs nothing to rebuild."""
+    fs = FlowSet()
+    _vif_ingress(fs, FROM_PRIVATE if private else FROM_VIF, vif)
+    _port_security(fs, vif)
+    port = vif.active_port
+    owner = vif_owner(vif.domid, vif.devid)
+    if port is not None:
         for vlan in vif.access_vlans:
-            members[vlan].append((port, vif.tagged_on_wire(vlan), private))
             dst = (F("reg6", vlan), F("dl_dst", vif.mac))
             allowed_from = F("reg5", FROM_UPLINK) if private else F("reg5", 0, FROM_PRIVATE)
             fs.flows.append(
@@ -140,25 +199,11 @@ def build(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOUT) -> 
             )
             # Its MAC from anyone else (a private vif, or anyone to a private vif): nowhere.
             fs.flows.append(Flow(FORWARD, 90, match(*dst), (), cookie(P_FORWARD, owner)))
-    for vlan in vlans:
-        for klass in CLASSES:
-            gid = group_id(vlan, klass)
-            fs.flows.append(
-                Flow(FORWARD, 50, match(F("reg5", klass), F("reg6", vlan), MULTICAST), (Group(gid),), cookie(P_FLOOD))
-            )
-            fs.flows.append(
-                Flow(EGRESS, 10, match(F("reg5", klass), F("reg6", vlan), F("reg7", 0)), (Group(gid),), cookie(P_FLOOD))
-            )
-            fs.groups.append(GroupEntry(gid, _flood_buckets(vlan, members[vlan], klass, promiscuous)))
-        for port, tag, _private in members[vlan]:
-            out = (PushVlan(vlan), Output(port)) if tag else (Output(port),)
-            fs.flows.append(Flow(EGRESS, 100, match(F("reg6", vlan), F("reg7", port)), out, cookie(P_EGRESS)))
-    fs.flows.append(Flow(FORWARD, 10, (), (Resubmit(LEARNED), Resubmit(EGRESS)), cookie(P_FORWARD)))
-
+            out = (PushVlan(vlan), Output(port)) if vif.tagged_on_wire(vlan) else (Output(port),)
+            fs.flows.append(Flow(EGRESS, 100, match(F("reg6", vlan), F("reg7", port)), out, cookie(P_EGRESS, owner)))
     for f in fs.flows:
         check_flow(f)
-    fs.by_key()  # no two flows may collide
-    return fs
+    return tuple(fs.flows)
 
 
 def _flood_buckets(
@@ -175,8 +220,7 @@ def _flood_buckets(
     return tuple(out)
 
 
-def _vif_ingress(fs: FlowSet, bridge: BridgeModel, vif: VifModel) -> None:
-    klass = FROM_PRIVATE if bridge.is_private(vif) else FROM_VIF
+def _vif_ingress(fs: FlowSet, klass: int, vif: VifModel) -> None:
     owner = vif_owner(vif.domid, vif.devid)
     for port in vif.ports:
         for vlan in vif.access_vlans:

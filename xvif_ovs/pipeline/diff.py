@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .build import Parts
 from .flow import COOKIE_MAGIC, COOKIE_MASK, Flow, FlowSet, GroupEntry
 from .tables import LEARNED
 
@@ -40,20 +41,26 @@ def ours(flow: Flow) -> bool:
 
 def diff(desired: FlowSet, flows: list[Flow], groups: list[GroupEntry]) -> Plan:
     plan = Plan()
-    want_groups = {g.group_id: g for g in desired.groups}
+    _diff_groups(desired.groups, groups, plan)
+
+    _diff_flows(desired.by_key(), [f for f in flows if ours(f)], plan)
+    return plan
+
+
+def _diff_groups(desired: list[GroupEntry], groups: list[GroupEntry], plan: Plan) -> None:
+    want_groups = {g.group_id: g for g in desired}
     have_groups = {g.group_id: g for g in groups}
     for gid, g in sorted(want_groups.items()):
         if gid not in have_groups:
             plan.group_adds.append(g)
         elif have_groups[gid] != g:
             plan.group_mods.append(g)
-    plan.group_deletes = [g for gid, g in sorted(have_groups.items()) if gid not in want_groups]
+    plan.group_deletes += [g for gid, g in sorted(have_groups.items()) if gid not in want_groups]
 
-    want = desired.by_key()
+
+def _diff_flows(want: dict[tuple, Flow], flows: list[Flow], plan: Plan) -> None:
     have: dict[tuple, Flow] = {}
     for f in flows:
-        if not ours(f):
-            continue
         if f.key in have:  # cannot happen in OpenFlow; treat the extra as stale
             plan.flow_deletes.append(f)
         have[f.key] = f
@@ -66,4 +73,34 @@ def diff(desired: FlowSet, flows: list[Flow], groups: list[GroupEntry]) -> Plan:
         elif cur.actions != f.actions:
             plan.flow_mods.append(f)
     plan.flow_deletes += [f for key, f in have.items() if key not in want]
+
+
+def owner_of(flow: Flow) -> int:
+    return flow.cookie & 0xFFFFFFFF
+
+
+def by_owner(flows: list[Flow]) -> dict[int, list[Flow]]:
+    out: dict[int, list[Flow]] = {}
+    for f in flows:
+        if ours(f):
+            out.setdefault(owner_of(f), []).append(f)
+    return out
+
+
+def diff_parts(
+    desired: Parts,
+    installed: dict[int, list[Flow]],
+    groups: list[GroupEntry],
+    applied: dict[int, tuple[Flow, ...]] | None = None,
+) -> Plan:
+    """Like diff(), one owner at a time, skipping owners whose desired flows are the very
+    tuple last applied (the pipeline caches each vif's flows): a change to one vif costs
+    that vif's flows plus the bridge's groups, whatever the number of vifs."""
+    plan = Plan()
+    _diff_groups(desired.groups, groups, plan)
+    for owner in desired.flows.keys() | installed.keys():
+        want = desired.flows.get(owner, ())
+        if applied is not None and owner in desired.flows and applied.get(owner) is want:
+            continue
+        _diff_flows({f.key: f for f in want}, installed.get(owner, []), plan)
     return plan

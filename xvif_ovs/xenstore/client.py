@@ -7,12 +7,14 @@ on the lab without flags.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import pyxs._internal
 from pyxs import Client
 from pyxs._internal import Op
 from pyxs.exceptions import PyXSError
@@ -84,6 +86,58 @@ def read_str(client: Client, path: str, default: str | None = None) -> str | Non
         if e.args and e.args[0] == errno.ENOENT:
             return default
         raise
+
+
+def _teach_pyxs_directory_part() -> None:
+    """pyxs 0.4.1 predates XS_DIRECTORY_PART (Xen 4.9) and refuses any operation it does
+    not know, in both directions. Without it a directory whose names exceed 4096 bytes
+    (about 800 domains under backend/vif) cannot be listed: xenstored answers E2BIG, and
+    libxenstore would page with DIRECTORY_PART. So we extend pyxs's operation table."""
+    ops = pyxs._internal.Op
+    if len(ops) > 22 or 22 in ops:
+        return
+    names = list(ops._fields) + ["RESET_WATCHES", "DIRECTORY_PART"]
+    values = list(ops) + [21, 22]
+    extended = collections.namedtuple("Operations", names)(*values)
+    pyxs._internal.Op = extended  # Packet() checks membership against this module global
+
+
+_teach_pyxs_directory_part()
+OP_DIRECTORY_PART = 22
+
+
+def exists(client: Client, path: str) -> bool:
+    """pyxs's exists() lists the node's children, which fails with E2BIG on a big one."""
+    return read_str(client, path) is not None
+
+
+def list_dir(client: Client, path: str) -> list[str]:
+    """The children of ``path``, however many: DIRECTORY, then DIRECTORY_PART pages."""
+    try:
+        return [n.decode() for n in client.list(path.encode())]
+    except PyXSError as e:
+        if not e.args or e.args[0] != errno.E2BIG:
+            raise
+    names: list[str] = []
+    offset = 0
+    while True:
+        # execute_command strips the trailing NULs; the last page ends in an extra NUL.
+        reply = client.router.send(
+            pyxs._internal.Packet(
+                OP_DIRECTORY_PART,
+                path.encode() + b"\0" + str(offset).encode() + b"\0",
+                pyxs._internal.next_rq_id(),
+                client.tx_id,
+            )
+        ).get()
+        if reply.op == Op.ERROR:
+            raise PyXSError(reply.payload.rstrip(b"\0").decode())
+        gen, _, rest = reply.payload.partition(b"\0")
+        chunk = [n for n in rest.split(b"\0") if n]
+        names += [n.decode() for n in chunk]
+        offset += sum(len(n) + 1 for n in chunk)
+        if rest.endswith(b"\0\0") or rest in (b"", b"\0") or not chunk:
+            return names
 
 
 def write(client: Client, path: str, value: str | bytes | int) -> None:

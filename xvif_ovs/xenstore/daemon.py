@@ -3,32 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 from pathlib import Path
 
 from .server import XenStoreServer
+from .store import Store
 
 log = logging.getLogger("xvif_ovs.xenstored")
 
 
-def run(socket_path: str, pidfile: str | None = None, log_file: str | None = None, verbose: bool = False) -> int:
+def run(
+    socket_path: str,
+    pidfile: str | None = None,
+    log_file: str | None = None,
+    verbose: bool = False,
+    state_file: str | None = None,
+) -> int:
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger("xvif_ovs")
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     try:
-        asyncio.run(_main(socket_path, pidfile))
+        asyncio.run(_main(socket_path, pidfile, state_file))
     finally:
         if pidfile:
             Path(pidfile).unlink(missing_ok=True)
     return 0
 
 
-async def _main(socket_path: str, pidfile: str | None) -> None:
-    server = XenStoreServer()
+async def _main(socket_path: str, pidfile: str | None, state_file: str | None) -> None:
+    store = None
+    if state_file and Path(state_file).exists():
+        # Like a xenstored that survives its own restart (live update): the tree comes back.
+        store = Store.load(json.loads(Path(state_file).read_text()))
+        log.info("restored %d nodes from %s", len(store), state_file)
+    server = XenStoreServer(store)
     await server.start(socket_path)
     if pidfile:
         # Written only once the socket accepts, so a waiter on the pidfile can connect.
@@ -43,4 +56,9 @@ async def _main(socket_path: str, pidfile: str | None) -> None:
     await stop.wait()
     log.info("stopping")
     serving.cancel()
+    if state_file:
+        tmp = f"{state_file}.tmp"
+        Path(tmp).write_text(json.dumps(server.store.dump()))
+        os.replace(tmp, state_file)
+        log.info("saved %d nodes to %s", len(server.store), state_file)
     Path(socket_path).unlink(missing_ok=True)

@@ -215,6 +215,31 @@ class Store:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    # -- persistence ---------------------------------------------------------------------
+
+    def dump(self) -> dict:
+        """The tree as JSON-able data (values as latin-1 text: XenStore values are bytes)."""
+        return {
+            path: {"value": n.value.decode("latin-1"), "perms": [str(p) for p in n.perms], "children": n.children}
+            for path, n in self._nodes.items()
+        }
+
+    @classmethod
+    def load(cls, data: dict) -> Store:
+        s = cls()
+        s._nodes = {}
+        for path, n in data.items():
+            s._generation += 1
+            s._nodes[path] = Node(
+                n["value"].encode("latin-1"),
+                tuple(Perm.parse(p) for p in n["perms"]),
+                list(n["children"]),
+                s._generation,
+            )
+        if "/" not in s._nodes:
+            raise ValueError("a saved XenStore without its root")
+        return s
+
 
 def matches(watch_path: str, event: Event) -> bool:
     if event.exact or event.path.startswith("@"):

@@ -18,7 +18,7 @@ from typing import Literal
 from pyxs import Client
 from pyxs.exceptions import PyXSError
 
-from .client import locate
+from .client import list_dir, locate
 
 BACKEND_ROOT = "/local/domain/0/backend/vif"
 _VIF_PATH = re.compile(r"^/local/domain/0/backend/vif(?:/(\d+)(?:/(\d+))?)?(?:/.*)?$")
@@ -126,16 +126,16 @@ class VifWatcher:
 
     def _list(self, path: str) -> list[str]:
         try:
-            return [n.decode() for n in self._reader.list(path.encode())]
+            return list_dir(self._reader, path)
         except PyXSError:
             return []
 
     def _read_vif(self, path: str) -> dict[str, str] | None:
         keys = {}
         try:
-            for name in self._reader.list(path.encode()):
+            for name in list_dir(self._reader, path):
                 try:
-                    keys[name.decode()] = self._reader.read(path.encode() + b"/" + name).decode()
+                    keys[name] = self._reader.read(f"{path}/{name}".encode()).decode()
                 except PyXSError:
                     continue  # removed between list and read
         except PyXSError:
