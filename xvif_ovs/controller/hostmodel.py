@@ -40,6 +40,46 @@ def vif_from_xenstore(keys: dict[str, str], domid: int, devid: int, name: str, c
     )
 
 
+# The XenStore keys that shape a vif's flows; the rest (hotplug-status, ofport, ...) do not.
+_RELEVANT = ("mac", "bridge", "vlan", "ip", "trusted")
+_MODEL_CACHE: dict[tuple, VifModel] = {}
+
+
+def _cached_vif(
+    keys: dict[str, str], domid: int, devid: int, name: str, cfg: Config, backends: dict[str, OfPort]
+) -> VifModel:
+    """The same VifModel object for an unchanged vif, pass after pass: parsing 4000 vifs'
+    addresses took 250 ms, and an unchanged object is what lets the pipeline's per-vif
+    cache and the per-owner diff skip the vif at once."""
+    v, e = backends.get("vif"), backends.get("emu")
+    key = (
+        domid,
+        devid,
+        tuple(keys.get(k) for k in _RELEVANT),
+        name,
+        id(cfg),
+        (v.number, v.live) if v else None,
+        (e.number, e.live) if e else None,
+    )
+    hit = _MODEL_CACHE.get(key)
+    if hit is not None:
+        return hit
+    vif = vif_from_xenstore(keys, domid, devid, name, cfg)  # raises VifSpecError
+    model = VifModel(
+        **{
+            **vif.__dict__,
+            "vif_port": v.number if v else None,
+            "emu_port": e.number if e else None,
+            "vif_live": v.live if v else False,
+            "emu_live": e.live if e else False,
+        }
+    )
+    if len(_MODEL_CACHE) > 1 << 16:
+        _MODEL_CACHE.clear()
+    _MODEL_CACHE[key] = model
+    return model
+
+
 def bridge_models(
     ovsdb: dict[str, BridgeInfo],
     of_ports: dict[str, dict[str, OfPort]],
@@ -75,7 +115,7 @@ def bridge_models(
                 continue
             name = names.get(domid, "")
             try:
-                vif = vif_from_xenstore(keys, domid, devid, name, cfg)
+                vif = _cached_vif(keys, domid, devid, name, cfg, backends)
             except VifSpecError as e:
                 problems.append(f"{dev} on {bname}: {e}; its traffic is dropped until XenStore is fixed")
                 continue
@@ -89,18 +129,7 @@ def bridge_models(
                 )
                 continue
             seen_macs[vif.mac] = dev
-            v, e = backends.get("vif"), backends.get("emu")
-            built.append(
-                VifModel(
-                    **{
-                        **vif.__dict__,
-                        "vif_port": v.number if v else None,
-                        "emu_port": e.number if e else None,
-                        "vif_live": v.live if v else False,
-                        "emu_live": e.live if e else False,
-                    }
-                )
-            )
+            built.append(vif)
         policy = cfg.bridge_policy.get(bname)
         models[bname] = BridgeModel(
             bname,

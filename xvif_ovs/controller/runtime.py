@@ -10,6 +10,7 @@ cannot be rebuilt from those sources, so a restart loses nothing.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import queue
 import threading
@@ -257,6 +258,9 @@ class Runtime:
             s.installed_flows = {owner: list(flows) for owner, flows in desired.flows.items()}
             s.installed_groups = list(desired.groups)
             s.applied = dict(desired.flows)
+            # Tens of thousands of long-lived flow objects: keep the cyclic GC from
+            # rescanning them on every pass (it made some vif changes take 200 ms).
+            gc.freeze()
             log.info(
                 "%s: %s in %.0f ms (computed in %.0f ms)",
                 bname,

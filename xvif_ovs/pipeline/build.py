@@ -106,7 +106,7 @@ def build_parts(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOU
     for vif in refused:
         parts.flows[vif_owner(vif.domid, vif.devid)] = _refused_flows(vif)
     for vif in admitted:
-        parts.flows[vif_owner(vif.domid, vif.devid)] = _vif_flows(vif, bridge.is_private(vif))
+        parts.flows[vif_owner(vif.domid, vif.devid)] = _vif_flows_same(vif, bridge.is_private(vif))
     parts.flows[0] = _bridge_flows(bridge.uplinks, bridge.local, vlans, learn_idle_timeout)
 
     members: dict[int, list[tuple[int, bool, bool]]] = {v: [] for v in vlans}  # vlan -> (port, tag?, private?)
@@ -122,9 +122,7 @@ def build_parts(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOU
     promiscuous = list(bridge.uplinks) + ([OFPP_LOCAL] if bridge.local else [])
     for vlan in vlans:
         for klass in CLASSES:
-            parts.groups.append(
-                GroupEntry(group_id(vlan, klass), _flood_buckets(vlan, members[vlan], klass, promiscuous))
-            )
+            parts.groups.append(_flood_group(vlan, tuple(members[vlan]), klass, tuple(promiscuous)))
     return parts
 
 
@@ -176,6 +174,22 @@ def _refused_flows(vif: VifModel) -> tuple[Flow, ...]:
     return tuple(Flow(CLASSIFY, 100, match(F("in_port", port)), (), cookie(P_REFUSED, owner)) for port in vif.ports)
 
 
+_BY_IDENTITY: dict[int, tuple[VifModel, bool, tuple[Flow, ...]]] = {}
+
+
+def _vif_flows_same(vif: VifModel, private: bool) -> tuple[Flow, ...]:
+    """_vif_flows by object identity first: hashing thousands of vif models costs more
+    than building one vif's flows, and the controller hands in the same objects."""
+    hit = _BY_IDENTITY.get(id(vif))
+    if hit is not None and hit[0] is vif and hit[1] == private:
+        return hit[2]
+    flows = _vif_flows(vif, private)
+    if len(_BY_IDENTITY) > 1 << 16:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(vif)] = (vif, private, flows)  # holding vif keeps its id from being reused
+    return flows
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
     """Everything one vif owns; cached, so an unchanged vif costs nothing to rebuild."""
@@ -204,6 +218,12 @@ def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
     for f in fs.flows:
         check_flow(f)
     return tuple(fs.flows)
+
+
+@functools.lru_cache(maxsize=4096)
+def _flood_group(vlan: int, members: tuple, klass: int, promiscuous: tuple) -> GroupEntry:
+    """Cached: an unchanged VLAN keeps the same group object, which the diff skips fast."""
+    return GroupEntry(group_id(vlan, klass), _flood_buckets(vlan, list(members), klass, list(promiscuous)))
 
 
 def _flood_buckets(

@@ -53,7 +53,7 @@ def _diff_groups(desired: list[GroupEntry], groups: list[GroupEntry], plan: Plan
     for gid, g in sorted(want_groups.items()):
         if gid not in have_groups:
             plan.group_adds.append(g)
-        elif have_groups[gid] != g:
+        elif have_groups[gid] is not g and have_groups[gid] != g:
             plan.group_mods.append(g)
     plan.group_deletes += [g for gid, g in sorted(have_groups.items()) if gid not in want_groups]
 
