@@ -1,7 +1,7 @@
 # Developer shortcuts; the README's deploy/setup.sh is the one way to set a machine up.
 VENV ?= .venv
 
-.PHONY: setup demo test unit lint fmt
+.PHONY: setup demo test unit lint fmt bench
 setup:
 	bash deploy/setup.sh
 demo:
@@ -16,3 +16,10 @@ lint:
 fmt:
 	$(VENV)/bin/ruff check --fix xvif_ovs tests
 	$(VENV)/bin/ruff format xvif_ovs tests
+bench:
+	cd bench && ../$(VENV)/bin/python hotplug.py --sizes 0 100 1000 --repeats 7
+	cd bench && ../$(VENV)/bin/python scale.py --sizes 1 100 1000 4000
+	cd bench && ../$(VENV)/bin/python dataplane.py
+	cd bench && ../$(VENV)/bin/python drills.py
+	cd bench && ../$(VENV)/bin/python adversarial.py
+	cd bench && ../$(VENV)/bin/python report.py

@@ -94,6 +94,7 @@ def main() -> int:
         add_domain(lab, "v1", 11, ["mac=00:16:3e:00:0b:01,ip=192.0.2.11 2001:db8::11"])
         add_domain(lab, "v2", 12, ["mac=00:16:3e:00:0c:01,ip=192.0.2.12 2001:db8::12"])
         add_domain(lab, "bad", 13, ["mac=00:16:3e:00:0d:01,ip=192.0.2.13 2001:db8::13"])
+
         def ok() -> bool:
             cmd = ["ip", "netns", "exec", "xvl-v1", "ping", "-c1", "-W1", "192.0.2.12"]
             return subprocess.run(cmd, capture_output=True).returncode == 0

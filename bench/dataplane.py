@@ -78,14 +78,8 @@ def set_mode(lab: Lab, mode: str) -> None:
     """pipeline: the controller programs the bridge; normal: OVS's NORMAL action, no controller."""
     if mode == "pipeline":
         lab.start_controller()
-        wait_for(
-            lambda: (
-                "flows" in sh("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", f"unix:{lab.dir}/xenbr0.mgmt")
-                and "reg5" in sh("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", f"unix:{lab.dir}/xenbr0.mgmt")
-            ),
-            30,
-            0.05,
-        )
+        dump = ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", f"unix:{lab.dir}/xenbr0.mgmt"]
+        wait_for(lambda: "reg5" in sh(*dump), 30, 0.05)
         return
     lab.stop_controller()
     daemons.vsctl(lab.dir, "del-controller", "xenbr0", "--", "set", "bridge", "xenbr0", "fail_mode=standalone")

@@ -146,7 +146,7 @@ def actions_to_os_ken(parser: Any, ofp: Any, actions: tuple[Action, ...]) -> tup
                 )
             )
         else:  # pragma: no cover
-            raise NotImplementedError(a)
+            raise TypeError(f"not a pipeline action: {a!r}")
     return out, goto
 
 

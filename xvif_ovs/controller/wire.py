@@ -136,7 +136,7 @@ def action_bytes(a: Action) -> bytes:
         return struct.pack("!HHIHHB3x", 0xFFFF, 16, NX_VENDOR, NXAST_RESUBMIT_TABLE, 0xFFF8, a.table)
     if isinstance(a, LearnSource):
         return _learn_bytes(a)
-    raise NotImplementedError(a)
+    raise TypeError(f"not a pipeline action: {a!r}")
 
 
 def _instructions(actions: tuple[Action, ...]) -> bytes:

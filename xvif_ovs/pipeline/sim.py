@@ -139,8 +139,8 @@ class Switch:
                 return
             elif isinstance(a, LearnSource):
                 self._learn(a, pkt)
-            else:  # pragma: no cover - the pipeline uses no other action
-                raise NotImplementedError(a)
+            else:  # the pipeline uses no other action
+                raise TypeError(f"not a pipeline action: {a!r}")
 
     def _learn(self, a: LearnSource, pkt: Packet) -> None:
         m = match(F("reg6", pkt.regs.get("reg6", 0) & 0xFFF), F("dl_dst", pkt.fields["dl_src"]))

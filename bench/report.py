@@ -1,0 +1,171 @@
+"""Write BENCHMARKS.md (and a PNG where a curve says more) from bench/results/*.json.
+
+Usage: .venv/bin/python bench/report.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from common import RESULTS, ROOT
+
+
+def load(name: str) -> dict | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def mmm(s: dict, scale: float = 1, fmt: str = ".0f") -> str:
+    return f"{s['min'] * scale:{fmt}} / {s['median'] * scale:{fmt}} / {s['max'] * scale:{fmt}}"
+
+
+def header(d: dict) -> list[str]:
+    m = d["meta"]
+    return [f"Command: `{m['command']}` ({m['date']}; {m['machine']})", ""]
+
+
+def hotplug(d: dict) -> list[str]:
+    out = ["## Hotplug: what libxl waits for", ""] + header(d)
+    out += [
+        "`online` of one new vif while N vifs (real veth ports, both ends up) are on the bridge: wall time of the",
+        "script as libxl runs it, xvif-ovs's hook against Xen's vif-openvswitch, alternating, same lab.",
+        "",
+        "| vifs on bridge | xvif-ovs hook (ms) min/median/max | vif-openvswitch (ms) min/median/max | speed-up (medians) |",
+        "|---:|---|---|---:|",
+    ]
+    for r in d["results"]:
+        out.append(
+            f"| {r['vifs_on_bridge']} | {mmm(r['xvif-ovs'], 1000)} | {mmm(r['vif-openvswitch'], 1000)} | {r['speedup_median']:.1f}x |"
+        )
+    return out + [""]
+
+
+def _log_time(line: str) -> float:
+    from datetime import datetime
+
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def connect_to_pipeline(r: dict) -> float | None:
+    """From the switch's connection to the pipeline applied, from the controller's log."""
+    lines = r.get("controller_log", [])
+    conn = next((ln for ln in lines if "connected:" in ln), None)
+    done = next((ln for ln in lines if " flows, " in ln), None)
+    return _log_time(done) - _log_time(conn) if conn and done else None
+
+
+def scale(d: dict) -> list[str]:
+    out = ["## Control-plane scale (dummy datapath)", ""] + header(d)
+    out += [
+        "Start: process start to every flow in the switch (includes Python and os-ken start-up and OVS's reconnect).",
+        "Connected: from the switch's connection to the pipeline applied (read back, computed, sent in one bundle).",
+        "Floor: `ovs-ofctl --bundle add-groups/add-flows` of the same flows, rendered by the pipeline, from a file.",
+        "",
+        "| vifs | start (s) | connected (s) | floor (s) | start / floor | connected / floor | flows | flows/vif | one vif change (ms) min/median/p99/max | RSS (MiB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in d["results"]:
+        c = r["one_vif_change_s"]
+        change = f"{c['min'] * 1000:.0f} / {c['median'] * 1000:.0f} / {c['p99'] * 1000:.0f} / {c['max'] * 1000:.0f}"
+        conn = connect_to_pipeline(r)
+        conn_s = f"{conn:.2f}" if conn is not None else "?"
+        conn_r = f"{conn / r['bundle_floor_s']:.1f}x" if conn is not None else "?"
+        out.append(
+            f"| {r['vifs']} | {r['controller_start_to_pipeline_s']:.2f} | {conn_s} | {r['bundle_floor_s']:.2f} | "
+            f"{r['ratio_to_floor']:.1f}x | {conn_r} | {r['flows']} | {r['flows_per_vif']:.1f} | {change} | {r['controller_rss_mib']:.0f} |"
+        )
+    return out + [""]
+
+
+def dataplane(d: dict) -> list[str]:
+    out = ["## Dataplane", ""] + header(d)
+    st = d["results"]["stats"]
+    out += ["| path | Gbit/s min/median/max | RTT ms min/median/max |", "|---|---|---|"]
+    for mode, path in (
+        ("pipeline", "guest-guest"),
+        ("normal", "guest-guest"),
+        ("pipeline", "guest-LAN"),
+        ("normal", "guest-LAN"),
+    ):
+        out.append(
+            f"| OVS {'xvif-ovs pipeline' if mode == 'pipeline' else 'NORMAL'}, {path} | "
+            f"{mmm(st[f'{mode} {path} Gbit/s'], 1, '.2f')} | {mmm(st[f'{mode} {path} rtt ms'], 1, '.3f')} |"
+        )
+    out.append(
+        f"| Linux bridge, guest-guest | {mmm(st['linux-bridge guest-guest Gbit/s'], 1, '.2f')} | {mmm(st['linux-bridge guest-guest rtt ms'], 1, '.3f')} |"
+    )
+    out.append(
+        f"| bare veth pair | {mmm(st['veth-pair Gbit/s'], 1, '.2f')} | {mmm(st['veth-pair rtt ms'], 1, '.3f')} |"
+    )
+    r = d["results"]["pipeline_over_normal"]
+    out += [
+        "",
+        f"Pipeline / NORMAL throughput (medians): guest-guest {r['guest-guest']:.2f}x, guest-LAN {r['guest-LAN']:.2f}x.",
+        "",
+    ]
+    out += ["| guests talking | mode | datapath flows (megaflows) | upcalls |", "|---:|---|---:|---:|"]
+    for c in d["results"]["chatter"]:
+        out.append(f"| {c['guests']} | {c['mode']} | {c['megaflows']} | {c['upcalls']} |")
+    return out + [""]
+
+
+def drills(d: dict) -> list[str]:
+    out = ["## Fault drills", ""] + header(d)
+    out += [
+        "During a 5 ms ping flood between two guests and an iperf3 run to the LAN:",
+        "",
+        "| drill | pings lost min/median/max | longest gap between replies (ms) min/median/max | iperf3 Gbit/s min/median/max |",
+        "|---|---|---|---|",
+    ]
+    for what, s in sorted(d["results"]["summary"].items()):
+        out.append(
+            f"| {what} | {mmm(s['ping_lost'])} | {mmm(s['longest_gap_s'], 1000)} | {mmm(s['iperf_gbps'], 1, '.2f')} |"
+        )
+    return out + [""]
+
+
+def adversarial(d: dict) -> list[str]:
+    out = ["## Packet-ins and a hostile guest", ""] + header(d)
+    p = d["results"]["packet_ins"]
+    out += [
+        f"Packet-ins: {p['steady_state']} in steady state; {p['after_1000_uplink_macs']} after 1000 MACs appeared behind the uplink "
+        f"(learned by the switch: table 4 went from {p['learned_flows_before']} to {p['learned_flows_after']} flows).",
+        "",
+    ]
+    h = d["results"].get("hostile_guest")
+    if h:
+        out += [
+            "| | quiet | under attack | ratio |",
+            "|---|---|---|---:|",
+            f"| guest-guest Gbit/s min/median/max | {mmm(h['quiet_gbps'], 1, '.2f')} | {mmm(h['attacked_gbps'], 1, '.2f')} | {h['throughput_ratio']:.2f} |",
+            f"| ping RTT ms min/median/max | {mmm(h['quiet_rtt_ms'], 1, '.3f')} | {mmm(h['attacked_rtt_ms'], 1, '.3f')} | {h['rtt_ratio']:.2f} |",
+            "",
+            f"Attack frames seen on the LAN: {h['attack_frames_seen_on_lan']}; controller CPU during each attack: "
+            f"{mmm(h['controller_cpu_s_during_attack'], 1, '.2f')} s; OpenFlow flows after: {h['openflow_flows_after']}; "
+            f"datapath flows after: {h['datapath_flows_after']}.",
+            "",
+        ]
+    return out
+
+
+def main() -> int:
+    intro = (ROOT / "bench" / "INTRO.md").read_text()
+    parts = [intro]
+    for name, fn in (
+        ("hotplug", hotplug),
+        ("scale", scale),
+        ("dataplane", dataplane),
+        ("drills", drills),
+        ("adversarial", adversarial),
+    ):
+        d = load(name)
+        if d:
+            parts.append("\n".join(fn(d)))
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(parts).rstrip() + "\n")
+    print("wrote BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
