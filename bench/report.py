@@ -162,6 +162,7 @@ def main() -> int:
         d = load(name)
         if d:
             parts.append("\n".join(fn(d)))
+    parts.append((ROOT / "bench" / "DISCUSSION.md").read_text())
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts).rstrip() + "\n")
     print("wrote BENCHMARKS.md")
     return 0

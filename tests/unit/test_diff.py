@@ -8,7 +8,7 @@ from dataclasses import replace
 from xvif_ovs.model.host import BridgeModel
 from xvif_ovs.pipeline.build import build
 from xvif_ovs.pipeline.diff import diff
-from xvif_ovs.pipeline.flow import F, Flow, FlowSet, Output
+from xvif_ovs.pipeline.flow import F, Flow, FlowSet, Output, vif_owner
 from xvif_ovs.pipeline.scenarios import _vif
 
 
@@ -44,7 +44,7 @@ def test_one_vif_change_touches_only_its_flows():
     after = build(model(a, replace(b, ips=(b.ips[0].__class__("192.0.2.66"),))))
     plan = diff(after, before.flows, before.groups)
     changed = plan.flow_adds + plan.flow_mods + plan.flow_deletes
-    assert changed and all(f.cookie & 0xFFFFFFFF == (1 << 31 | 6 << 8) for f in changed)
+    assert changed and all(f.cookie & 0xFFFFFFFF == vif_owner(6, 0) for f in changed)
     assert not plan.group_adds and not plan.group_mods and not plan.group_deletes
 
 
@@ -89,12 +89,9 @@ def test_diff_parts_skips_unchanged_owners_and_finds_real_changes():
     assert not diff_parts(before, installed, before.groups)  # full compare: in sync
     assert not diff_parts(before, installed, before.groups, before.flows)
     after = build_parts(model(a, replace(b, ips=(b.ips[0].__class__("192.0.2.66"),))))
-    assert (
-        after.flows[next(o for o in after.flows if o & 0xFF00 == 5 << 8)]
-        is before.flows[next(o for o in before.flows if o & 0xFF00 == 5 << 8)]
-    )  # the untouched vif's flows are the same cached tuple
+    assert after.flows[vif_owner(5, 0)] is before.flows[vif_owner(5, 0)]  # untouched vif: the same cached tuple
     plan = diff_parts(after, installed, before.groups, before.flows)
-    assert plan and {f.cookie & 0xFFFFFFFF for f in plan.flow_adds + plan.flow_deletes} == {1 << 31 | 6 << 8}
+    assert plan and {f.cookie & 0xFFFFFFFF for f in plan.flow_adds + plan.flow_deletes} == {vif_owner(6, 0)}
     gone = build_parts(model(a))
     plan = diff_parts(gone, installed, before.groups, before.flows)
-    assert len(plan.flow_deletes) == len(before.flows[1 << 31 | 6 << 8])
+    assert len(plan.flow_deletes) == len(before.flows[vif_owner(6, 0)])

@@ -373,3 +373,59 @@ def test_build_is_deterministic():
         build(BridgeModel("b", uplinks=(1,), vifs=tuple(vifs))).render()
         == build(BridgeModel("b", uplinks=(1,), vifs=tuple(vifs))).render()
     )
+
+
+# -- found in review ---------------------------------------------------------------------
+
+
+def test_dhcp_and_dhcpv6_server_messages_are_dropped_by_destination_port_too():
+    g = vif(61, ips="192.0.2.61 2001:db8::61")
+    sw = switch(g, vif(62))
+    offer = ip4(g.mac, "192.0.2.61", "255.255.255.255", nw_proto=17, tp_src=5555, tp_dst=68)
+    assert dropped_by_vif(sw, sw.send(g.vif_port, offer), g)
+    adv = {
+        "dl_src": g.mac,
+        "dl_dst": BCAST,
+        "dl_type": 0x86DD,
+        "ipv6_src": "2001:db8::61",
+        "nw_proto": 17,
+        "tp_src": 9,
+        "tp_dst": 546,
+    }
+    assert dropped_by_vif(sw, sw.send(g.vif_port, adv), g)
+
+
+def test_an_ip_network_allows_the_whole_subnet():
+    r = vif(63, ips="192.0.2.63 198.51.100.0/24")
+    sw = switch(r)
+    assert UPLINK in sw.send(r.vif_port, ip4(r.mac, "198.51.100.7", "192.0.2.1")).ports
+    assert dropped_by_vif(sw, sw.send(r.vif_port, ip4(r.mac, "198.51.101.7", "192.0.2.1")), r)
+
+
+def test_repeated_addresses_make_one_set_of_flows():
+    build(
+        BridgeModel("xenbr0", uplinks=(UPLINK,), vifs=(vif(64, ips="192.0.2.64 192.0.2.64/32 fe80::216:3eff:fe00:40"),))
+    )
+
+
+def test_dad_probe_only_for_its_own_addresses():
+    g = vif(65, ips="2001:db8::65")
+    sw = switch(g)
+    probe = {
+        "dl_src": g.mac,
+        "dl_dst": BCAST,
+        "dl_type": 0x86DD,
+        "ipv6_src": "::",
+        "nw_proto": 58,
+        "icmpv6_type": 135,
+        "nd_sll": "00:00:00:00:00:00",
+    }
+    assert UPLINK in sw.send(g.vif_port, {**probe, "nd_target": "2001:db8::65"}).ports
+    assert dropped_by_vif(sw, sw.send(g.vif_port, {**probe, "nd_target": "2001:db8::1"}), g)
+
+
+def test_uplinks_never_flood_to_each_other_but_dom0_reaches_both():
+    g = vif(66)
+    sw = Switch(build(BridgeModel("xenbr0", uplinks=(1, 2), vifs=(g,))))
+    assert sw.send(1, ip4(OTHER_MAC, "192.0.2.1", "192.0.2.2")).ports == {g.vif_port, OFPP_LOCAL}
+    assert sw.send(OFPP_LOCAL, ip4("00:16:3e:aa:aa:aa", "192.0.2.1", "192.0.2.2")).ports == {1, 2, g.vif_port}

@@ -89,7 +89,12 @@ def resolve_to(host: HostView, to: str) -> tuple[str, str | None]:
 
 
 def build_flow(v: VifView | None, port: PortView, to: str, host: HostView, args) -> str:  # noqa: ANN001
-    src_mac = (args.src_mac or (v.mac if v else "00:00:5e:00:53:01")).lower()
+    from ..errors import VifSpecError
+
+    raw_mac = args.src_mac or (v.mac if v else "") or "00:00:5e:00:53:01"
+    if not re.match(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$", raw_mac):
+        raise VifSpecError(f"source MAC {raw_mac!r} is not six colon-separated hex octets (give --src-mac)")
+    src_mac = raw_mac.lower()
     dst_mac, dst_ip = resolve_to(host, to)
     ips = v.keys.get("ip", "").split() if v else []
     v4 = [i for i in ips if ":" not in i]

@@ -26,13 +26,15 @@ class XvifOvsApp(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.runtime = RUNTIME
 
-    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
-    def _features(self, ev: Any) -> None:
-        self.runtime.datapath_up(ev.msg.datapath)
-
-    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
-    def _dead(self, ev: Any) -> None:
-        if ev.datapath is not None and ev.datapath.id is not None:
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state(self, ev: Any) -> None:
+        # Up only once os-ken's handshake is over (MAIN): replies to our requests are
+        # delivered to MAIN handlers, and one sent earlier could be lost.
+        if ev.datapath is None or ev.datapath.id is None:
+            return
+        if ev.state == MAIN_DISPATCHER:
+            self.runtime.datapath_up(ev.datapath)
+        else:
             self.runtime.datapath_down(ev.datapath)
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)

@@ -31,6 +31,7 @@ from .session import Session, SwitchError
 
 log = logging.getLogger("xvif_ovs.controller")
 DROP_REPORT_INTERVAL = 10.0
+NAMES_INTERVAL = 5.0  # domain names can change without a vif event (xl rename)
 
 
 class Runtime:
@@ -49,6 +50,7 @@ class Runtime:
         self._drops: dict[tuple[int, int], int] = {}
         self.monitor: OvsdbMonitor | None = None
         self.packet_ins = 0
+        self._retry = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -149,8 +151,9 @@ class Runtime:
                                 self.vifs.pop((ev.domid, ev.devid), None)
                             else:
                                 self.vifs[(ev.domid, ev.devid)] = ev.keys
-                                if ev.domid not in self.names:
-                                    self._refresh_names()
+                                # Names change (xl rename; a migrated guest arrives as
+                                # NAME--incoming): re-read on every event, config matches on it.
+                                self._refresh_names([ev.domid])
                             log.debug("XenStore: vif %d.%d %s %s", ev.domid, ev.devid, ev.kind, sorted(ev.changed))
                             self._queue.put(("model", None))
                         w.ping()
@@ -159,11 +162,11 @@ class Runtime:
                     log.warning("XenStore connection lost (%s); flows stay as they are, reconnecting", e)
                     self._stop.wait(1.0)
 
-    def _refresh_names(self) -> None:
+    def _refresh_names(self, domids: list[int] | None = None) -> None:
         where = self.cfg.xenstore
         try:
             with Client(**({"unix_socket_path": where} if where else locate())) as c:
-                for domid in {d for d, _ in self.vifs}:
+                for domid in domids if domids is not None else {d for d, _ in self.vifs}:
                     p = f"/local/domain/{domid}/name".encode()
                     if c.exists(p):
                         self.names[domid] = c.read(p).decode()
@@ -182,6 +185,7 @@ class Runtime:
 
     def _reconcile_loop_once(self) -> None:
         next_report = time.monotonic() + DROP_REPORT_INTERVAL
+        next_names = time.monotonic() + NAMES_INTERVAL
         while not self._stop.is_set():
             try:
                 kind, arg = self._queue.get(timeout=1.0)
@@ -205,7 +209,19 @@ class Runtime:
                             s.read_ports()
                         except SwitchError as e:
                             log.warning("%s", e)
-            if any(k != "tick" for k, _ in items):
+            # A switch whose first read failed, or a plan that failed, is retried on the
+            # next tick, not left until some unrelated change comes along.
+            for dpid, sess in list(self.sessions.items()):
+                if not sess.synced and kind == "tick":
+                    self._connect(dpid)
+            if time.monotonic() >= next_names and self.xenstore_ready.is_set():
+                next_names = time.monotonic() + NAMES_INTERVAL
+                before = dict(self.names)
+                self._refresh_names()
+                if self.names != before:
+                    items.append(("model", None))
+            if any(k != "tick" for k, _ in items) or self._retry:
+                self._retry = False
                 self._reconcile_all()
             if time.monotonic() >= next_report:
                 next_report = time.monotonic() + DROP_REPORT_INTERVAL
@@ -251,9 +267,10 @@ class Runtime:
             try:
                 s.apply(plan)
             except SwitchError as e:
-                log.error("applying flows to %s failed, re-reading the switch: %s", bname, e)
+                log.error("applying flows to %s failed, re-reading the switch and retrying: %s", bname, e)
                 with contextlib.suppress(SwitchError):
                     s.read_tables()
+                self._retry = True
                 continue
             s.installed_flows = {owner: list(flows) for owner, flows in desired.flows.items()}
             s.installed_groups = list(desired.groups)

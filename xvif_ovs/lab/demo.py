@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import LabError
-from ..pipeline.build import P_DROP
-from ..pipeline.flow import COOKIE_MAGIC, vif_owner
+from ..pipeline.build import P_ALLOW, P_DROP
+from ..pipeline.flow import COOKIE_MAGIC, decode_cookie, vif_owner
 from ..pipeline.tables import TABLES
 from .domain import add_domain
 from .host import BridgeArg, Lab
@@ -115,7 +115,8 @@ def _wait_for_flows(lab: Lab, vifs: int, timeout: float = 30) -> None:
     """Until every guest's port-security flows are in the switch."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        owners = set(re.findall(r"cookie=0x787603008000(\w\w)", _ofctl(lab, "dump-flows", "table=1")))
+        cookies = re.findall(r"cookie=(0x[0-9a-f]+)", _ofctl(lab, "dump-flows", "table=1"))
+        owners = {d[1:] for c in cookies if (d := decode_cookie(int(c, 16))) and d[0] == P_ALLOW}
         if len(owners) >= vifs:
             return
         time.sleep(0.1)

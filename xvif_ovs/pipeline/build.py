@@ -34,9 +34,11 @@ from .flow import (
 )
 from .tables import CLASSIFY, EGRESS, FORWARD, LEARN, LEARNED, PORT_SECURITY, check_flow
 
-# Ingress classes in reg5. Bit 2 set = private: forward flows to ordinary vifs match reg5=0/4.
-FROM_UPLINK, FROM_VIF, FROM_PRIVATE = 1, 2, 4
-CLASSES = (FROM_UPLINK, FROM_VIF, FROM_PRIVATE)
+# Ingress classes in reg5. Bit 0: promiscuous (dom0 or an uplink: may reach private vifs);
+# bit 2: private; bit 3: an uplink (never flooded back to another uplink).
+FROM_LOCAL, FROM_UPLINK, FROM_VIF, FROM_PRIVATE = 1, 9, 2, 4
+CLASSES = (FROM_LOCAL, FROM_UPLINK, FROM_VIF, FROM_PRIVATE)
+PROMISCUOUS = F("reg5", 1, 1)
 
 # Cookie purposes: the CLI groups flows by these.
 P_DEFAULT, P_CLASSIFY, P_ALLOW, P_DROP, P_LEARN, P_FORWARD, P_FLOOD, P_EGRESS, P_LEARNED, P_REFUSED = range(1, 11)
@@ -62,7 +64,7 @@ LEARN_IDLE_TIMEOUT = 300
 
 
 def group_id(vlan: int, klass: int) -> int:
-    return vlan * 4 + {FROM_UPLINK: 1, FROM_VIF: 2, FROM_PRIVATE: 3}[klass]
+    return vlan * 4 + {FROM_LOCAL: 0, FROM_UPLINK: 1, FROM_VIF: 2, FROM_PRIVATE: 3}[klass]
 
 
 def link_local(mac: str) -> ipaddress.IPv6Address:
@@ -142,10 +144,10 @@ def _bridge_flows(
             flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY)))
     if local:
         m = match(F("in_port", OFPP_LOCAL), untagged())
-        acts = (SetReg("reg5", FROM_UPLINK), SetReg("reg6", 0), Goto(LEARN))
+        acts = (SetReg("reg5", FROM_LOCAL), SetReg("reg6", 0), Goto(LEARN))
         flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY)))
     learn = LearnSource(LEARNED, learn_idle_timeout, 100, cookie(P_LEARNED))
-    flows.append(Flow(LEARN, 100, match(F("reg5", FROM_UPLINK)), (learn, Goto(FORWARD)), cookie(P_LEARN)))
+    flows.append(Flow(LEARN, 100, match(PROMISCUOUS), (learn, Goto(FORWARD)), cookie(P_LEARN)))
     for vlan in vlans:
         for klass in CLASSES:
             gid = group_id(vlan, klass)
@@ -201,7 +203,7 @@ def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
     if port is not None:
         for vlan in vif.access_vlans:
             dst = (F("reg6", vlan), F("dl_dst", vif.mac))
-            allowed_from = F("reg5", FROM_UPLINK) if private else F("reg5", 0, FROM_PRIVATE)
+            allowed_from = PROMISCUOUS if private else F("reg5", 0, FROM_PRIVATE)
             fs.flows.append(
                 Flow(
                     FORWARD,
@@ -236,6 +238,8 @@ def _flood_buckets(
             continue  # ordinary guests do not reach private ones
         if klass == FROM_PRIVATE and port not in promiscuous:
             continue  # a private guest reaches only the uplinks and dom0
+        if klass == FROM_UPLINK and port in promiscuous and port != OFPP_LOCAL:
+            continue  # never uplink to uplink: that would loop or confuse the LAN's switches
         out.append(Bucket((PushVlan(vlan), Output(port)) if tag else (Output(port),)))
     return tuple(out)
 
@@ -254,14 +258,23 @@ def _vif_ingress(fs: FlowSet, klass: int, vif: VifModel) -> None:
         fs.flows.append(Flow(CLASSIFY, 1, match(F("in_port", port)), (), cookie(P_DROP, owner)))
 
 
+def _addr(name: str, ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> F:
+    """An address field: the host, or for an ip= network (a router's routed subnet) the
+    whole network as address/mask."""
+    if ip.network.prefixlen == ip.max_prefixlen:
+        return F(name, str(ip.ip))
+    return F(name, str(ip.network.network_address), str(ip.network.netmask))
+
+
 def _port_security(fs: FlowSet, vif: VifModel) -> None:
     owner = vif_owner(vif.domid, vif.devid)
     allow, drop = cookie(P_ALLOW, owner), cookie(P_DROP, owner)
     go = (Goto(FORWARD),)
-    v4 = [i.ip for i in vif.ips if i.version == 4]
-    v6 = [i.ip for i in vif.ips if i.version == 6]
-    has_ip = bool(vif.ips)
-    ll = link_local(vif.mac)
+    ips = list(dict.fromkeys(vif.ips))  # a repeated address must not become two identical flows
+    v4 = [i for i in ips if i.version == 4]
+    ll = ipaddress.IPv6Interface(f"{link_local(vif.mac)}/128")
+    v6 = [i for i in ips if i.version == 6 and i.ip != ll.ip]
+    has_ip = bool(ips)
     for port in vif.ports:
         src = (F("in_port", port), F("dl_src", vif.mac))
 
@@ -269,10 +282,13 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
             fs.flows.append(Flow(PORT_SECURITY, prio, match(*_src, *fields), acts, ck))
 
         if not vif.trusted:
-            # DHCP/DHCPv6 server replies and router advertisements: only from a trusted vif.
+            # DHCP/DHCPv6 server messages (by either port: clients look only at the
+            # destination) and router advertisements: only from a trusted vif.
             for fields in (
                 (F("dl_type", ETH_IP), F("nw_proto", UDP), F("tp_src", 67)),
+                (F("dl_type", ETH_IP), F("nw_proto", UDP), F("tp_dst", 68)),
                 (F("dl_type", ETH_IPV6), F("nw_proto", UDP), F("tp_src", 547)),
+                (F("dl_type", ETH_IPV6), F("nw_proto", UDP), F("tp_dst", 546)),
                 (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6), F("icmpv6_type", ND_RA)),
             ):
                 fs.flows.append(Flow(PORT_SECURITY, 300, match(F("in_port", port), *fields), (), drop))
@@ -280,13 +296,13 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
         arp = (F("dl_type", ETH_ARP), F("arp_sha", vif.mac))
         if has_ip:
             for ip in v4:
-                add(200, *arp, F("arp_spa", str(ip)))
+                add(200, *arp, _addr("arp_spa", ip))
         else:
             add(200, *arp)
         # IPv4.
         if has_ip:
             for ip in v4:
-                add(200, F("dl_type", ETH_IP), F("nw_src", str(ip)))
+                add(200, F("dl_type", ETH_IP), _addr("nw_src", ip))
             add(
                 200,
                 F("dl_type", ETH_IP),
@@ -298,30 +314,49 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
             )
         else:
             add(200, F("dl_type", ETH_IP))
-        # IPv6 neighbour discovery: link-layer options are its MAC (or absent).
+        # IPv6 neighbour discovery: from its own addresses, link-layer options its MAC (or absent).
         icmp6 = (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6))
         sources6 = [ll, *v6] if has_ip else None
         for sll in (vif.mac, NO_MAC):
             if sources6 is None:
                 add(250, *icmp6, F("icmpv6_type", ND_NS), F("nd_sll", sll))
             else:
-                for s in sources6:
-                    add(250, *icmp6, F("ipv6_src", str(s)), F("icmpv6_type", ND_NS), F("nd_sll", sll))
-        if sources6 is not None:  # duplicate address detection: from ::, no link-layer option
-            add(250, *icmp6, F("ipv6_src", "::"), F("icmpv6_type", ND_NS), F("nd_sll", NO_MAC))
+                for s6 in sources6:
+                    add(250, *icmp6, _addr("ipv6_src", s6), F("icmpv6_type", ND_NS), F("nd_sll", sll))
+        if sources6 is not None:
+            # Duplicate address detection: from ::, no link-layer option, for its own addresses only.
+            for target in sources6:
+                if target.network.prefixlen == 128:
+                    add(
+                        250,
+                        *icmp6,
+                        F("ipv6_src", "::"),
+                        F("icmpv6_type", ND_NS),
+                        F("nd_target", str(target.ip)),
+                        F("nd_sll", NO_MAC),
+                    )
             add(250, *icmp6, F("ipv6_src", "::"), F("icmpv6_type", MLD2_REPORT))
         for tll in (vif.mac, NO_MAC):
             if sources6 is None:
                 add(250, *icmp6, F("icmpv6_type", ND_NA), F("nd_tll", tll))
             else:
-                for target in sources6:
-                    add(250, *icmp6, F("icmpv6_type", ND_NA), F("nd_target", str(target)), F("nd_tll", tll))
+                for s6 in sources6:
+                    for target in sources6:
+                        if target.network.prefixlen == 128:
+                            add(
+                                250,
+                                *icmp6,
+                                _addr("ipv6_src", s6),
+                                F("icmpv6_type", ND_NA),
+                                F("nd_target", str(target.ip)),
+                                F("nd_tll", tll),
+                            )
         for nd in (ND_NS, ND_NA):  # any other NS/NA from it is a spoof
             add(240, *icmp6, F("icmpv6_type", nd), acts=(), ck=drop)
         if sources6 is None:
             add(200, F("dl_type", ETH_IPV6))
         else:
-            for s in sources6:
-                add(200, F("dl_type", ETH_IPV6), F("ipv6_src", str(s)))
+            for s6 in sources6:
+                add(200, F("dl_type", ETH_IPV6), _addr("ipv6_src", s6))
         # Everything else from this port: dropped, and counted as the vif's drops.
         fs.flows.append(Flow(PORT_SECURITY, 1, match(F("in_port", port)), (), drop))

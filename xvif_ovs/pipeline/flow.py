@@ -51,7 +51,8 @@ def cookie(purpose: int, owner: int = 0) -> int:
 
 
 def vif_owner(domid: int, devid: int) -> int:
-    return 1 << 31 | (domid & 0xFFFF) << 8 | (devid & 0xFF)
+    """Bit 31 marks a vif; domids fit 15 bits (below DOMID_FIRST_RESERVED), devids 16."""
+    return 1 << 31 | (domid & 0x7FFF) << 16 | (devid & 0xFFFF)
 
 
 def decode_cookie(value: int) -> tuple[int, int | None, int | None] | None:
@@ -60,7 +61,7 @@ def decode_cookie(value: int) -> tuple[int, int | None, int | None] | None:
         return None
     owner = value & 0xFFFFFFFF
     if owner & 1 << 31:
-        return (value >> 40) & 0xFF, (owner >> 8) & 0xFFFF, owner & 0xFF
+        return (value >> 40) & 0xFF, (owner >> 16) & 0x7FFF, owner & 0xFFFF
     return (value >> 40) & 0xFF, None, None
 
 

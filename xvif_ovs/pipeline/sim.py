@@ -61,7 +61,10 @@ def field_matches(f: F, pkt: Packet) -> bool:
         mask = _mac_int(f.mask) if isinstance(f.mask, str) else 0xFFFFFFFFFFFF
         return (_mac_int(have) & mask) == (_mac_int(str(f.value)) & mask)
     if f.name in IP_FIELDS:
-        net = ipaddress.ip_network(f"{f.value}/{f.mask}" if f.mask else str(f.value), strict=False)
+        mask = f.mask
+        if isinstance(mask, str) and ":" in mask:  # an IPv6 netmask: ipaddress wants a prefix length
+            mask = str(int(ipaddress.IPv6Address(mask)).bit_count())
+        net = ipaddress.ip_network(f"{f.value}/{mask}" if mask else str(f.value), strict=False)
         addr = ipaddress.ip_address(have)
         return addr.version == net.version and addr in net
     mask = f.mask if isinstance(f.mask, int) else -1

@@ -26,7 +26,7 @@ TABLES = {
         Table(
             CLASSIFY,
             "classify",
-            "which port a frame came in on and on which VLAN: sets reg5 (ingress class: 1 uplink or dom0, "
+            "which port a frame came in on and on which VLAN: sets reg5 (ingress class: 1 dom0, 9 uplink, "
             "2 vif, 4 private vif) and reg6 (VLAN, 0 = untagged network), strips the 802.1Q tag. "
             "Frames a port may not send (a tag on an access port, an untagged frame on a trunk, "
             "any frame from a vif refused by a reserved bridge) are dropped here.",
