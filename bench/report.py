@@ -55,6 +55,34 @@ def connect_to_pipeline(r: dict) -> float | None:
     return _log_time(done) - _log_time(conn) if conn and done else None
 
 
+def firstpacket(d: dict) -> list[str]:
+    out = ["## Hotplug: what the guest feels", ""] + header(d)
+    out += [
+        "From the hotplug script's start to the guest's first ping answered by the LAN (a 5 ms ping runs",
+        "from before the hook), with N vifs on the bridge; xvif-ovs (hook + controller) against",
+        "vif-openvswitch (with NORMAL). Floor: one `ovs-vsctl add-port` waiting for ovs-vswitchd at that size.",
+        "",
+        "| vifs on bridge | floor (ms) | xvif-ovs hook (ms) | xvif-ovs first packet (ms) min/median/max | vif-openvswitch hook (ms) | vif-openvswitch first packet (ms) min/median/max |",
+        "|---:|---:|---:|---|---:|---|",
+    ]
+    for r in d["results"]["first_packet"]:
+        x, v = r["xvif-ovs"], r["vif-openvswitch"]
+        out.append(
+            f"| {r['vifs_on_bridge']} | {r['reconfigure_floor_s'] * 1000:.0f} | {x['hook_s']['median'] * 1000:.0f} | "
+            f"{mmm(x['first_packet_s'], 1000)} | {v['hook_s']['median'] * 1000:.0f} | {mmm(v['first_packet_s'], 1000)} |"
+        )
+    out += [
+        "",
+        "| hooks started at once | mode | all connected (s) | all forwarding (s) | failed |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for c in d["results"]["concurrent"]:
+        out.append(
+            f"| {c['hooks']} | {c['mode']} | {c['all_connected_s']:.2f} | {c['all_forwarding_s']:.2f} | {c['failed']} |"
+        )
+    return out + [""]
+
+
 def scale(d: dict) -> list[str]:
     out = ["## Control-plane scale (dummy datapath)", ""] + header(d)
     out += [

@@ -201,6 +201,8 @@ def test_uplink_macs_are_learned_in_the_switch(net):
     lan_mac = net.exec("lan", "cat", "/sys/class/net/eth0/address").stdout.strip()
     learned = ofctl(net, "dump-flows", "table=4")
     assert f"dl_dst={lan_mac}" in learned and "idle_timeout=120" in learned
+    limit = net.vsctl("--columns=flow_limit,overflow_policy", "list", "Flow_Table")
+    assert "65536" in limit and "evict" in limit  # learning is bounded
     assert "packet-in" not in log_text(net)
 
 

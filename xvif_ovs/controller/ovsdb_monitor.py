@@ -15,6 +15,7 @@ from ..ovsdb.jsonrpc import JsonRpc
 
 log = logging.getLogger("xvif_ovs.controller.ovsdb")
 MAX_BACKOFF_MS = 1000  # OVS retries a lost controller every second, not up to every 8 s
+LEARNED_TABLE, LEARNED_LIMIT = 4, 65536  # MACs learned behind uplinks: bounded, oldest evicted
 _VIF_NAME = re.compile(r"^x?vif(\d+)\.(\d+)(-emu)?$")
 
 
@@ -55,6 +56,11 @@ def classify_port(name: str, bridge: str, iface_type: str, ids: dict[str, str]) 
     return "uplink", None, None
 
 
+def _learned_bounded(br) -> bool:  # noqa: ANN001 - an IDL row
+    ft = dict(br.flow_tables).get(LEARNED_TABLE)
+    return ft is not None and _one(ft.flow_limit) == LEARNED_LIMIT and _one(ft.overflow_policy) == "evict"
+
+
 def _one(value):  # noqa: ANN001, ANN202 - IDL optional columns are lists of 0 or 1
     return value[0] if isinstance(value, list) and value else (None if isinstance(value, list) else value)
 
@@ -75,8 +81,10 @@ class OvsdbMonitor:
         helper = ovs.db.idl.SchemaHelper(schema_json=schema)
         helper.register_columns("Open_vSwitch", ["bridges"])
         helper.register_columns(
-            "Bridge", ["name", "ports", "fail_mode", "controller", "protocols", "datapath_type", "external_ids"]
+            "Bridge",
+            ["name", "ports", "fail_mode", "controller", "protocols", "datapath_type", "external_ids", "flow_tables"],
         )
+        helper.register_columns("Flow_Table", ["name", "flow_limit", "overflow_policy"])
         helper.register_columns("Port", ["name", "interfaces"])
         helper.register_columns("Interface", ["name", "ofport", "type", "external_ids", "link_state"])
         helper.register_columns("Controller", ["target", "is_connected", "max_backoff"])
@@ -146,7 +154,7 @@ class OvsdbMonitor:
                     )
             ctrls = tuple(sorted(c.target for c in br.controller))
             connected = any(_one(c.is_connected) for c in br.controller)
-            fast = all(_one(c.max_backoff) == MAX_BACKOFF_MS for c in br.controller)
+            fast = all(_one(c.max_backoff) == MAX_BACKOFF_MS for c in br.controller) and _learned_bounded(br)
             out[br.name] = BridgeInfo(
                 br.name,
                 tuple(sorted(ports, key=lambda p: p.name)),
@@ -173,6 +181,7 @@ class OvsdbMonitor:
                 _one(br.fail_mode) == "secure"
                 and [(c.target, _one(c.max_backoff)) for c in br.controller] == [(target, MAX_BACKOFF_MS)]
                 and list(br.protocols) == protocols
+                and _learned_bounded(br)
             ):
                 return
             txn = ovs.db.idl.Transaction(self.idl)
@@ -182,6 +191,16 @@ class OvsdbMonitor:
             br.controller = [ctrl]
             br.fail_mode = ["secure"]
             br.protocols = protocols
+            if not _learned_bounded(br):
+                # A host behind the uplink sending from endless source MACs must not grow
+                # the learned table without end: cap it, evicting the flows idle longest.
+                ft = txn.insert(self.idl.tables["Flow_Table"])
+                ft.name = ["xvif-ovs-learned"]
+                ft.flow_limit = [LEARNED_LIMIT]
+                ft.overflow_policy = ["evict"]
+                tables = dict(br.flow_tables)
+                tables[LEARNED_TABLE] = ft
+                br.flow_tables = tables
             txn.add_comment(f"xvif-ovs controller: take over {bridge}")
             status = txn.commit_block()
             if status not in (ovs.db.idl.Transaction.SUCCESS, ovs.db.idl.Transaction.UNCHANGED):
