@@ -182,6 +182,7 @@ def main() -> int:
     parts = [intro]
     for name, fn in (
         ("hotplug", hotplug),
+        ("firstpacket", firstpacket),
         ("scale", scale),
         ("dataplane", dataplane),
         ("drills", drills),

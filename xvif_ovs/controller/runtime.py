@@ -162,6 +162,11 @@ class Runtime:
                     log.warning("XenStore connection lost (%s); flows stay as they are, reconnecting", e)
                     self._stop.wait(1.0)
 
+    def _names_matter(self) -> bool:
+        """Only configuration that names domains needs their names kept current."""
+        cfg = self.cfg
+        return bool(cfg.private_vifs or cfg.trusted_vifs or any(p.reserved_for for p in cfg.bridge_policy.values()))
+
     def _refresh_names(self, domids: list[int] | None = None) -> None:
         where = self.cfg.xenstore
         try:
@@ -214,7 +219,8 @@ class Runtime:
             for dpid, sess in list(self.sessions.items()):
                 if not sess.synced and kind == "tick":
                     self._connect(dpid)
-            if time.monotonic() >= next_names and self.xenstore_ready.is_set():
+                    self._retry |= sess.synced
+            if time.monotonic() >= next_names and self.xenstore_ready.is_set() and self._names_matter():
                 next_names = time.monotonic() + NAMES_INTERVAL
                 before = dict(self.names)
                 self._refresh_names()
