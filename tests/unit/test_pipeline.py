@@ -429,3 +429,13 @@ def test_uplinks_never_flood_to_each_other_but_dom0_reaches_both():
     sw = Switch(build(BridgeModel("xenbr0", uplinks=(1, 2), vifs=(g,))))
     assert sw.send(1, ip4(OTHER_MAC, "192.0.2.1", "192.0.2.2")).ports == {g.vif_port, OFPP_LOCAL}
     assert sw.send(OFPP_LOCAL, ip4("00:16:3e:aa:aa:aa", "192.0.2.1", "192.0.2.2")).ports == {1, 2, g.vif_port}
+
+
+def test_fragmented_icmpv6_from_a_guest_is_dropped_but_not_other_fragments():
+    g = vif(67, ips="2001:db8::67")
+    sw = switch(g)
+    base = {"dl_src": g.mac, "dl_dst": BCAST, "dl_type": 0x86DD, "ipv6_src": "2001:db8::67"}
+    assert dropped_by_vif(sw, sw.send(g.vif_port, {**base, "nw_proto": 58, "ip_frag": 3}), g)
+    assert dropped_by_vif(sw, sw.send(g.vif_port, {**base, "nw_proto": 58, "ip_frag": 1, "icmpv6_type": 128}), g)
+    assert UPLINK in sw.send(g.vif_port, {**base, "nw_proto": 17, "ip_frag": 3}).ports  # fragmented UDP passes
+    assert UPLINK in sw.send(g.vif_port, {**base, "nw_proto": 58, "ip_frag": 0, "icmpv6_type": 128}).ports

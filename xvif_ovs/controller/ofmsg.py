@@ -42,6 +42,7 @@ _TO_OXM = {
     "nw_src": "ipv4_src",
     "nw_dst": "ipv4_dst",
     "nw_proto": "ip_proto",
+    "ip_frag": "ip_frag",
     "ipv6_src": "ipv6_src",
     "ipv6_dst": "ipv6_dst",
     "icmpv6_type": "icmpv6_type",

@@ -47,6 +47,7 @@ _OXM = {
     "dl_type": (0x8000, 5, 2),
     "vlan_tci": (0x8000, 6, 2),  # as vlan_vid
     "nw_proto": (0x8000, 10, 1),
+    "ip_frag": (0x0001, 26, 1),  # NXM_NX_IP_FRAG
     "nw_src": (0x8000, 11, 4),
     "nw_dst": (0x8000, 12, 4),
     "arp_op": (0x8000, 21, 2),

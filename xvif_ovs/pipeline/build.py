@@ -290,6 +290,9 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
                 (F("dl_type", ETH_IPV6), F("nw_proto", UDP), F("tp_src", 547)),
                 (F("dl_type", ETH_IPV6), F("nw_proto", UDP), F("tp_dst", 546)),
                 (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6), F("icmpv6_type", ND_RA)),
+                # A fragmented ICMPv6 packet can carry an RA or NA whose type OVS cannot
+                # see (RFC 6980 forbids fragmented neighbour discovery): not from a guest.
+                (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6), F("ip_frag", 1, 1)),
             ):
                 fs.flows.append(Flow(PORT_SECURITY, 300, match(F("in_port", port), *fields), (), drop))
         # ARP: sender hardware address is its MAC; sender IP among its addresses.

@@ -28,6 +28,7 @@ FIELDS = (
     "nw_src",
     "nw_dst",
     "nw_proto",
+    "ip_frag",
     "ipv6_src",
     "ipv6_dst",
     "tp_src",
@@ -39,6 +40,8 @@ FIELDS = (
 )
 _ORDER = {f: i for i, f in enumerate(FIELDS)}
 HEX_FIELDS = {"reg5", "reg6", "reg7", "vlan_tci", "dl_type"}
+# ip_frag (value, mask) -> ovs-ofctl's word: bit 0 "is a fragment", bit 1 "not the first".
+IP_FRAG_WORDS = {(0, 1): "no", (1, 1): "yes", (1, 3): "first", (3, 3): "later", (1, 2): "not_later"}
 
 # Cookies: the top 16 bits say "installed by xvif-ovs"; flows without them are not ours.
 COOKIE_MAGIC = 0x7876 << 48
@@ -75,6 +78,8 @@ class F:
 
     def render(self) -> str:
         v = self.value
+        if self.name == "ip_frag":  # ovs-ofctl spells these as words
+            return "ip_frag=" + IP_FRAG_WORDS[(int(v), int(self.mask if self.mask is not None else 3))]
         if self.name in HEX_FIELDS and isinstance(v, int):
             text = f"{v:#x}" if self.name != "dl_type" else f"0x{v:04x}"
         elif self.name == "in_port" and v == OFPP_LOCAL:

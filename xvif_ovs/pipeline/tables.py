@@ -52,6 +52,7 @@ TABLES = {
                     "nw_src",
                     "nw_dst",
                     "nw_proto",
+                    "ip_frag",
                     "ipv6_src",
                     "tp_src",
                     "tp_dst",
