@@ -263,3 +263,19 @@ def test_vswitchd_restart_is_recovered(net):
     took = wait_for(lambda: ping(net, "r1", "192.0.2.1"), "traffic after ovs-vswitchd restarted", 30)
     print(f"traffic back {took:.1f} s after ovs-vswitchd restarted")
     assert "CONTROLLER" not in ofctl(net, "dump-flows")
+
+
+def test_many_guests_booted_at_once_all_forward(net):
+    """Hooks, XenStore, OVSDB and port events interleave; no guest may be left out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def boot(i: int) -> None:
+        net.guest(f"m{i}", 100 + i, f"mac=00:16:3e:01:64:{i:02x},ip=192.0.2.{150 + i}")
+
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(boot, range(24)))
+    pending = set(range(24))
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        pending = {i for i in pending if not ping(net, f"m{i}", "192.0.2.1")}
+    assert not pending, f"guests not forwarding: {sorted(pending)}; {log_text(net)[-2000:]}"

@@ -51,6 +51,9 @@ class Runtime:
         self.monitor: OvsdbMonitor | None = None
         self.packet_ins = 0
         self._retry = False
+        # vifs and sessions are changed by the XenStore and os-ken threads while the
+        # reconciler copies them: copying a dict that another thread resizes can raise.
+        self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -73,18 +76,21 @@ class Runtime:
     # -- inputs (any thread) -----------------------------------------------------------------
 
     def datapath_up(self, dp: Any) -> None:
-        old = self.sessions.get(dp.id)
+        with self._lock:
+            old = self.sessions.get(dp.id)
+            self.sessions[dp.id] = Session(dp)
         if old:
             old.close()
-        self.sessions[dp.id] = Session(dp)
         self._queue.put(("dp_up", dp.id))
 
     def datapath_down(self, dp: Any) -> None:
-        s = self.sessions.get(dp.id)
-        if s and s.dp is dp:
-            s.close()
+        with self._lock:
+            s = self.sessions.get(dp.id)
+            if not (s and s.dp is dp):
+                return
             del self.sessions[dp.id]
-            log.info("switch %s disconnected", s.bridge or hex(dp.id))
+        s.close()
+        log.info("switch %s disconnected", s.bridge or hex(dp.id))
 
     def session(self, dp: Any) -> Session | None:
         s = self.sessions.get(dp.id)
@@ -140,17 +146,21 @@ class Runtime:
             try:
                 kwargs = {"unix_socket_path": where} if where else locate()
                 with VifWatcher(kwargs.get("unix_socket_path")) as w:
-                    self.vifs = w.scan()
+                    scanned = w.scan()
+                    with self._lock:
+                        self.vifs = scanned
                     self._refresh_names()
                     log.info("XenStore: %d vif(s)", len(self.vifs))
                     self.xenstore_ready.set()
                     self._queue.put(("model", None))
                     while not self._stop.is_set():
                         for ev in w.events(timeout=2.0):
-                            if ev.kind == "removed":
-                                self.vifs.pop((ev.domid, ev.devid), None)
-                            else:
-                                self.vifs[(ev.domid, ev.devid)] = ev.keys
+                            with self._lock:
+                                if ev.kind == "removed":
+                                    self.vifs.pop((ev.domid, ev.devid), None)
+                                else:
+                                    self.vifs[(ev.domid, ev.devid)] = ev.keys
+                            if ev.kind != "removed":
                                 # Names change (xl rename; a migrated guest arrives as
                                 # NAME--incoming): re-read on every event, config matches on it.
                                 self._refresh_names([ev.domid])
@@ -169,12 +179,17 @@ class Runtime:
 
     def _refresh_names(self, domids: list[int] | None = None) -> None:
         where = self.cfg.xenstore
+        if domids is None:
+            with self._lock:
+                domids = sorted({d for d, _ in self.vifs})
         try:
             with Client(**({"unix_socket_path": where} if where else locate())) as c:
-                for domid in domids if domids is not None else {d for d, _ in self.vifs}:
+                for domid in domids:
                     p = f"/local/domain/{domid}/name".encode()
                     if c.exists(p):
-                        self.names[domid] = c.read(p).decode()
+                        name = c.read(p).decode()
+                        with self._lock:
+                            self.names[domid] = name
         except Exception as e:  # noqa: BLE001 - names are for logs and config matching only
             log.debug("reading domain names: %s", e)
 
@@ -184,8 +199,9 @@ class Runtime:
         while not self._stop.is_set():
             try:
                 self._reconcile_loop_once()
-            except Exception:  # noqa: BLE001 - a bug must not stop the controller; the next change retries
-                log.exception("reconciler failed; continuing")
+            except Exception:  # noqa: BLE001 - a bug must not stop the controller
+                log.exception("reconciler failed; retrying")
+                self._retry = True  # the changes of the failed pass must not be lost
                 self._stop.wait(1.0)
 
     def _reconcile_loop_once(self) -> None:
@@ -253,9 +269,11 @@ class Runtime:
     def _reconcile_all(self) -> None:
         if not (self.xenstore_ready.is_set() and self.ovsdb_ready.is_set()):
             return  # never act on half a picture: that would delete good flows
-        sessions = {s.bridge: s for s in list(self.sessions.values()) if s.synced and s.bridge}
+        with self._lock:
+            sessions = {s.bridge: s for s in self.sessions.values() if s.synced and s.bridge}
+            vifs, names = dict(self.vifs), dict(self.names)
         of_ports = {b: {n: OfPort(no, live) for n, (no, live) in s.ports.items()} for b, s in sessions.items()}
-        models, problems = bridge_models(self.ovsdb, of_ports, dict(self.vifs), dict(self.names), self.cfg)
+        models, problems = bridge_models(self.ovsdb, of_ports, vifs, names, self.cfg)
         for p in problems:
             if p not in self._reported_problems:
                 log.warning("%s", p)
