@@ -95,9 +95,7 @@ def drop_guest(lab: Lab, domid: int) -> None:
 def env_for(lab: Lab, domid: int) -> dict[str, str]:
     return {
         **os.environ,
-        **lab.env(),
-        "XVIF_OVS": str(Path(sys.executable).parent / "xvif-ovs"),
-        "XVIF_HOTPLUG_LOG": str(lab.dir / "xen-hotplug.log"),
+        **lab.hook_env(),
         "vif": f"vif{domid}.0",
         "XENBUS_PATH": f"/local/domain/0/backend/vif/{domid}/0",
     }

@@ -111,12 +111,7 @@ def main() -> int:
     if lab.is_up():
         lab.down()
     lab.up([BridgeArg("xenbr0", "peth0")])
-    env = {
-        **os.environ,
-        **lab.env(),
-        "XVIF_OVS": str(Path(sys.executable).parent / "xvif-ovs"),
-        "XVIF_HOTPLUG_LOG": str(lab.dir / "xen-hotplug.log"),
-    }
+    env = {**os.environ, **lab.hook_env()}
     results = []
     have = 0
     try:

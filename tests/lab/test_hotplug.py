@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -53,12 +52,7 @@ def ovsdb_view(host) -> str:
 
 def hook_env(host) -> dict[str, str]:
     """What the lab gives hotplug scripts: its XenStore and OVSDB, its log, this xvif-ovs."""
-    return {
-        **os.environ,
-        **host.lab.env(),
-        "XVIF_HOTPLUG_LOG": str(host.lab.dir / "xen-hotplug.log"),
-        "XVIF_OVS": str(Path(sys.executable).parent / "xvif-ovs"),
-    }
+    return {**os.environ, **host.lab.hook_env()}
 
 
 def hook(host, action: str, dev: str, domid: int, devid: int = 0, tap: bool = False, **env_over: str):

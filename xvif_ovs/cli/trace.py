@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import XvifError
 from ..inspect.hoststate import HostView, PortView, VifView, read_host
+from ..model.vifspec import is_mac
 from ..pipeline.build import P_DEFAULT, P_DROP, P_FORWARD, P_REFUSED, PURPOSES, link_local
 from ..pipeline.flow import decode_cookie
 from .show import NotFound
@@ -73,7 +74,7 @@ def find_port(host: HostView, dev: str) -> tuple[VifView | None, PortView]:
 
 def resolve_to(host: HostView, to: str) -> tuple[str, str | None]:
     """(destination MAC, destination IP or None) for --to MAC|IP|DEV."""
-    if re.match(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$", to):
+    if is_mac(to):
         return to.lower(), None
     try:
         ip = ipaddress.ip_address(to)
@@ -92,7 +93,7 @@ def build_flow(v: VifView | None, port: PortView, to: str, host: HostView, args)
     from ..errors import VifSpecError
 
     raw_mac = args.src_mac or (v.mac if v else "") or "00:00:5e:00:53:01"
-    if not re.match(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$", raw_mac):
+    if not is_mac(raw_mac):
         raise VifSpecError(f"source MAC {raw_mac!r} is not six colon-separated hex octets (give --src-mac)")
     src_mac = raw_mac.lower()
     dst_mac, dst_ip = resolve_to(host, to)

@@ -13,9 +13,7 @@ import os
 import random
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -215,26 +213,12 @@ def _write_xenstore(lab: Lab, dom: DomainRec, specs: dict[int, VifSpec]) -> None
 
 def _script_env(lab: Lab, dom: DomainRec, v: VifRec, tap: bool) -> tuple[list[str], dict[str, str]]:
     be = _backend_path(dom.domid, v.devid)
-    env = {
-        **lab.env(),
-        "XENBUS_PATH": be,
-        "XENBUS_TYPE": "vif",
-        "XENBUS_BASE_PATH": "backend",
-        "script": v.script,
-        "XVIF_OVS": _xvif_ovs_command(),
-        "XVIF_HOTPLUG_LOG": str(lab.dir / "xen-hotplug.log"),
-    }
+    env = {**lab.hook_env(), "XENBUS_PATH": be, "XENBUS_TYPE": "vif", "XENBUS_BASE_PATH": "backend", "script": v.script}
     if tap:
         env.update(type_if="tap", INTERFACE=v.emu or "")
         return ["type_if=tap"], env
     env["vif"] = v.dev
     return [], env
-
-
-def _xvif_ovs_command() -> str:
-    """This installation's xvif-ovs, so the hook runs the same code as the lab."""
-    beside = Path(sys.executable).parent / "xvif-ovs"
-    return str(beside) if beside.exists() else (shutil.which("xvif-ovs") or "xvif-ovs")
 
 
 def _run_script(lab: Lab, dom: DomainRec, v: VifRec, action: str, tap: bool) -> None:

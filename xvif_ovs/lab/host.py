@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,13 @@ class Lab:
 
     def env(self) -> dict[str, str]:
         return {"XENSTORED_PATH": str(self.xenstore_socket), **daemons.ovs_env(self.dir)}
+
+    def hook_env(self) -> dict[str, str]:
+        """What the lab gives hotplug scripts besides libxl's variables: its XenStore and
+        OVSDB, a hotplug log of its own, and this installation's xvif-ovs."""
+        beside = Path(sys.executable).parent / "xvif-ovs"
+        xvif_ovs = str(beside) if beside.exists() else (shutil.which("xvif-ovs") or "xvif-ovs")
+        return {**self.env(), "XVIF_OVS": xvif_ovs, "XVIF_HOTPLUG_LOG": str(self.dir / "xen-hotplug.log")}
 
     def is_up(self) -> bool:
         return self.state_file.exists() and read_pid(self.dir / "ovsdb-server.pid") is not None

@@ -46,6 +46,11 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 _VLAN_ITEM = re.compile(r"^(\d+)(p?)(?:\+(\d+)x(\d+))?$")
 
 
+def is_mac(text: str) -> bool:
+    """Six colon-separated hex octets (any kind of MAC: parse_mac judges whether a guest may have it)."""
+    return bool(_MAC.match(text))
+
+
 def parse_mac(text: str) -> str:
     """A guest MAC: six colon-separated octets, unicast, not all zero. Returned lower-case."""
     if not _MAC.match(text):
