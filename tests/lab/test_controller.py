@@ -154,6 +154,24 @@ def test_every_spoof_is_dropped_and_counted(net):
     wait_for(lambda: "port security on xenbr0: dropped" in log_text(net), "the drop summary in the log", 15)
 
 
+def test_a_guest_sending_from_endless_macs_makes_few_datapath_flows(net):
+    """Each source MAC matched exactly would cost an upcall and a datapath flow that all
+    guests share; the prefix guard bounds a port at 48 whatever it sends."""
+    net.guest("many", 16, "mac=00:16:3e:00:10:01,ip=192.0.2.16")
+    wait_vif(net, 16)
+    before = packets(net, P_DROP, 16)
+    cap = Capture(["lan"])
+    frames = '[Ether(src=str(RandMAC()),dst="ff:ff:ff:ff:ff:ff")/IP(src="192.0.2.16",dst="192.0.2.255")/UDP(sport=9,dport=9)/M for _ in range(2000)]'
+    cap.send_frame("many", frames)
+    assert cap.results()["lan"] == []
+    assert packets(net, P_DROP, 16) >= before + 1990  # a random MAC may, rarely, be its own
+    ctl = str(net.lab.dir / "ovs-vswitchd.ctl")
+    cmd = ["ovs-appctl", "-t", ctl, "dpctl/dump-flows", "--names"]
+    dp = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    mine = [ln for ln in dp.splitlines() if "in_port(vif16.0)" in ln]
+    assert 0 < len(mine) <= 50, f"{len(mine)} datapath flows for one port:\n" + "\n".join(mine[:5])
+
+
 def test_nothing_crosses_vlans(net):
     net.guest("v10", 21, "mac=00:16:3e:00:15:01,bridge=xenbr0.10")
     net.guest("v20", 22, "mac=00:16:3e:00:16:01,bridge=xenbr0.20")

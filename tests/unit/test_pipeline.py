@@ -439,3 +439,28 @@ def test_fragmented_icmpv6_from_a_guest_is_dropped_but_not_other_fragments():
     assert dropped_by_vif(sw, sw.send(g.vif_port, {**base, "nw_proto": 58, "ip_frag": 1, "icmpv6_type": 128}), g)
     assert UPLINK in sw.send(g.vif_port, {**base, "nw_proto": 17, "ip_frag": 3}).ports  # fragmented UDP passes
     assert UPLINK in sw.send(g.vif_port, {**base, "nw_proto": 58, "ip_frag": 0, "icmpv6_type": 128}).ports
+
+
+def test_a_spoofed_source_mac_is_dropped_by_a_flow_that_needs_only_its_first_differing_bit():
+    """What bounds a port's datapath flows: the drop for a foreign MAC must not depend on
+    the MAC's later bits, or OVS caches one datapath flow per MAC a guest invents."""
+    import random
+
+    v = vif(5, ips="192.0.2.5")
+    sw = switch(v)
+    own = int(v.mac.replace(":", ""), 16)
+    rng = random.Random(7)
+    spoofs = [own ^ (1 << b) for b in range(48)] + [rng.getrandbits(48) for _ in range(300)]
+    dropping_flows = set()
+    for n in spoofs:
+        mac = ":".join(f"{n:012x}"[i : i + 2] for i in range(0, 12, 2))
+        trace = sw.send(v.vif_port, ip4(mac, "192.0.2.5", "192.0.2.1"))
+        assert dropped_by_vif(sw, trace, v), mac
+        hit = trace.hits[-1]
+        (field,) = [f for f in hit.match if f.name == "dl_src"]
+        first_diff = 48 - (n ^ own).bit_length()
+        mask = int(field.mask.replace(":", ""), 16) if field.mask else (1 << 48) - 1
+        assert mask.bit_count() == first_diff + 1, (mac, field)
+        dropping_flows.add(hit)
+    assert len(dropping_flows) == 48
+    assert not dropped_by_vif(sw, sw.send(v.vif_port, ip4(v.mac, "192.0.2.5", "192.0.2.1")), v)

@@ -266,6 +266,38 @@ def _addr(name: str, ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> F
     return F(name, str(ip.network.network_address), str(ip.network.netmask))
 
 
+MAC_BITS = 48
+GUARD_TOP = 500  # the guard's first flow; the 48 take priorities 453-500, above every other table-1 flow
+
+
+def _prefix_mask(bits: int) -> str:
+    return _mac_str(((1 << MAC_BITS) - 1) ^ ((1 << (MAC_BITS - bits)) - 1))
+
+
+def _mac_str(n: int) -> str:
+    h = f"{n:012x}"
+    return ":".join(h[i : i + 2] for i in range(0, 12, 2))
+
+
+def _source_mac_guard(port: int, mac: str, ck: int) -> tuple[Flow, ...]:
+    """Drop frames whose source MAC is not the vif's, keyed on the first differing bit.
+
+    Matching dl_src exactly makes OVS's datapath cache one flow (megaflow) per source MAC
+    it sees, each through an upcall: a guest sending from endless MACs fills the datapath
+    flow table that every guest shares. Flow k here matches the vif's first k bits and the
+    opposite bit k; tried in order of k, a spoofed frame is dropped by a flow that needs
+    only its first k+1 bits, so one port can make at most 48 megaflows, whatever it sends.
+    """
+    own = int(mac.replace(":", ""), 16)
+    flows = []
+    for k in range(MAC_BITS):
+        mask = _prefix_mask(k + 1)
+        value = _mac_str((own ^ (1 << (MAC_BITS - 1 - k))) & int(mask.replace(":", ""), 16))
+        src = F("dl_src", value) if k == MAC_BITS - 1 else F("dl_src", value, mask)  # as OVS shows a full mask
+        flows.append(Flow(PORT_SECURITY, GUARD_TOP - k, match(F("in_port", port), src), (), ck))
+    return tuple(flows)
+
+
 def _port_security(fs: FlowSet, vif: VifModel) -> None:
     owner = vif_owner(vif.domid, vif.devid)
     allow, drop = cookie(P_ALLOW, owner), cookie(P_DROP, owner)
@@ -361,5 +393,6 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
         else:
             for s6 in sources6:
                 add(200, F("dl_type", ETH_IPV6), _addr("ipv6_src", s6))
+        fs.flows.extend(_source_mac_guard(port, vif.mac, drop))
         # Everything else from this port: dropped, and counted as the vif's drops.
         fs.flows.append(Flow(PORT_SECURITY, 1, match(F("in_port", port)), (), drop))
