@@ -25,35 +25,41 @@ from common import ROOT, flow_count, ofctl, save, summary, wait_for
 from xvif_ovs.lab.domain import add_domain
 from xvif_ovs.lab.host import BridgeArg, Lab
 
-ATTACK = r"""
+SENDER = r"""
 import logging, sys, time
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.all import *
 from scapy.layers.inet6 import *
+mode, seconds, lan_mac = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 me = get_if_hwaddr("eth0")
 frames = []
 for i in range(10000):
-    frames.append(Ether(src="02:%02x:%02x:%02x:00:01" % (i >> 16 & 255, i >> 8 & 255, i & 255), dst="ff:ff:ff:ff:ff:ff")/IP(src="192.0.2.13", dst="192.0.2.255")/UDP(sport=9, dport=9)/Raw(b"XVIF-ATTACK"))
+    if mode == "attack":  # a new source MAC each frame, broadcast
+        frames.append(Ether(src="02:%02x:%02x:%02x:00:01" % (i >> 16 & 255, i >> 8 & 255, i & 255), dst="ff:ff:ff:ff:ff:ff")/IP(src="192.0.2.13", dst="192.0.2.255")/UDP(sport=9, dport=9)/Raw(b"XVIF-ATTACK"))
+    else:  # the same load, well-formed: its own MAC and IP, unicast to the LAN host
+        frames.append(Ether(src=me, dst=lan_mac)/IP(src="192.0.2.13", dst="192.0.2.1")/UDP(sport=9, dport=9 + i % 100)/Raw(b"XVIF-BUSY"))
 spoofs = [
     Ether(src=me, dst="ff:ff:ff:ff:ff:ff")/IP(src="192.0.2.99", dst="192.0.2.1")/UDP(sport=9, dport=9)/Raw(b"XVIF-ATTACK"),
     Ether(src=me, dst="ff:ff:ff:ff:ff:ff")/ARP(op=2, hwsrc="00:16:3e:66:66:66", psrc="192.0.2.1", pdst="192.0.2.11")/Raw(b"XVIF-ATTACK"),
     Ether(src=me, dst="ff:ff:ff:ff:ff:ff")/IP(src="192.0.2.13", dst="255.255.255.255")/UDP(sport=67, dport=68)/Raw(b"XVIF-ATTACK"),
     Ether(src=me, dst="33:33:00:00:00:01")/IPv6(src="fe80::1", dst="ff02::1")/ICMPv6ND_RA()/Raw(b"XVIF-ATTACK"),
     Ether(src=me, dst="33:33:00:00:00:01")/IPv6(src="2001:db8::13", dst="ff02::1")/ICMPv6ND_NA(tgt="2001:db8::1")/ICMPv6NDOptDstLLAddr(lladdr=me)/Raw(b"XVIF-ATTACK"),
-]
+] if mode == "attack" else frames[:5]
+raw = [bytes(f) for f in frames]
+extra = [bytes(f) for f in spoofs]
 s = conf.L2socket(iface="eth0")
-end = time.time() + float(sys.argv[1])
+end = time.time() + seconds
 n = 0
 while time.time() < end:
-    for f in frames[:2000] + spoofs:
+    for f in raw[:2000] + extra:
         s.send(f)
         n += 1
-    frames = frames[2000:] + frames[:2000]
+    raw = raw[2000:] + raw[:2000]
 print(n)
 """
 
 
-def sh(*cmd: str, timeout: float = 120) -> str:
+def sh(*cmd: str, timeout: float = 120) -> str:  # noqa
     return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout).stdout
 
 
@@ -117,53 +123,63 @@ def main() -> int:
         print(f"  packet-ins: {results['packet_ins']}", flush=True)
         # 2. The hostile guest.
         pid = int((lab.dir / "controller.pid").read_text())
-        quiet, attacked, cpu, flows, megaflows, leaked = [], [], [], [], [], []
+        lan_mac = sh("ip", "netns", "exec", "xvl-lan", "cat", "/sys/class/net/eth0/address").strip()
+        ctl = str(lab.dir / "ovs-vswitchd.ctl")
+        runs: dict[str, list[tuple[float, float]]] = {"quiet": [], "busy": [], "attack": []}
+        sent: dict[str, list[int]] = {"busy": [], "attack": []}
+        cpu, flows, megaflows, leaked = [], [], [], []
         for _r in range(args.repeats):
-            quiet.append(measure(args.seconds))
-            sniff = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    "xvl-lan",
-                    "tcpdump",
-                    "-n",
-                    "-i",
-                    "eth0",
-                    "-c",
-                    "1000",
-                    "-w",
-                    "-",
-                    "udp or arp or icmp6",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            c0 = cpu_seconds(pid)
-            attacker = subprocess.Popen(
-                ["ip", "netns", "exec", "xvl-bad", sys.executable, "-c", ATTACK, str(args.seconds + 2)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            time.sleep(1)
-            attacked.append(measure(args.seconds))
-            sent = int(attacker.communicate(timeout=120)[0].strip() or 0)
-            cpu.append(cpu_seconds(pid) - c0)
-            flows.append(flow_count(lab.dir))
-            megaflows.append(
-                len(sh("ovs-appctl", "-t", str(lab.dir / "ovs-vswitchd.ctl"), "dpctl/dump-flows").splitlines())
-            )
-            sniff.terminate()
-            pcap = sniff.communicate(timeout=30)[0]
-            leaked.append(pcap.count(b"XVIF-ATTACK"))
-            print(f"  repeat: attacker sent {sent} frames; quiet {quiet[-1]}, attacked {attacked[-1]}", flush=True)
+            for mode in runs:
+                sh("ovs-appctl", "-t", ctl, "revalidator/purge")  # each run starts from an empty datapath cache
+                if mode == "quiet":
+                    runs[mode].append(measure(args.seconds))
+                    continue
+                sniff = subprocess.Popen(
+                    ["ip", "netns", "exec", "xvl-lan", "tcpdump", "-n", "-i", "eth0", "-c", "1000", "-w", "-"]
+                    + ["udp or arp or icmp6"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                )
+                c0 = cpu_seconds(pid)
+                sender = subprocess.Popen(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        "xvl-bad",
+                        sys.executable,
+                        "-c",
+                        SENDER,
+                        mode,
+                        str(args.seconds + 2),
+                        lan_mac,
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                time.sleep(1)
+                runs[mode].append(measure(args.seconds))
+                sent[mode].append(int(sender.communicate(timeout=120)[0].strip() or 0))
+                sniff.terminate()
+                pcap = sniff.communicate(timeout=30)[0]
+                if mode == "attack":
+                    cpu.append(cpu_seconds(pid) - c0)
+                    flows.append(flow_count(lab.dir))
+                    megaflows.append(len(sh("ovs-appctl", "-t", ctl, "dpctl/dump-flows").splitlines()))
+                    leaked.append(pcap.count(b"XVIF-ATTACK"))
+            print(f"  repeat: {runs} sent {sent}", flush=True)
+
+        def med(mode: str, i: int) -> float:
+            return summary([r[i] for r in runs[mode]])["median"]
+
         results["hostile_guest"] = {
-            "quiet_gbps": summary([q[0] for q in quiet]),
-            "attacked_gbps": summary([a[0] for a in attacked]),
-            "quiet_rtt_ms": summary([q[1] for q in quiet]),
-            "attacked_rtt_ms": summary([a[1] for a in attacked]),
-            "throughput_ratio": summary([a[0] for a in attacked])["median"] / summary([q[0] for q in quiet])["median"],
-            "rtt_ratio": summary([a[1] for a in attacked])["median"] / summary([q[1] for q in quiet])["median"],
+            **{f"{m}_gbps": summary([r[0] for r in runs[m]]) for m in runs},
+            **{f"{m}_rtt_ms": summary([r[1] for r in runs[m]]) for m in runs},
+            **{f"{m}_frames_sent": summary(sent[m]) for m in sent},
+            "throughput_ratio": med("attack", 0) / med("quiet", 0),
+            "rtt_ratio": med("attack", 1) / med("quiet", 1),
+            "throughput_ratio_vs_busy": med("attack", 0) / med("busy", 0),
+            "rtt_ratio_vs_busy": med("attack", 1) / med("busy", 1),
             "attack_frames_seen_on_lan": leaked,
             "controller_cpu_s_during_attack": summary(cpu),
             "openflow_flows_after": flows,
