@@ -45,6 +45,7 @@ class XvifOvsApp(app_manager.OSKenApp):
         [
             ofp_event.EventOFPPortDescStatsReply,
             ofp_event.EventOFPFlowStatsReply,
+            ofp_event.EventOFPAggregateStatsReply,
             ofp_event.EventOFPGroupDescStatsReply,
         ],
         MAIN_DISPATCHER,

@@ -30,6 +30,7 @@ from ..pipeline.flow import (
 # ovs-ofctl name -> OXM name (tp_src/tp_dst depend on nw_proto).
 _TO_OXM = {
     "in_port": "in_port",
+    "reg4": "reg4",
     "reg5": "reg5",
     "reg6": "reg6",
     "reg7": "reg7",
@@ -199,7 +200,7 @@ def actions_from_os_ken(ofp: Any, actions: list) -> list[Action | Unknown]:
             out.append(Output(OFPP_LOCAL if a.port == ofp.OFPP_LOCAL else a.port))
         elif name == "OFPActionGroup":
             out.append(Group(a.group_id))
-        elif name == "OFPActionSetField" and a.key in ("reg5", "reg6", "reg7"):
+        elif name == "OFPActionSetField" and a.key in ("reg4", "reg5", "reg6", "reg7"):
             out.append(SetReg(a.key, a.value))
         elif name == "OFPActionPushVlan":
             nxt = actions[i + 1] if i + 1 < len(actions) else None

@@ -130,6 +130,15 @@ class Session:
         )
         return [s for r in self.request(req, "flow stats") for s in r.body]
 
+    def packet_count(self, cookie: int, mask: int) -> int:
+        """Packets matched by our flows with that cookie, summed by the switch: one short
+        reply however many flows there are."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        req = parser.OFPAggregateStatsRequest(
+            self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, mask, parser.OFPMatch()
+        )
+        return sum(r.body.packet_count for r in self.request(req, "aggregate stats"))
+
     def _next_xid(self) -> int:
         """As Datapath.set_xid does, for messages we encode ourselves."""
         self.dp.xid = (self.dp.xid + 1) & self.dp.ofproto.MAX_XID

@@ -41,7 +41,9 @@ CLASSES = (FROM_LOCAL, FROM_UPLINK, FROM_VIF, FROM_PRIVATE)
 PROMISCUOUS = F("reg5", 1, 1)
 
 # Cookie purposes: the CLI groups flows by these.
-P_DEFAULT, P_CLASSIFY, P_ALLOW, P_DROP, P_LEARN, P_FORWARD, P_FLOOD, P_EGRESS, P_LEARNED, P_REFUSED = range(1, 11)
+P_DEFAULT, P_CLASSIFY, P_ALLOW, P_DROP, P_LEARN, P_FORWARD, P_FLOOD, P_EGRESS, P_LEARNED, P_REFUSED, P_GUARD = range(
+    1, 12
+)
 PURPOSES = {
     P_DEFAULT: "default",
     P_CLASSIFY: "classify",
@@ -53,6 +55,7 @@ PURPOSES = {
     P_EGRESS: "egress",
     P_LEARNED: "learned",
     P_REFUSED: "refused (reserved bridge)",
+    P_GUARD: "source-MAC guard",
 }
 
 ETH_ARP, ETH_IP, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
@@ -268,6 +271,8 @@ def _addr(name: str, ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> F
 
 MAC_BITS = 48
 GUARD_TOP = 500  # the guard's first flow; the 48 take priorities 453-500, above every other table-1 flow
+GUARDED = F("reg4", 1)  # set by the guard: table 3 drops the frame and counts it for the port
+GUARD_ACTIONS = (SetReg("reg4", 1), Goto(FORWARD))
 
 
 def _prefix_mask(bits: int) -> str:
@@ -287,6 +292,7 @@ def _source_mac_guard(port: int, mac: str, ck: int) -> tuple[Flow, ...]:
     flow table that every guest shares. Flow k here matches the vif's first k bits and the
     opposite bit k; tried in order of k, a spoofed frame is dropped by a flow that needs
     only its first k+1 bits, so one port can make at most 48 megaflows, whatever it sends.
+    The frame is marked and dropped in table 3 by a per-port flow that counts it.
     """
     own = int(mac.replace(":", ""), 16)
     flows = []
@@ -294,7 +300,7 @@ def _source_mac_guard(port: int, mac: str, ck: int) -> tuple[Flow, ...]:
         mask = _prefix_mask(k + 1)
         value = _mac_str((own ^ (1 << (MAC_BITS - 1 - k))) & int(mask.replace(":", ""), 16))
         src = F("dl_src", value) if k == MAC_BITS - 1 else F("dl_src", value, mask)  # as OVS shows a full mask
-        flows.append(Flow(PORT_SECURITY, GUARD_TOP - k, match(F("in_port", port), src), (), ck))
+        flows.append(Flow(PORT_SECURITY, GUARD_TOP - k, match(F("in_port", port), src), GUARD_ACTIONS, ck))
     return tuple(flows)
 
 
@@ -393,6 +399,9 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
         else:
             for s6 in sources6:
                 add(200, F("dl_type", ETH_IPV6), _addr("ipv6_src", s6))
-        fs.flows.extend(_source_mac_guard(port, vif.mac, drop))
+        fs.flows.extend(_source_mac_guard(port, vif.mac, cookie(P_GUARD, owner)))
+        # What the guard caught, counted in one flow per port: the vif's drop counters stay
+        # few, so reading them does not mean reading 48 guard flows per vif.
+        fs.flows.append(Flow(FORWARD, 200, match(F("in_port", port), GUARDED), (), drop))
         # Everything else from this port: dropped, and counted as the vif's drops.
         fs.flows.append(Flow(PORT_SECURITY, 1, match(F("in_port", port)), (), drop))

@@ -15,6 +15,7 @@ OFPVID_PRESENT = 0x1000
 # ovs-ofctl field names in the order they are rendered.
 FIELDS = (
     "in_port",
+    "reg4",
     "reg5",
     "reg6",
     "reg7",
@@ -39,7 +40,7 @@ FIELDS = (
     "nd_tll",
 )
 _ORDER = {f: i for i, f in enumerate(FIELDS)}
-HEX_FIELDS = {"reg5", "reg6", "reg7", "vlan_tci", "dl_type"}
+HEX_FIELDS = {"reg4", "reg5", "reg6", "reg7", "vlan_tci", "dl_type"}
 # ip_frag (value, mask) -> ovs-ofctl's word: bit 0 "is a fragment", bit 1 "not the first".
 IP_FRAG_WORDS = {(0, 1): "no", (1, 1): "yes", (1, 3): "first", (3, 3): "later", (1, 2): "not_later"}
 

@@ -78,8 +78,9 @@ TABLES = {
             "known destinations first: each vif's MAC on each of its VLANs (installed from XenStore, "
             "not learned), allowed unless private mode forbids; broadcast and multicast to the VLAN's "
             "flood group for the ingress class; anything else is looked up in table 4 and egresses "
-            "through table 5.",
-            frozenset({"reg5", "reg6", "dl_dst"}),
+            "through table 5. First of all, a frame table 1's source-MAC guard marked (reg4=1) is "
+            "dropped and counted for its port.",
+            frozenset({"reg4", "in_port", "reg5", "reg6", "dl_dst"}),
             frozenset({LEARNED, EGRESS}),
         ),
         Table(
