@@ -296,4 +296,10 @@ def test_many_guests_booted_at_once_all_forward(net):
     deadline = time.monotonic() + 30
     while pending and time.monotonic() < deadline:
         pending = {i for i in pending if not ping(net, f"m{i}", "192.0.2.1")}
-    assert not pending, f"guests not forwarding: {sorted(pending)}; {log_text(net)[-2000:]}"
+    if pending:  # what the switch has for them, to tell a lost update from a datapath problem
+        ports = ofctl(net, "show")
+        mine = {i: len(ofctl(net, "dump-flows", vif_cookie(P_ALLOW, 100 + i)).splitlines()) - 1 for i in pending}
+        ctl = str(net.lab.dir / "ovs-vswitchd.ctl")
+        dp = subprocess.run(["ovs-appctl", "-t", ctl, "dpctl/dump-flows", "--names"], capture_output=True, text=True)
+        detail = f"allow flows {mine}\n{ports}\n{dp.stdout[-3000:]}"
+        pytest.fail(f"guests not forwarding: {sorted(pending)}; {detail}\n{log_text(net)[-3000:]}")
