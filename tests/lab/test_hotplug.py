@@ -275,14 +275,20 @@ def test_same_mac_on_another_bridge_is_allowed(guests, raw):
     assert hook(guests, "online", dev, 84).returncode == 0
 
 
+def admin_up(dev: str) -> bool:
+    return bool(int(Path(f"/sys/class/net/{dev}/flags").read_text(), 16) & 1)
+
+
 def test_unreachable_ovsdb_is_an_error_in_xenstore(guests, raw):
     before = ovsdb_view(guests)
     dev = raw.make(85, BASE)
+    assert not admin_up(dev)
     proc = hook(guests, "online", dev, 85, XVIF_OVSDB="unix:/nonexistent/db.sock")
     assert proc.returncode == 1
     assert xs_read(guests, "/local/domain/0/backend/vif/85/0/hotplug-status") == "error"
     assert "cannot connect to OVSDB" in xs_read(guests, "/local/domain/0/backend/vif/85/0/hotplug-error")
     assert ovsdb_view(guests) == before
+    assert not admin_up(dev)  # brought up for the port, and down again when that failed
 
 
 def test_unreachable_xenstore_fails_loudly_and_changes_nothing(guests, raw):
@@ -333,6 +339,20 @@ def test_fifty_concurrent_hooks_all_connect(guests, raw):
     ofports = [xs_read(guests, f"/local/domain/0/backend/vif/{d}/0/ofport") for d in devs]
     assert len(set(ofports)) == 50
     assert set(devs.values()) <= set(guests.vsctl("list-ports", "xenbr0").split())
+    # ovs-vswitchd rewrites each device's flags to set IFF_PROMISC as it adds it; every
+    # vif must still be up once it has (a lost IFF_UP left a guest without a link).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = guests.vsctl("--format=csv", "--no-headings", "--columns=name,ofport", "list", "Interface")
+        added = {
+            n.strip('"')
+            for n, port in (r.split(",") for r in rows.split())
+            if port.lstrip("-").isdigit() and int(port) > 0
+        }
+        if set(devs.values()) <= added:
+            break
+        time.sleep(0.1)
+    assert [d for d in devs.values() if not admin_up(d)] == []
     print(f"50 concurrent hooks: {elapsed:.2f} s")
 
 

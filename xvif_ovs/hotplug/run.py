@@ -71,6 +71,7 @@ def _attach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
 
         ovsport.check(db, ovsport.read_snapshot(db, cfg.bridge.name, target, cfg.mac), cfg, vif_exists)
         old_mtu = netdev.get_mtu(req.dev if netdev.exists(req.dev) else target)
+        was_up = netdev.is_up(req.dev if netdev.exists(req.dev) else target)
         attached = False
         try:
             if target != req.dev and netdev.exists(req.dev):
@@ -78,9 +79,12 @@ def _attach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
                 renamed = True
             if cfg.mtu:
                 netdev.set_mtu(target, cfg.mtu)
+            # Up before the port exists: ovs-vswitchd sets IFF_PROMISC by reading and
+            # rewriting the device's flags, and an IFF_UP set between its read and its
+            # write was lost (1 in a few hundred concurrent boots left a vif down).
+            netdev.set_up(target)
             ofport = ovsport.attach(db, cfg, target, req.tap, vif_exists)
             attached = True
-            netdev.set_up(target)
 
             def report(c: Client) -> None:
                 write(c, f"{req.xenbus_path}/{'ofport-emu' if req.tap else 'ofport'}", str(ofport))
@@ -100,9 +104,13 @@ def _attach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
                 if cfg.mtu and old_mtu:
                     netdev.set_mtu(target, old_mtu)
             with contextlib.suppress(Exception):
-                if renamed:
+                if renamed or not was_up:
                     netdev.set_up(target, False)
+            with contextlib.suppress(Exception):
+                if renamed:
                     netdev.rename(target, req.dev)
+                    if was_up:
+                        netdev.set_up(req.dev)
             raise
     port = f"port {target} " if target != req.dev else ""
     return f"{port}bridge={cfg.bridge.name} {_vlans(cfg)} mac={cfg.mac} ofport={ofport}: connected"
