@@ -19,7 +19,7 @@ from typing import Any
 
 from pyxs import Client
 
-from ..pipeline.build import P_DROP, PURPOSES, build_parts
+from ..pipeline.build import P_DROP, PURPOSES, Parts, build_parts
 from ..pipeline.diff import diff_parts
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, decode_cookie
 from ..xenstore.client import locate
@@ -297,9 +297,7 @@ class Runtime:
                     s.read_tables()
                 self._retry = True
                 continue
-            s.installed_flows = {owner: list(flows) for owner, flows in desired.flows.items()}
-            s.installed_groups = list(desired.groups)
-            s.applied = dict(desired.flows)
+            _record_applied(s, desired)
             # Tens of thousands of long-lived flow objects: keep the cyclic GC from
             # rescanning them on every pass (it made some vif changes take 200 ms).
             gc.freeze()
@@ -347,6 +345,18 @@ class Runtime:
                         total,
                     )
                 self._drops[key] = total
+
+
+def _record_applied(s: Session, desired: Parts) -> None:
+    """What the switch now holds, touching only the owners the plan changed: copying
+    every owner's flows after each change was O(vifs), 9 ms at 4000 vifs."""
+    for owner, flows in desired.flows.items():
+        if s.applied.get(owner) is not flows:
+            s.installed_flows[owner] = list(flows)
+    for owner in s.installed_flows.keys() - desired.flows.keys():
+        del s.installed_flows[owner]
+    s.installed_groups = list(desired.groups)
+    s.applied = dict(desired.flows)
 
 
 __all__ = ["Runtime", "PURPOSES"]

@@ -83,13 +83,24 @@ class Session:
     # -- called from the reconciler thread -----------------------------------------------
 
     def request(self, msg: Any, what: str) -> list[Any]:
+        return self._await(self._send(msg, what), msg.xid, what)
+
+    def _send(self, msg: Any, what: str) -> _Waiter:
+        """Send without waiting for the answer: requests on one connection are answered
+        in order, so several can be in flight (each round trip to a switch holding
+        hundreds of thousands of flows costs milliseconds)."""
         self.dp.set_xid(msg)
         w = _Waiter()
         with self._lock:
             self._waiters[msg.xid] = w
+        if not self.dp.send_msg(msg):
+            with self._lock:
+                self._waiters.pop(msg.xid, None)
+            raise SwitchError(f"{what}: the connection to {self.bridge} is closed")
+        return w
+
+    def _await(self, w: _Waiter, xid: int, what: str) -> list[Any]:
         try:
-            if not self.dp.send_msg(msg):
-                raise SwitchError(f"{what}: the connection to {self.bridge} is closed")
             if not w.done.wait(TIMEOUT) or self.closed:
                 raise SwitchError(f"{what}: no answer from {self.bridge} within {TIMEOUT:.0f} s")
             if w.error is not None:
@@ -97,7 +108,7 @@ class Session:
             return w.replies
         finally:
             with self._lock:
-                self._waiters.pop(msg.xid, None)
+                self._waiters.pop(xid, None)
 
     def read_ports(self) -> None:
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
@@ -159,9 +170,12 @@ class Session:
             return
         bid = next(_bundle_ids) & 0xFFFFFFFF
         flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
-        self.request(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, flags, []), "bundle open")
         with self._lock:
             self._bundled, self._bundle_errors = set(), []
+        # Open, adds and barrier go out together; the open's answer is awaited after the
+        # barrier's. If the open failed, every add fails too and nothing is committed.
+        opening = parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, flags, [])
+        opened = self._send(opening, "bundle open")
         try:
             chunk: list[bytes] = []
             size = 0
@@ -179,6 +193,7 @@ class Session:
             # OVS leaves a message it refuses out of the bundle and keeps the bundle open;
             # a barrier tells us every add was judged, so a refusal aborts the whole plan.
             self.request(parser.OFPBarrierRequest(dp), "barrier")
+            self._await(opened, opening.xid, "bundle open")
             with self._lock:
                 refused = list(self._bundle_errors)
             if refused:
@@ -188,6 +203,8 @@ class Session:
                 )
             self.request(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []), "bundle commit")
         except SwitchError:
+            with self._lock:
+                self._waiters.pop(opening.xid, None)
             with contextlib.suppress(SwitchError):
                 self.request(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_DISCARD_REQUEST, flags, []), "bundle discard")
             raise
