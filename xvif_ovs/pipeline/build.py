@@ -261,9 +261,11 @@ def _vif_ingress(fs: FlowSet, klass: int, vif: VifModel) -> None:
         fs.flows.append(Flow(CLASSIFY, 1, match(F("in_port", port)), (), cookie(P_DROP, owner)))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _addr(name: str, ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> F:
     """An address field: the host, or for an ip= network (a router's routed subnet) the
-    whole network as address/mask."""
+    whole network as address/mask. Cached: a vif's addresses recur in many of its flows,
+    and formatting an IPv6 address is slow."""
     if ip.network.prefixlen == ip.max_prefixlen:
         return F(name, str(ip.ip))
     return F(name, str(ip.network.network_address), str(ip.network.netmask))
@@ -275,13 +277,14 @@ GUARDED = F("reg4", 1)  # set by the guard: table 3 drops the frame and counts i
 GUARD_ACTIONS = (SetReg("reg4", 1), Goto(FORWARD))
 
 
-def _prefix_mask(bits: int) -> str:
-    return _mac_str(((1 << MAC_BITS) - 1) ^ ((1 << (MAC_BITS - bits)) - 1))
-
-
 def _mac_str(n: int) -> str:
     h = f"{n:012x}"
-    return ":".join(h[i : i + 2] for i in range(0, 12, 2))
+    return f"{h[0:2]}:{h[2:4]}:{h[4:6]}:{h[6:8]}:{h[8:10]}:{h[10:12]}"
+
+
+# Flow k's mask covers bits 0..k (most significant first); the last is the whole MAC.
+_GUARD_MASKS = tuple(((1 << MAC_BITS) - 1) ^ ((1 << (MAC_BITS - 1 - k)) - 1) for k in range(MAC_BITS))
+_GUARD_MASK_STRS = tuple(_mac_str(m) for m in _GUARD_MASKS[:-1]) + (None,)  # None: as OVS shows a full mask
 
 
 def _source_mac_guard(port: int, mac: str, ck: int) -> tuple[Flow, ...]:
@@ -295,12 +298,12 @@ def _source_mac_guard(port: int, mac: str, ck: int) -> tuple[Flow, ...]:
     The frame is marked and dropped in table 3 by a per-port flow that counts it.
     """
     own = int(mac.replace(":", ""), 16)
+    in_port = F("in_port", port)
     flows = []
-    for k in range(MAC_BITS):
-        mask = _prefix_mask(k + 1)
-        value = _mac_str((own ^ (1 << (MAC_BITS - 1 - k))) & int(mask.replace(":", ""), 16))
-        src = F("dl_src", value) if k == MAC_BITS - 1 else F("dl_src", value, mask)  # as OVS shows a full mask
-        flows.append(Flow(PORT_SECURITY, GUARD_TOP - k, match(F("in_port", port), src), GUARD_ACTIONS, ck))
+    for k in range(MAC_BITS):  # 48 per vif: the hot loop of a full build, so no match() sorting
+        value = (own ^ (1 << (MAC_BITS - 1 - k))) & _GUARD_MASKS[k]
+        src = F("dl_src", _mac_str(value), _GUARD_MASK_STRS[k])
+        flows.append(Flow(PORT_SECURITY, GUARD_TOP - k, (in_port, src), GUARD_ACTIONS, ck))
     return tuple(flows)
 
 
