@@ -80,3 +80,20 @@ def test_join_reports_what_gets_no_flows():
     assert "vif6.0 on xenbr0: mac" in text and "multicast" in text
     assert "vif7.0 on xenbr0 has no vif in XenStore" in text
     assert "MAC conflict on xenbr0: vif8.0 and vif5.0" in text
+
+
+def test_a_vif_ovs_vswitchd_has_not_created_yet_gets_flows_for_its_requested_ofport():
+    """Flows in place before the port exists: its first frame finds them."""
+    ports = (
+        PortInfo("peth0", 1, "uplink"),
+        PortInfo("vif5.0", None, "vif", 5, 0, ofport_request=20),
+        PortInfo("vif6.0", None, "vif", 6, 0, ofport_request=1),  # the uplink holds 1
+        PortInfo("vif7.0", None, "vif", 7, 0),  # not our hook's: no request, wait for the port
+    )
+    of = {"xenbr0": {"peth0": OfPort(1, True)}}
+    vifs = {(d, 0): {"mac": f"00:16:3e:00:00:0{d}", "bridge": "xenbr0"} for d in (5, 6, 7)}
+    models, _ = bridge_models(_bridge(*ports), of, vifs, {}, load(None))
+    assert [(v.key, v.vif_port, v.active_port) for v in models["xenbr0"].vifs] == [("5.0", 20, 20)]
+    of["xenbr0"]["vif5.0"] = OfPort(21, True)  # ovs-vswitchd gave it another number after all
+    models, _ = bridge_models(_bridge(*ports), of, vifs, {}, load(None))
+    assert [(v.key, v.vif_port) for v in models["xenbr0"].vifs] == [("5.0", 21)]

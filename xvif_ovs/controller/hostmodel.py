@@ -108,8 +108,19 @@ def bridge_models(
         if info is None:
             continue
         uplinks, members = [], {}
+        taken: set[int] | None = None
         for p in info.ports:
             of = ports.get(p.name)
+            if of is None and p.ofport_request and p.kind in ("vif", "emu") and p.domid is not None:
+                # A vif the hook has just added, before ovs-vswitchd has created the port
+                # (which takes it hundreds of ms on a big bridge): its flows go in now, for
+                # the ofport the hook requested, so they are in place when its first frame
+                # arrives. Not if another port holds that number; once the port exists its
+                # real number is used.
+                if taken is None:
+                    taken = {o.number for o in ports.values()}
+                if p.ofport_request not in taken:
+                    of = OfPort(p.ofport_request, False)
             if of is None:
                 continue
             if p.kind == "uplink":

@@ -27,6 +27,7 @@ class PortInfo:
     domid: int | None = None
     devid: int | None = None
     link_up: bool = True
+    ofport_request: int | None = None  # what the hook asked for: the ofport it will get
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class OvsdbMonitor:
         )
         helper.register_columns("Flow_Table", ["name", "flow_limit", "overflow_policy"])
         helper.register_columns("Port", ["name", "interfaces"])
-        helper.register_columns("Interface", ["name", "ofport", "type", "external_ids", "link_state"])
+        helper.register_columns("Interface", ["name", "ofport", "ofport_request", "type", "external_ids", "link_state"])
         helper.register_columns("Controller", ["target", "is_connected", "max_backoff"])
         self.idl = ovs.db.idl.Idl(self.remote, helper)
         self.on_change = on_change
@@ -142,6 +143,7 @@ class OvsdbMonitor:
                     kind, domid, devid = classify_port(iface.name, br.name, iface.type, ids)
                     ofport = _one(iface.ofport)
                     link = _one(iface.link_state)
+                    req = _one(iface.ofport_request)
                     ports.append(
                         PortInfo(
                             iface.name,
@@ -150,6 +152,7 @@ class OvsdbMonitor:
                             domid,
                             devid,
                             link != "down",
+                            req if isinstance(req, int) and req > 0 else None,
                         )
                     )
             ctrls = tuple(sorted(c.target for c in br.controller))

@@ -109,7 +109,11 @@ class Runtime:
             log.info("interface %s on %s: link %s", name, bridge, "up" if live else "down")
         elif msg.reason != ofp.OFPPR_MODIFY:
             log.info("interface %s on %s: port %s (ofport %s)", name, bridge, reason, p.port_no)
-        self._queue.put(("ports", dp.id))
+        if s is None or not s.synced:
+            self._queue.put(("ports", dp.id))  # no full picture yet: read them all
+            return
+        s.port_changed(name, p.port_no, live, removed=msg.reason == ofp.OFPPR_DELETE)
+        self._queue.put(("model", None))
 
     def packet_in(self, dp: Any, msg: Any) -> None:
         """The pipeline sends nothing to the controller: any packet-in is a bug to see."""
