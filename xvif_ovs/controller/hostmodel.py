@@ -4,6 +4,7 @@ are unit-tested; what cannot be used is reported with what to fix."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 from ..errors import VifSpecError
@@ -76,14 +77,12 @@ def _cached_vif(
         _BY_KEYS[(domid, devid)] = (keys, name, cfg, ports, hit)
         return hit
     vif = vif_from_xenstore(keys, domid, devid, name, cfg)  # raises VifSpecError
-    model = VifModel(
-        **{
-            **vif.__dict__,
-            "vif_port": v.number if v else None,
-            "emu_port": e.number if e else None,
-            "vif_live": v.live if v else False,
-            "emu_live": e.live if e else False,
-        }
+    model = dataclasses.replace(
+        vif,
+        vif_port=v.number if v else None,
+        emu_port=e.number if e else None,
+        vif_live=v.live if v else False,
+        emu_live=e.live if e else False,
     )
     if len(_MODEL_CACHE) > 1 << 16:
         _MODEL_CACHE.clear()
@@ -128,31 +127,31 @@ def bridge_models(
             elif p.kind in ("vif", "emu") and p.domid is not None and p.devid is not None:
                 members.setdefault((p.domid, p.devid), {})[p.kind] = of
         built: list[VifModel] = []
-        seen_macs: dict[str, str] = {}
+        seen_macs: dict[str, tuple[int, int]] = {}
         for (domid, devid), backends in sorted(members.items()):
             keys = vifs.get((domid, devid))
-            dev = f"vif{domid}.{devid}"
             if keys is None:
                 problems.append(
-                    f"{dev} on {bname} has no vif in XenStore: its traffic is dropped (stale port? remove it)"
+                    f"vif{domid}.{devid} on {bname} has no vif in XenStore: its traffic is dropped (stale port? remove it)"
                 )
                 continue
-            name = names.get(domid, "")
             try:
-                vif = _cached_vif(keys, domid, devid, name, cfg, backends)
+                vif = _cached_vif(keys, domid, devid, names.get(domid, ""), cfg, backends)
             except VifSpecError as e:
-                problems.append(f"{dev} on {bname}: {e}; its traffic is dropped until XenStore is fixed")
+                problems.append(f"vif{domid}.{devid} on {bname}: {e}; its traffic is dropped until XenStore is fixed")
                 continue
             if vif.vlans.name != bname:
                 problems.append(
-                    f"{dev} is on bridge {bname} but XenStore says bridge={keys.get('bridge')}: using {bname}"
+                    f"vif{domid}.{devid} is on bridge {bname} but XenStore says bridge={keys.get('bridge')}: using {bname}"
                 )
-            if vif.mac in seen_macs:
+            other = seen_macs.get(vif.mac)
+            if other is not None:
+                dev = f"vif{domid}.{devid}"
                 problems.append(
-                    f"MAC conflict on {bname}: {dev} and {seen_macs[vif.mac]} both use {vif.mac}; {dev} gets no flows"
+                    f"MAC conflict on {bname}: {dev} and vif{other[0]}.{other[1]} both use {vif.mac}; {dev} gets no flows"
                 )
                 continue
-            seen_macs[vif.mac] = dev
+            seen_macs[vif.mac] = (domid, devid)
             built.append(vif)
         policy = cfg.bridge_policy.get(bname)
         models[bname] = BridgeModel(

@@ -6,6 +6,7 @@ Pure data; the pipeline is a function of one BridgeModel.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -47,9 +48,10 @@ class VifModel:
             return self.vif_port
         return self.emu_port
 
-    @property
+    @functools.cached_property
     def access_vlans(self) -> tuple[int, ...]:
-        """The VLANs (0 = the untagged network) this NIC belongs to."""
+        """The VLANs (0 = the untagged network) this NIC belongs to. Cached: asked for
+        every vif on every pass, and the model never changes."""
         b = self.vlans
         if b.vlan_mode == "access":
             return (b.tag or 0,)

@@ -121,14 +121,30 @@ def build_parts(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOU
         if bridge.local and vlan == 0:
             members[vlan].append((OFPP_LOCAL, False, False))
     for vif in admitted:
-        if vif.active_port is not None:
-            for vlan in vif.access_vlans:
-                members[vlan].append((vif.active_port, vif.tagged_on_wire(vlan), bridge.is_private(vif)))
+        for vlan, entry in _membership(vif, bridge.is_private(vif)):
+            members[vlan].append(entry)
     promiscuous = list(bridge.uplinks) + ([OFPP_LOCAL] if bridge.local else [])
     for vlan in vlans:
         for klass in CLASSES:
             parts.groups.append(_flood_group(vlan, tuple(members[vlan]), klass, tuple(promiscuous)))
     return parts
+
+
+def _membership(vif: VifModel, private: bool) -> tuple[tuple[int, tuple[int, bool, bool]], ...]:
+    """(VLAN, flood-group entry) for each VLAN the vif floods on; by object identity, as
+    _vif_flows_same, since this runs for every vif on every pass."""
+    hit = _MEMBERSHIP.get(id(vif))
+    if hit is not None and hit[0] is vif and hit[1] == private:
+        return hit[2]
+    port = vif.active_port
+    out = () if port is None else tuple((v, (port, vif.tagged_on_wire(v), private)) for v in vif.access_vlans)
+    if len(_MEMBERSHIP) > 1 << 16:
+        _MEMBERSHIP.clear()
+    _MEMBERSHIP[id(vif)] = (vif, private, out)
+    return out
+
+
+_MEMBERSHIP: dict[int, tuple] = {}
 
 
 @functools.lru_cache(maxsize=256)
