@@ -17,6 +17,7 @@ fmt:
 	$(VENV)/bin/ruff check --fix xvif_ovs tests
 	$(VENV)/bin/ruff format xvif_ovs tests
 bench:
+	$(VENV)/bin/pip install -q matplotlib
 	cd bench && ../$(VENV)/bin/python hotplug.py --sizes 0 100 1000 --repeats 7
 	cd bench && ../$(VENV)/bin/python firstpacket.py --sizes 0 100 1000
 	cd bench && ../$(VENV)/bin/python scale.py --sizes 1 100 1000 4000

@@ -186,6 +186,20 @@ def adversarial(d: dict) -> list[str]:
     return out
 
 
+def _plots() -> list:
+    try:
+        import plots
+    except ImportError:
+        print("matplotlib is not installed (pip install '.[bench]'): BENCHMARKS.md gets no plots", file=sys.stderr)
+        return []
+    out = []
+    if hp := load("hotplug"):
+        out.append(plots.hotplug(hp, load("firstpacket")))
+    if sc := load("scale"):
+        out.append(plots.scale(sc))
+    return out
+
+
 def main() -> int:
     intro = (ROOT / "bench" / "INTRO.md").read_text()
     parts = [intro]
@@ -201,6 +215,9 @@ def main() -> int:
         if d:
             parts.append("\n".join(fn(d)))
     parts.append((ROOT / "bench" / "DISCUSSION.md").read_text())
+    pngs = _plots()
+    if pngs:  # after the title and intro, before the first table
+        parts.insert(1, "\n".join(f"![{p.stem}]({p.relative_to(ROOT)})" for p in pngs) + "\n")
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts).rstrip() + "\n")
     print("wrote BENCHMARKS.md")
     return 0
