@@ -323,8 +323,8 @@ class Runtime:
                 # The per-flow dump costs seconds at thousands of vifs; most intervals
                 # nothing was dropped, which one aggregate request tells.
                 total = s.packet_count(cookie, mask)
-                if total == self._drop_totals.get(s.bridge):
-                    continue
+                if total == self._drop_totals.get(s.bridge, 0):
+                    continue  # (0 at first: a switch with no drops at all needs no baseline read)
                 stats = s.flow_stats(cookie, mask)
                 self._drop_totals[s.bridge] = total
             except SwitchError:
