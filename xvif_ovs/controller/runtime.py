@@ -49,6 +49,7 @@ class Runtime:
         self._reported_problems: set[str] = set()
         self._drops: dict[tuple[int, int], int] = {}
         self._drop_totals: dict[str, int] = {}  # per bridge, as of the last per-flow read
+        self._of_ports_cache: dict[int, tuple[Any, Any]] = {}  # id(session) -> (its ports dict, OfPorts)
         self.monitor: OvsdbMonitor | None = None
         self.packet_ins = 0
         self._retry = False
@@ -271,13 +272,23 @@ class Runtime:
         except SwitchError as e:
             log.warning("switch %x: %s", dpid, e)
 
+    def _of_ports(self, s: Session) -> dict[str, OfPort]:
+        """The session's ports as the model wants them, remade only when the session's
+        port table was replaced (a read or a PORT_STATUS swaps in a new dict)."""
+        src, made = self._of_ports_cache.get(id(s), (None, None))
+        if src is not s.ports or made is None:
+            src = s.ports
+            made = {n: OfPort(no, live) for n, (no, live) in src.items()}
+            self._of_ports_cache[id(s)] = (src, made)
+        return made
+
     def _reconcile_all(self) -> None:
         if not (self.xenstore_ready.is_set() and self.ovsdb_ready.is_set()):
             return  # never act on half a picture: that would delete good flows
         with self._lock:
             sessions = {s.bridge: s for s in self.sessions.values() if s.synced and s.bridge}
             vifs, names = dict(self.vifs), dict(self.names)
-        of_ports = {b: {n: OfPort(no, live) for n, (no, live) in s.ports.items()} for b, s in sessions.items()}
+        of_ports = {b: self._of_ports(s) for b, s in sessions.items()}
         models, problems = bridge_models(self.ovsdb, of_ports, vifs, names, self.cfg)
         for p in problems:
             if p not in self._reported_problems:

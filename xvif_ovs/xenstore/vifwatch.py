@@ -3,7 +3,7 @@
 The controller derives its flows from what XenStore says about each vif; a vif whose
 mac or ip is rewritten must get new flows without another hotplug run. One XenStore
 watch on the backend directory tells which vif changed; the watcher re-reads only that
-vif and compares it with what it last saw.
+key of a vif it knows (else that vif) and compares it with what it last saw.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .client import list_dir, locate
 
 BACKEND_ROOT = "/local/domain/0/backend/vif"
 _VIF_PATH = re.compile(r"^/local/domain/0/backend/vif(?:/(\d+)(?:/(\d+))?)?(?:/.*)?$")
+_KEY_PATH = re.compile(r"^/local/domain/0/backend/vif/(\d+)/(\d+)/([^/]+)$")  # a vif's own key
 TOKEN = b"xvif-ovs-vifs"
 
 
@@ -91,6 +92,10 @@ class VifWatcher:
         m = _VIF_PATH.match(path)
         if not m:
             return
+        k = _KEY_PATH.match(path)
+        if k and (int(k.group(1)), int(k.group(2))) in self._known:
+            yield from self._compare_key(int(k.group(1)), int(k.group(2)), k.group(3), path)
+            return
         if m.group(2) is not None:
             vifs = {(int(m.group(1)), int(m.group(2)))}
         elif m.group(1) is not None:
@@ -107,6 +112,20 @@ class VifWatcher:
             }
         for domid, devid in sorted(vifs):
             yield from self._compare(domid, devid)
+
+    def _compare_key(self, domid: int, devid: int, key: str, path: str) -> Iterator[VifEvent]:
+        """One key of a known vif written: read just that key (one request instead of one
+        per key). A key that is gone may mean the whole vif is: then read it all."""
+        try:
+            value = self._reader.read(path.encode()).decode()
+        except PyXSError:
+            yield from self._compare(domid, devid)
+            return
+        before = self._known[(domid, devid)]
+        if before.get(key) != value:
+            now = {**before, key: value}
+            self._known[(domid, devid)] = now
+            yield VifEvent("changed", domid, devid, now, frozenset({key}))
 
     def _compare(self, domid: int, devid: int) -> Iterator[VifEvent]:
         now = self._read_vif(f"{BACKEND_ROOT}/{domid}/{devid}")
