@@ -23,11 +23,22 @@ def _series(ax, xs: list[int], stats: list[dict], label: str, scale: float = 100
 
 
 def _size_axis(ax, xs: list[int], what: str) -> None:  # noqa: ANN001
-    ax.set_xscale("symlog", linthresh=10)
+    if min(xs) > 0:
+        ax.set_xscale("log")
+    else:  # 0 vifs on the bridge is a point too
+        ax.set_xscale("symlog", linthresh=10)
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel(what)
     ax.grid(True, alpha=0.3)
     ax.legend()
+
+
+def _save(fig, name: str) -> Path:  # noqa: ANN001
+    fig.tight_layout()
+    out = RESULTS / f"{name}.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
 
 
 def hotplug(d: dict, fp: dict | None) -> Path:
@@ -51,11 +62,7 @@ def hotplug(d: dict, fp: dict | None) -> Path:
         ax.set_ylabel("ms from the hook's start")
         ax.set_title("first packet forwarded: what the guest feels")
         _size_axis(ax, xs, "vifs already on the bridge")
-    fig.tight_layout()
-    out = RESULTS / "hotplug.png"
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, "hotplug")
 
 
 def scale(d: dict) -> Path:
@@ -74,8 +81,4 @@ def scale(d: dict) -> Path:
     b.set_ylabel("ms")
     b.set_title("one vif change")
     _size_axis(b, xs, "vifs")
-    fig.tight_layout()
-    out = RESULTS / "scale.png"
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, "scale")
