@@ -39,8 +39,8 @@ case "${1:-}" in
         ;;
     test)
         echo "== ruff"
-        .venv/bin/ruff check xvif_ovs tests
-        .venv/bin/ruff format --check xvif_ovs tests
+        .venv/bin/ruff check xvif_ovs tests bench
+        .venv/bin/ruff format --check xvif_ovs tests bench
         echo "== pytest"
         rc=0
         .venv/bin/python -m pytest -ra "${@:2}" || rc=$?
