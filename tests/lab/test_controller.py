@@ -172,6 +172,27 @@ def test_a_guest_sending_from_endless_macs_makes_few_datapath_flows(net):
     assert 0 < len(mine) <= 50, f"{len(mine)} datapath flows for one port:\n" + "\n".join(mine[:5])
 
 
+def test_a_port_ovs_could_not_create_gets_no_flows_for_its_requested_ofport(net):
+    """A vif's flows go in for its requested ofport while ovs-vswitchd creates the port,
+    but not for a port it failed to create: it may give that number to another port."""
+    be = "/local/domain/0/backend/vif/77/0"
+    with Client(unix_socket_path=str(net.lab.xenstore_socket)) as c:
+        for k, v in {"mac": "00:16:3e:00:4d:01", "bridge": "xenbr0", "online": "1"}.items():
+            c.write(f"{be}/{k}".encode(), v.encode())
+    ids = ["external_ids:xvif-domid=77", "external_ids:xvif-devid=0", "external_ids:xvif-kind=vif"]
+    net.vsctl("add-port", "xenbr0", "vif77.0", "--", "set", "Interface", "vif77.0", "ofport_request=777", *ids)
+    try:
+        wait_for(lambda: net.vsctl("get", "Interface", "vif77.0", "ofport").strip() == "-1", "ovs-vswitchd to fail")
+        # A guest booted after it: once its flows are in, the controller has seen vif77.0 too.
+        net.guest("after", 78, "mac=00:16:3e:00:4e:01,ip=192.0.2.78")
+        wait_vif(net, 78)
+        assert "in_port=777" not in ofctl(net, "dump-flows")
+    finally:
+        net.vsctl("del-port", "xenbr0", "vif77.0")
+        with Client(unix_socket_path=str(net.lab.xenstore_socket)) as c:
+            c.delete(b"/local/domain/0/backend/vif/77")
+
+
 def test_nothing_crosses_vlans(net):
     net.guest("v10", 21, "mac=00:16:3e:00:15:01,bridge=xenbr0.10")
     net.guest("v20", 22, "mac=00:16:3e:00:16:01,bridge=xenbr0.20")

@@ -27,7 +27,7 @@ class PortInfo:
     domid: int | None = None
     devid: int | None = None
     link_up: bool = True
-    ofport_request: int | None = None  # what the hook asked for: the ofport it will get
+    ofport_request: int | None = None  # what the hook asked for, while the port is being created
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,10 @@ class OvsdbMonitor:
                             domid,
                             devid,
                             link != "down",
-                            req if isinstance(req, int) and req > 0 else None,
+                            # Only while ovs-vswitchd has not yet created the port: not
+                            # for one it failed to create (ofport -1), whose number it
+                            # may give to another port.
+                            req if isinstance(req, int) and req > 0 and ofport is None else None,
                         )
                     )
             ctrls = tuple(sorted(c.target for c in br.controller))
