@@ -97,3 +97,43 @@ def test_a_vif_ovs_vswitchd_has_not_created_yet_gets_flows_for_its_requested_ofp
     of["xenbr0"]["vif5.0"] = OfPort(21, True)  # ovs-vswitchd gave it another number after all
     models, _ = bridge_models(_bridge(*ports), of, vifs, {}, load(None))
     assert [(v.key, v.vif_port) for v in models["xenbr0"].vifs] == [("5.0", 21)]
+
+
+def test_a_patched_join_equals_a_full_join_through_random_changes():
+    """bridge_models redoes only the vifs whose keys changed when OVSDB and the ports did
+    not; whatever the change, the result must be a full join's."""
+    import random
+
+    from xvif_ovs.controller import hostmodel
+
+    rng = random.Random(5)
+    ports = (PortInfo("peth0", 1, "uplink"), *(PortInfo(f"vif{d}.0", 10 + d, "vif", d, 0) for d in range(1, 30)))
+    ovsdb = _bridge(*ports)
+    of = {"xenbr0": {p.name: OfPort(p.ofport, True) for p in ports}}
+    cfg = load(None)
+    vifs = {(d, 0): {"mac": f"00:16:3e:00:00:{d:02x}", "bridge": "xenbr0", "ip": f"192.0.2.{d}"} for d in range(1, 30)}
+    names = {d: f"dom{d}" for d in range(1, 30)}
+    for step in range(400):
+        d = rng.randrange(1, 31)
+        change = rng.choice(["ip", "ip", "mac", "bridge", "bad", "gone", "name", "ports", "nothing"])
+        keys = dict(vifs.get((d, 0)) or {"mac": f"00:16:3e:00:01:{d:02x}", "bridge": "xenbr0"})
+        if change == "ip":
+            keys["ip"] = f"198.51.100.{rng.randrange(1, 250)}"
+        elif change == "mac":
+            keys["mac"] = f"00:16:3e:00:00:{rng.randrange(1, 40):02x}"  # sometimes another vif's
+        elif change == "bridge":
+            keys["bridge"] = rng.choice(["xenbr0", "xenbr0.10", "xenbr1"])
+        elif change == "bad":
+            keys["ip"] = "not-an-address"
+        elif change == "name":
+            names[d] = f"renamed{step}"
+        elif change == "ports":
+            of = {"xenbr0": dict(of["xenbr0"])}
+        if change == "gone":
+            vifs.pop((d, 0), None)
+        elif change not in ("name", "ports", "nothing"):
+            vifs[(d, 0)] = keys
+        got, got_problems = bridge_models(ovsdb, of, dict(vifs), dict(names), cfg)
+        full = hostmodel._join("xenbr0", ovsdb["xenbr0"], of["xenbr0"], dict(vifs), dict(names), cfg)
+        assert got["xenbr0"] == full.model, (step, change)
+        assert got_problems == full.problems, (step, change)

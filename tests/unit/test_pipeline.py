@@ -464,3 +464,41 @@ def test_a_spoofed_source_mac_is_dropped_by_a_flow_that_needs_only_its_first_dif
         dropping_flows.add(hit)
     assert len(dropping_flows) == 48
     assert not dropped_by_vif(sw, sw.send(v.vif_port, ip4(v.mac, "192.0.2.5", "192.0.2.1")), v)
+
+
+def test_a_patched_build_equals_a_full_build_through_random_changes():
+    """build_parts patches its last result when few vifs changed; whatever the change,
+    the result must be the full build's."""
+    import dataclasses
+    import random
+
+    from xvif_ovs.pipeline import build as b
+
+    rng = random.Random(11)
+    specs = ["xenbr0", "xenbr0.10", "xenbr0:10:20", "xenbr0.10:20"]
+    vifs = [vif(d, rng.choice(specs), f"192.0.2.{d}") for d in range(1, 40)]
+    for step in range(300):
+        i = rng.randrange(len(vifs))
+        v = vifs[i]
+        change = rng.choice(["ip", "ip", "mac", "vlan", "port", "live", "private", "trusted", "several"])
+        if change == "ip":
+            v = dataclasses.replace(v, ips=parse_ips(f"198.51.100.{rng.randrange(1, 250)}"))
+        elif change == "mac":
+            v = dataclasses.replace(v, mac=f"00:16:3e:01:{step % 256:02x}:{v.domid:02x}")
+        elif change == "vlan":
+            v = dataclasses.replace(v, vlans=parse_bridge(rng.choice(specs)))
+        elif change == "port":
+            v = dataclasses.replace(v, vif_port=rng.choice([None, 500 + v.domid, 100 + v.domid]))
+        elif change == "live":
+            v = dataclasses.replace(v, emu_port=300 + v.domid, emu_live=True, vif_live=not v.vif_live)
+        elif change == "private":
+            v = dataclasses.replace(v, private=not v.private)
+        elif change == "trusted":
+            v = dataclasses.replace(v, trusted=not v.trusted)
+        vifs[i] = v
+        if change == "several":
+            for j in rng.sample(range(len(vifs)), 20):
+                vifs[j] = dataclasses.replace(vifs[j], ips=parse_ips(f"203.0.113.{rng.randrange(1, 250)}"))
+        model = BridgeModel("xenbr0", uplinks=(UPLINK,), vifs=tuple(vifs))
+        got, want = b.build_parts(model), b._build_parts(model, b.LEARN_IDLE_TIMEOUT)
+        assert got.flows == want.flows and got.groups == want.groups, (step, change)

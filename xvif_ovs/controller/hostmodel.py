@@ -106,60 +106,143 @@ def bridge_models(
         info = ovsdb.get(bname)
         if info is None:
             continue
-        uplinks, members = [], {}
-        taken: set[int] | None = None
-        for p in info.ports:
-            of = ports.get(p.name)
-            if of is None and p.ofport_request and p.kind in ("vif", "emu") and p.domid is not None:
-                # A vif the hook has just added, before ovs-vswitchd has created the port
-                # (which takes it hundreds of ms on a big bridge): its flows go in now, for
-                # the ofport the hook requested, so they are in place when its first frame
-                # arrives. Not if another port holds that number; once the port exists its
-                # real number is used.
-                if taken is None:
-                    taken = {o.number for o in ports.values()}
-                if p.ofport_request not in taken:
-                    of = OfPort(p.ofport_request, False)
-            if of is None:
-                continue
-            if p.kind == "uplink":
-                uplinks.append(of.number)
-            elif p.kind in ("vif", "emu") and p.domid is not None and p.devid is not None:
-                members.setdefault((p.domid, p.devid), {})[p.kind] = of
-        built: list[VifModel] = []
-        seen_macs: dict[str, tuple[int, int]] = {}
-        for (domid, devid), backends in sorted(members.items()):
-            keys = vifs.get((domid, devid))
-            if keys is None:
-                problems.append(
-                    f"vif{domid}.{devid} on {bname} has no vif in XenStore: its traffic is dropped (stale port? remove it)"
-                )
-                continue
-            try:
-                vif = _cached_vif(keys, domid, devid, names.get(domid, ""), cfg, backends)
-            except VifSpecError as e:
-                problems.append(f"vif{domid}.{devid} on {bname}: {e}; its traffic is dropped until XenStore is fixed")
-                continue
-            if vif.vlans.name != bname:
-                problems.append(
-                    f"vif{domid}.{devid} is on bridge {bname} but XenStore says bridge={keys.get('bridge')}: using {bname}"
-                )
-            other = seen_macs.get(vif.mac)
-            if other is not None:
-                dev = f"vif{domid}.{devid}"
-                problems.append(
-                    f"MAC conflict on {bname}: {dev} and vif{other[0]}.{other[1]} both use {vif.mac}; {dev} gets no flows"
-                )
-                continue
-            seen_macs[vif.mac] = (domid, devid)
-            built.append(vif)
-        policy = cfg.bridge_policy.get(bname)
-        models[bname] = BridgeModel(
-            bname,
-            tuple(sorted(uplinks)),
-            local=True,
-            private=bool(policy and policy.private),
-            reserved_for=policy.reserved_for if policy else None,
-            vifs=tuple(built),
-        )
+        last = _LAST_JOIN.get(bname)
+        joined = _patched(last, info, ports, vifs, names, cfg) if last else None
+        if joined is None:
+            joined = _join(bname, info, ports, vifs, names, cfg)
+        _LAST_JOIN[bname] = joined
+        models[bname] = joined.model
+        problems += joined.problems
     return models, problems
+
+
+@dataclasses.dataclass
+class _Joined:
+    """One bridge's join and what it was made from, so that the next pass can redo only
+    the vifs whose XenStore keys (or domain name) changed."""
+
+    info: BridgeInfo
+    ports: dict[str, OfPort]
+    cfg: Config
+    model: BridgeModel
+    problems: list[str]
+    inputs: dict[tuple[int, int], tuple]  # (domid, devid) -> (keys dict, name, backends)
+    position: dict[tuple[int, int], int]  # where each vif that got flows is in model.vifs
+
+
+_LAST_JOIN: dict[str, _Joined] = {}
+_PATCH_AT_MOST = 16
+
+
+def _patched(
+    last: _Joined,
+    info: BridgeInfo,
+    ports: dict[str, OfPort],
+    vifs: dict[tuple[int, int], dict[str, str]],
+    names: dict[int, str],
+    cfg: Config,
+) -> _Joined | None:
+    """``last`` with the vifs whose keys changed redone, or None where a full join is
+    needed: OVSDB or the ports changed, a vif appeared, vanished or became a problem, a
+    MAC or a bridge changed (conflicts and problems are bridge-wide)."""
+    if info is not last.info or ports is not last.ports or cfg is not last.cfg:
+        return None
+    changed = []
+    for key, (keys, name, _backends) in last.inputs.items():
+        if vifs.get(key) is not keys or names.get(key[0], "") != name:
+            changed.append(key)
+            if len(changed) > _PATCH_AT_MOST:
+                return None
+    if not changed:
+        return last
+    built = list(last.model.vifs)
+    inputs = dict(last.inputs)
+    bname = last.model.name
+    for key in changed:
+        pos, (old_keys, _, backends) = last.position.get(key), last.inputs[key]
+        keys, name = vifs.get(key), names.get(key[0], "")
+        if pos is None or old_keys is None or keys is None:
+            return None
+        try:
+            vif = _cached_vif(keys, key[0], key[1], name, cfg, backends)
+        except VifSpecError:
+            return None
+        old = built[pos]
+        if vif.mac != old.mac or vif.vlans.name != bname or old.vlans.name != bname:
+            return None
+        built[pos] = vif
+        inputs[key] = (keys, name, backends)
+    model = dataclasses.replace(last.model, vifs=tuple(built))
+    return _Joined(info, ports, cfg, model, last.problems, inputs, last.position)
+
+
+def _join(
+    bname: str,
+    info: BridgeInfo,
+    ports: dict[str, OfPort],
+    vifs: dict[tuple[int, int], dict[str, str]],
+    names: dict[int, str],
+    cfg: Config,
+) -> _Joined:
+    problems: list[str] = []
+    inputs: dict[tuple[int, int], tuple] = {}
+    position: dict[tuple[int, int], int] = {}
+    uplinks, members = [], {}
+    taken: set[int] | None = None
+    for p in info.ports:
+        of = ports.get(p.name)
+        if of is None and p.ofport_request and p.kind in ("vif", "emu") and p.domid is not None:
+            # A vif the hook has just added, before ovs-vswitchd has created the port
+            # (which takes it hundreds of ms on a big bridge): its flows go in now, for
+            # the ofport the hook requested, so they are in place when its first frame
+            # arrives. Not if another port holds that number; once the port exists its
+            # real number is used.
+            if taken is None:
+                taken = {o.number for o in ports.values()}
+            if p.ofport_request not in taken:
+                of = OfPort(p.ofport_request, False)
+        if of is None:
+            continue
+        if p.kind == "uplink":
+            uplinks.append(of.number)
+        elif p.kind in ("vif", "emu") and p.domid is not None and p.devid is not None:
+            members.setdefault((p.domid, p.devid), {})[p.kind] = of
+    built: list[VifModel] = []
+    seen_macs: dict[str, tuple[int, int]] = {}
+    for (domid, devid), backends in sorted(members.items()):
+        keys = vifs.get((domid, devid))
+        inputs[(domid, devid)] = (keys, names.get(domid, ""), backends)
+        if keys is None:
+            problems.append(
+                f"vif{domid}.{devid} on {bname} has no vif in XenStore: its traffic is dropped (stale port? remove it)"
+            )
+            continue
+        try:
+            vif = _cached_vif(keys, domid, devid, names.get(domid, ""), cfg, backends)
+        except VifSpecError as e:
+            problems.append(f"vif{domid}.{devid} on {bname}: {e}; its traffic is dropped until XenStore is fixed")
+            continue
+        if vif.vlans.name != bname:
+            problems.append(
+                f"vif{domid}.{devid} is on bridge {bname} but XenStore says bridge={keys.get('bridge')}: using {bname}"
+            )
+        other = seen_macs.get(vif.mac)
+        if other is not None:
+            dev = f"vif{domid}.{devid}"
+            problems.append(
+                f"MAC conflict on {bname}: {dev} and vif{other[0]}.{other[1]} both use {vif.mac}; {dev} gets no flows"
+            )
+            continue
+        seen_macs[vif.mac] = (domid, devid)
+        position[(domid, devid)] = len(built)
+        built.append(vif)
+    policy = cfg.bridge_policy.get(bname)
+    model = BridgeModel(
+        bname,
+        tuple(sorted(uplinks)),
+        local=True,
+        private=bool(policy and policy.private),
+        reserved_for=policy.reserved_for if policy else None,
+        vifs=tuple(built),
+    )
+    return _Joined(info, ports, cfg, model, problems, inputs, position)

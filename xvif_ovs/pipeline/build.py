@@ -104,6 +104,50 @@ def build(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOUT) -> 
 
 
 def build_parts(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOUT) -> Parts:
+    """The bridge's flows and groups. When the model differs from this bridge's last one
+    only in a few vifs whose flood membership is unchanged (an ip or mac rewritten), those
+    vifs' entries are replaced in a copy of the last result instead of walking every vif:
+    the same result (tested against the full build), for a fraction of the time."""
+    last = _LAST_BUILD.get(bridge.name)
+    parts = _patched(last[0], last[1], bridge) if last and last[2] == learn_idle_timeout else None
+    if parts is None:
+        parts = _build_parts(bridge, learn_idle_timeout)
+    _LAST_BUILD[bridge.name] = (bridge, parts, learn_idle_timeout)
+    return parts
+
+
+_LAST_BUILD: dict[str, tuple[BridgeModel, Parts, int]] = {}
+_PATCH_AT_MOST = 16  # changed vifs; beyond this a full build is as cheap
+
+
+def _patched(old: BridgeModel, parts: Parts, new: BridgeModel) -> Parts | None:
+    """``parts`` (built from ``old``) updated for ``new``, or None where that is not safe."""
+    if (old.uplinks, old.local, old.private, old.reserved_for, old.refused) != (
+        new.uplinks,
+        new.local,
+        new.private,
+        new.reserved_for,
+        new.refused,
+    ) or len(old.vifs) != len(new.vifs):
+        return None
+    changed = []
+    for o, n in zip(old.vifs, new.vifs, strict=True):
+        if o is not n:
+            changed.append((o, n))
+            if len(changed) > _PATCH_AT_MOST:
+                return None
+    out = Parts(dict(parts.flows), list(parts.groups))
+    for o, n in changed:
+        if (o.domid, o.devid) != (n.domid, n.devid) or not (new.admits(o) and new.admits(n)):
+            return None
+        private = new.is_private(n)
+        if o.access_vlans != n.access_vlans or _membership(o, new.is_private(o)) != _membership(n, private):
+            return None  # flood groups (or the bridge's VLANs) change: build it all
+        out.flows[vif_owner(n.domid, n.devid)] = _vif_flows_same(n, private)
+    return out
+
+
+def _build_parts(bridge: BridgeModel, learn_idle_timeout: int) -> Parts:
     parts = Parts()
     vlans = bridge.vlans()
     admitted = [v for v in bridge.vifs if bridge.admits(v)]
