@@ -68,6 +68,31 @@ def _serve_datapath(conn: socket.socket, address: str) -> None:
         dp.close()
 
 
+def _wake_vswitchd(rundir: str) -> None:
+    """Make ovs-vswitchd look at the connection it has just opened to us.
+
+    OVS 3.1 sends its HELLO on a new controller connection and then, in our traces,
+    sleeps without polling that socket until something else wakes its main loop:
+    about 500 ms later, on an idle switch. A connection to a bridge's management socket
+    (which it does poll) wakes it at once; it finds our HELLO and the session starts.
+    """
+    import glob
+    import time
+
+    time.sleep(0.01)  # after it has sent its HELLO and gone to sleep
+    for path in glob.glob(os.path.join(rundir, "*.mgmt")):
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            s.connect(path)
+            # A whole OpenFlow 1.3 HELLO exchange, then our side ends and we wait for it
+            # to close: an abrupt close is a "connection dropped" warning in its log.
+            s.recv(256)
+            s.sendall(b"\x04\x00\x00\x08\x00\x00\x00\x00")
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(256):
+                pass
+
+
 class UnixListener:
     """os-ken listens on TCP/TLS only; OVS accepts a socket controller only inside its
     run directory, so we accept there and hand each connection to os-ken's datapath."""
@@ -92,6 +117,7 @@ class UnixListener:
             except OSError:
                 break
             hub.spawn(_serve_datapath, conn, f"unix:{self.path}")
+            hub.spawn(_wake_vswitchd, os.path.dirname(self.path))
 
     def close(self) -> None:
         self._stop = True
