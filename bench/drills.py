@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from common import ROOT, save, summary, wait_for
 
@@ -32,7 +34,16 @@ def flood_analysis(out: str) -> tuple[int, int, float]:
     return sent, sent - got, gap
 
 
+def steal_s() -> float:
+    """CPU time the hypervisor gave to others (all CPUs): a stall of the whole machine
+    shows here, and not in anything of ours."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def drill(lab: Lab, what: str) -> dict:
+    vlog = lab.dir / "ovs-vswitchd.log"
+    vpos, steal0 = vlog.stat().st_size, steal_s()
     flood = subprocess.Popen(
         ["ip", "netns", "exec", "xvl-g1", "ping", "-D", "-c", "1200", "-i", "0.005", "-W", "1", "192.0.2.12"],
         stdout=subprocess.PIPE,
@@ -60,6 +71,8 @@ def drill(lab: Lab, what: str) -> dict:
     perf_out, _ = perf.communicate(timeout=120)
     srv.wait(30)
     sent, lost, gap = flood_analysis(out)
+    # ovs-vswitchd's main thread also polls the guests' ports here: if it stalled, it says so.
+    stalls = re.findall(r"Unreasonably long \d+ms poll interval", vlog.read_text()[vpos:])
     try:
         gbps = json.loads(perf_out)["end"]["sum_received"]["bits_per_second"] / 1e9
     except (ValueError, KeyError):
@@ -71,6 +84,8 @@ def drill(lab: Lab, what: str) -> dict:
         "longest_gap_s": gap,
         "iperf_gbps": gbps,
         "event_s": event,
+        "vswitchd_stalls": stalls,
+        "steal_s": steal_s() - steal0,
     }
 
 
