@@ -288,7 +288,7 @@ def test_unreachable_ovsdb_is_an_error_in_xenstore(guests, raw):
     assert xs_read(guests, "/local/domain/0/backend/vif/85/0/hotplug-status") == "error"
     assert "cannot connect to OVSDB" in xs_read(guests, "/local/domain/0/backend/vif/85/0/hotplug-error")
     assert ovsdb_view(guests) == before
-    assert not admin_up(dev)  # brought up for the port, and down again when that failed
+    assert not admin_up(dev)  # the hook fails before touching the link, and leaves it down
 
 
 def test_unreachable_xenstore_fails_loudly_and_changes_nothing(guests, raw):
