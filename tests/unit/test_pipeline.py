@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from xvif_ovs.model.host import BridgeModel, VifModel
-from xvif_ovs.model.vifspec import parse_bridge, parse_ips
+from xvif_ovs.model.vifspec import int_to_mac, mac_to_int, parse_bridge, parse_ips
 from xvif_ovs.pipeline.build import P_DROP, P_REFUSED, build, link_local
 from xvif_ovs.pipeline.flow import OFPP_LOCAL, decode_cookie
 from xvif_ovs.pipeline.sim import Delivery, Switch
@@ -448,18 +448,18 @@ def test_a_spoofed_source_mac_is_dropped_by_a_flow_that_needs_only_its_first_dif
 
     v = vif(5, ips="192.0.2.5")
     sw = switch(v)
-    own = int(v.mac.replace(":", ""), 16)
+    own = mac_to_int(v.mac)
     rng = random.Random(7)
     spoofs = [own ^ (1 << b) for b in range(48)] + [rng.getrandbits(48) for _ in range(300)]
     dropping_flows = set()
     for n in spoofs:
-        mac = ":".join(f"{n:012x}"[i : i + 2] for i in range(0, 12, 2))
+        mac = int_to_mac(n)
         trace = sw.send(v.vif_port, ip4(mac, "192.0.2.5", "192.0.2.1"))
         assert dropped_by_vif(sw, trace, v), mac
         hit = trace.hits[-2]  # the guard flow; the last is the port's counting drop in table 3
         (field,) = [f for f in hit.match if f.name == "dl_src"]
         first_diff = 48 - (n ^ own).bit_length()
-        mask = int(field.mask.replace(":", ""), 16) if field.mask else (1 << 48) - 1
+        mask = mac_to_int(field.mask) if field.mask else (1 << 48) - 1
         assert mask.bit_count() == first_diff + 1, (mac, field)
         dropping_flows.add(hit)
     assert len(dropping_flows) == 48

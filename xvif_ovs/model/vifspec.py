@@ -46,6 +46,16 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 _VLAN_ITEM = re.compile(r"^(\d+)(p?)(?:\+(\d+)x(\d+))?$")
 
 
+def mac_to_int(mac: str) -> int:
+    """A MAC as a 48-bit number, most significant octet first: prefix and mask arithmetic."""
+    return int(mac.replace(":", ""), 16)
+
+
+def int_to_mac(n: int) -> str:
+    h = f"{n:012x}"
+    return f"{h[0:2]}:{h[2:4]}:{h[4:6]}:{h[6:8]}:{h[8:10]}:{h[10:12]}"
+
+
 def is_mac(text: str) -> bool:
     """Six colon-separated hex octets (any kind of MAC: parse_mac judges whether a guest may have it)."""
     return bool(_MAC.match(text))

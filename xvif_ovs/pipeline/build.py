@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ..model.host import BridgeModel, VifModel
+from ..model.vifspec import int_to_mac, mac_to_int
 from .flow import (
     OFPP_LOCAL,
     OFPVID_PRESENT,
@@ -337,14 +338,9 @@ GUARDED = F("reg4", 1)  # set by the guard: table 3 drops the frame and counts i
 GUARD_ACTIONS = (SetReg("reg4", 1), Goto(FORWARD))
 
 
-def _mac_str(n: int) -> str:
-    h = f"{n:012x}"
-    return f"{h[0:2]}:{h[2:4]}:{h[4:6]}:{h[6:8]}:{h[8:10]}:{h[10:12]}"
-
-
 # Flow k's mask covers bits 0..k (most significant first); the last is the whole MAC.
 _GUARD_MASKS = tuple(((1 << MAC_BITS) - 1) ^ ((1 << (MAC_BITS - 1 - k)) - 1) for k in range(MAC_BITS))
-_GUARD_MASK_STRS = tuple(_mac_str(m) for m in _GUARD_MASKS[:-1]) + (None,)  # None: as OVS shows a full mask
+_GUARD_MASK_STRS = tuple(int_to_mac(m) for m in _GUARD_MASKS[:-1]) + (None,)  # None: as OVS shows a full mask
 
 
 def _source_mac_guard(port: int, mac: str, ck: int) -> tuple[Flow, ...]:
@@ -357,12 +353,12 @@ def _source_mac_guard(port: int, mac: str, ck: int) -> tuple[Flow, ...]:
     only its first k+1 bits, so one port can make at most 48 megaflows, whatever it sends.
     The frame is marked and dropped in table 3 by a per-port flow that counts it.
     """
-    own = int(mac.replace(":", ""), 16)
+    own = mac_to_int(mac)
     in_port = F("in_port", port)
     flows = []
     for k in range(MAC_BITS):  # 48 per vif: the hot loop of a full build, so no match() sorting
         value = (own ^ (1 << (MAC_BITS - 1 - k))) & _GUARD_MASKS[k]
-        src = F("dl_src", _mac_str(value), _GUARD_MASK_STRS[k])
+        src = F("dl_src", int_to_mac(value), _GUARD_MASK_STRS[k])
         flows.append(Flow(PORT_SECURITY, GUARD_TOP - k, (in_port, src), GUARD_ACTIONS, ck))
     return tuple(flows)
 

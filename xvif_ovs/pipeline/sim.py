@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model.vifspec import mac_to_int
 from .flow import (
     OFPVID_PRESENT,
     F,
@@ -31,10 +32,6 @@ from .flow import (
 
 IP_FIELDS = {"nw_src", "nw_dst", "arp_spa", "ipv6_src", "ipv6_dst", "nd_target"}
 MAC_FIELDS = {"dl_src", "dl_dst", "arp_sha", "nd_sll", "nd_tll"}
-
-
-def _mac_int(mac: str) -> int:
-    return int(mac.replace(":", ""), 16)
 
 
 @dataclass
@@ -58,8 +55,8 @@ def field_matches(f: F, pkt: Packet) -> bool:
     if have is None:
         return False
     if f.name in MAC_FIELDS:
-        mask = _mac_int(f.mask) if isinstance(f.mask, str) else 0xFFFFFFFFFFFF
-        return (_mac_int(have) & mask) == (_mac_int(str(f.value)) & mask)
+        mask = mac_to_int(f.mask) if isinstance(f.mask, str) else 0xFFFFFFFFFFFF
+        return (mac_to_int(have) & mask) == (mac_to_int(str(f.value)) & mask)
     if f.name in IP_FIELDS:
         mask = f.mask
         if isinstance(mask, str) and ":" in mask:  # an IPv6 netmask: ipaddress wants a prefix length
