@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, flow_count, ofctl, save, summary, wait_for
+from common import ROOT, flow_count, fresh_lab, ofctl, save, summary, wait_for
 
 from xvif_ovs.lab.domain import add_domain
-from xvif_ovs.lab.host import BridgeArg, Lab
+from xvif_ovs.lab.host import Lab
 
 SENDER = r"""
 import logging, sys, time
@@ -91,10 +91,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=3)
     args = ap.parse_args()
-    lab = Lab("/run/xvif-ovs/bench-adversarial")
-    if lab.dir.exists():
-        lab.down()
-    lab.up([BridgeArg("xenbr0", "peth0")], controller=True)
+    lab = fresh_lab("/run/xvif-ovs/bench-adversarial", controller=True)
     results: dict = {}
     try:
         add_domain(lab, "v1", 11, ["mac=00:16:3e:00:0b:01,ip=192.0.2.11 2001:db8::11"])

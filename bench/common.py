@@ -64,3 +64,15 @@ def wait_for(cond, timeout: float, poll: float = 0.005) -> float:  # noqa: ANN00
             raise TimeoutError
         time.sleep(poll)
     return time.perf_counter() - t0
+
+
+def fresh_lab(path: str | Path, uplink: str | None = "peth0", **up: object):  # noqa: ANN201
+    """The lab a benchmark runs on, at ``path``: one left by an interrupted run is taken
+    down first. One bridge, xenbr0, with ``uplink`` (None: internal)."""
+    from xvif_ovs.lab.host import BridgeArg, Lab
+
+    lab = Lab(str(path))
+    if lab.dir.exists():
+        lab.down()
+    lab.up([BridgeArg("xenbr0", uplink)], **up)
+    return lab

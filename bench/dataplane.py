@@ -16,11 +16,11 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, save, summary, wait_for
+from common import ROOT, fresh_lab, save, summary, wait_for
 
 from xvif_ovs.lab import daemons
 from xvif_ovs.lab.domain import add_domain
-from xvif_ovs.lab.host import BridgeArg, Lab
+from xvif_ovs.lab.host import Lab
 
 
 def sh(*cmd: str, check: bool = True) -> str:
@@ -127,10 +127,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--chatter", type=int, nargs="+", default=[2, 16, 64])
     args = ap.parse_args()
-    lab = Lab("/run/xvif-ovs/bench-dataplane")
-    if lab.dir.exists():
-        lab.down()
-    lab.up([BridgeArg("xenbr0", "peth0")])
+    lab = fresh_lab("/run/xvif-ovs/bench-dataplane")
     base = Baselines()
     samples: dict[str, list[float]] = {}
 

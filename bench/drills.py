@@ -18,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, save, summary, wait_for
+from common import ROOT, fresh_lab, save, summary, wait_for
 
 from xvif_ovs.lab import daemons
 from xvif_ovs.lab.domain import add_domain
-from xvif_ovs.lab.host import BridgeArg, Lab
+from xvif_ovs.lab.host import Lab
 
 
 def flood_analysis(out: str) -> tuple[int, int, float]:
@@ -93,10 +93,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    lab = Lab("/run/xvif-ovs/bench-drills")
-    if lab.dir.exists():
-        lab.down()
-    lab.up([BridgeArg("xenbr0", "peth0")], controller=True)
+    lab = fresh_lab("/run/xvif-ovs/bench-drills", controller=True)
     rows = []
     try:
         add_domain(lab, "g1", 11, ["mac=00:16:3e:00:0b:01,ip=192.0.2.11"])

@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, save, summary, wait_for
+from common import ROOT, fresh_lab, save, summary, wait_for
 from hotplug import VIF_OPENVSWITCH, populate
 from pyxs import Client
 
 from xvif_ovs.lab import daemons
-from xvif_ovs.lab.host import BridgeArg, Lab
+from xvif_ovs.lab.host import Lab
 
 HOOK = ROOT / "deploy" / "vif-xvif-ovs"
 
@@ -230,10 +230,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--concurrent", type=int, default=100)
     args = ap.parse_args()
-    lab = Lab("/run/xvif-ovs/bench-firstpacket")
-    if lab.dir.exists():
-        lab.down()
-    lab.up([BridgeArg("xenbr0", "peth0")])
+    lab = fresh_lab("/run/xvif-ovs/bench-firstpacket")
     rows, conc = [], []
     have = 0
     try:

@@ -17,11 +17,11 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, flow_count, rss_kib, save, summary, wait_for
+from common import ROOT, flow_count, fresh_lab, rss_kib, save, summary, wait_for
 from pyxs import Client
 
 from xvif_ovs.lab import daemons
-from xvif_ovs.lab.host import BridgeArg, Lab
+from xvif_ovs.lab.host import Lab
 from xvif_ovs.pipeline.build import P_ALLOW
 from xvif_ovs.pipeline.flow import COOKIE_MAGIC, vif_owner
 
@@ -116,10 +116,7 @@ def one_vif_change(lab: Lab, n: int, k: int) -> float:
 
 
 def run_size(n: int, changes: int) -> dict:
-    lab = Lab("/run/xvif-ovs/bench-scale")
-    if lab.dir.exists():
-        lab.down()
-    lab.up([BridgeArg("xenbr0", None)], dummy=True)
+    lab = fresh_lab("/run/xvif-ovs/bench-scale", None, dummy=True)
     try:
         t0 = time.perf_counter()
         populate(lab, n)
