@@ -8,6 +8,7 @@ the thing asked for is not there or the host is unhealthy.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from ..errors import XvifError
@@ -44,7 +45,7 @@ def add_inspect_parsers(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--drops", action="store_true", help="port-security drop counters per vif")
     p.add_argument("--config", help="the controller's config, for --diff (default /etc/xvif-ovs/controller.toml)")
     _common(p)
-    p.set_defaults(func=_flows)
+    p.set_defaults(func=_runs("flows"))
 
     p = sub.add_parser(
         "trace",
@@ -60,7 +61,7 @@ def add_inspect_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--src-ip", help="source IP (default: the vif's first)")
     p.add_argument("-v", "--verbose", action="store_true", help="also print ofproto/trace's full output")
     _common(p)
-    p.set_defaults(func=_trace)
+    p.set_defaults(func=_runs("trace"))
 
     p = sub.add_parser(
         "doctor",
@@ -71,7 +72,7 @@ def add_inspect_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=1.0, help="seconds to watch drop counters (0: skip)")
     p.add_argument("--config", help="the controller's config (default /etc/xvif-ovs/controller.toml)")
     _common(p)
-    p.set_defaults(func=_doctor)
+    p.set_defaults(func=_runs("doctor"))
 
     p = sub.add_parser("mac", help="MAC addresses for new vifs", epilog="example: xvif-ovs mac new --count 3")
     macs = p.add_subparsers(dest="mac_command", required=True)
@@ -80,7 +81,7 @@ def add_inspect_parsers(sub: argparse._SubParsersAction) -> None:
     )
     n.add_argument("--count", type=int, default=1)
     _common(n)
-    n.set_defaults(func=_mac)
+    n.set_defaults(func=_runs("mac"))
 
     p = sub.add_parser(
         "completion", help="shell completion script", epilog="example: source <(xvif-ovs completion bash)"
@@ -109,32 +110,15 @@ def _show(args: argparse.Namespace) -> tuple[str, int]:
     return run(args.bridge, args.json, args.db, args.xenstore), 0
 
 
-@_guard
-def _flows(args: argparse.Namespace) -> tuple[str, int]:
-    from .flows import run
+def _runs(module: str):  # noqa: ANN202
+    """The command whose work is ``run(args)`` in the module of that name, imported only
+    when it is the one chosen (each import costs the CLI's start-up)."""
 
-    return run(args)
+    @_guard
+    def command(args: argparse.Namespace) -> tuple[str, int]:
+        return importlib.import_module(f".{module}", __package__).run(args)
 
-
-@_guard
-def _trace(args: argparse.Namespace) -> tuple[str, int]:
-    from .trace import run
-
-    return run(args)
-
-
-@_guard
-def _doctor(args: argparse.Namespace) -> tuple[str, int]:
-    from .doctor import run
-
-    return run(args)
-
-
-@_guard
-def _mac(args: argparse.Namespace) -> tuple[str, int]:
-    from .mac import run
-
-    return run(args)
+    return command
 
 
 def _completion(args: argparse.Namespace) -> int:
