@@ -11,9 +11,10 @@ from frames import Capture
 from pyxs import Client
 
 from xvif_ovs.lab import daemons
+from xvif_ovs.lab.domain import del_domain
 from xvif_ovs.lab.host import BridgeArg
 from xvif_ovs.pipeline.build import P_ALLOW, P_DROP
-from xvif_ovs.pipeline.flow import COOKIE_MAGIC, vif_owner
+from xvif_ovs.pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, vif_owner
 
 CONFIG = """
 [controller]
@@ -195,6 +196,30 @@ def test_a_port_ovs_could_not_create_gets_no_flows_for_its_requested_ofport(net)
         net.vsctl("del-port", "xenbr0", "vif77.0")
         with Client(unix_socket_path=str(net.lab.xenstore_socket)) as c:
             c.delete(b"/local/domain/0/backend/vif/77")
+
+
+def test_a_destroyed_guest_takes_all_its_flows_and_nothing_else(net):
+    """A vif that goes is removed by one delete on its cookie: it must take every flow of
+    that vif and leave the neighbour's, and a flow someone else put in with the same low
+    cookie bits (not our magic) alone."""
+    net.guest("stays", 21, "mac=00:16:3e:00:15:01,ip=192.0.2.21")
+    net.guest("goes", 22, "mac=00:16:3e:00:16:01,ip=192.0.2.22")
+    wait_vif(net, 21)
+    wait_vif(net, 22)
+    owner = f"{vif_owner(22, 0):#x}"
+    ofctl(net, "add-flow", f"table=9,priority=1,cookie={owner},actions=drop")  # an operator's
+    mine = f"cookie={COOKIE_MAGIC | vif_owner(22, 0):#x}/{COOKIE_MASK | 0xFFFFFFFF:#x}"
+    theirs = f"cookie={COOKIE_MAGIC | vif_owner(21, 0):#x}/{COOKIE_MASK | 0xFFFFFFFF:#x}"
+    assert ofctl(net, "dump-flows", mine).count("cookie=") > 20
+    before = ofctl(net, "dump-flows", "--no-stats", theirs)
+    try:
+        del_domain(net.lab, "goes")
+        wait_for(lambda: "cookie=" not in ofctl(net, "dump-flows", mine), "vif22.0's flows to go")
+        assert ofctl(net, "dump-flows", "--no-stats", theirs) == before
+        assert f"cookie={owner}" in ofctl(net, "dump-flows", "table=9")
+        assert ping(net, "stays", "192.0.2.1")
+    finally:
+        ofctl(net, "del-flows", f"table=9,cookie={owner}/-1")
 
 
 def test_nothing_crosses_vlans(net):

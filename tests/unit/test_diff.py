@@ -95,3 +95,5 @@ def test_diff_parts_skips_unchanged_owners_and_finds_real_changes():
     gone = build_parts(model(a))
     plan = diff_parts(gone, installed, before.groups, before.flows)
     assert len(plan.flow_deletes) == len(before.flows[vif_owner(6, 0)])
+    assert plan.gone_owners == [vif_owner(6, 0)]  # so the switch gets one delete by cookie
+    assert not diff_parts(after, installed, before.groups, before.flows).gone_owners  # a change is no removal

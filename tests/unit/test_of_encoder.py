@@ -9,6 +9,7 @@ from xvif_ovs.compat import quiet_eventlet
 from xvif_ovs.controller import ofmsg, wire
 from xvif_ovs.model.host import BridgeModel
 from xvif_ovs.pipeline.build import build
+from xvif_ovs.pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, vif_owner
 from xvif_ovs.pipeline.scenarios import UPLINK, _vif
 
 quiet_eventlet()
@@ -55,6 +56,24 @@ def test_group_mods_are_os_kens_bytes():
             m.set_xid(9)
             m.serialize()
             assert wire.group_mod(g, command, 9) == bytes(m.buf), (command, g.render())
+
+
+def test_owner_delete_is_os_kens_cookie_delete_over_all_tables():
+    owner = vif_owner(7, 1)
+    m = DP.ofproto_parser.OFPFlowMod(
+        DP,
+        cookie=COOKIE_MAGIC | owner,
+        cookie_mask=COOKIE_MASK | 0xFFFFFFFF,
+        table_id=ofproto_v1_3.OFPTT_ALL,
+        command=ofproto_v1_3.OFPFC_DELETE,
+        priority=0,  # ignored by a non-strict delete
+        out_port=ofproto_v1_3.OFPP_ANY,
+        out_group=ofproto_v1_3.OFPG_ANY,
+        match=DP.ofproto_parser.OFPMatch(),
+    )
+    m.set_xid(5)
+    m.serialize()
+    assert wire.owner_delete(owner, 5) == bytes(m.buf)
 
 
 def test_bundle_add_matches_os_ken():

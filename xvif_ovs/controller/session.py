@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Any
 
-from ..pipeline.diff import Plan, by_owner
+from ..pipeline.diff import Plan, by_owner, owner_of
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, Flow, GroupEntry
 from . import ofmsg, wire
 
@@ -173,10 +173,12 @@ class Session:
     def apply(self, plan: Plan) -> None:
         """All of ``plan`` or none of it: one atomic, ordered bundle."""
         dp, ofp, parser = self.dp, self.dp.ofproto, self.dp.ofproto_parser
+        gone = set(plan.gone_owners)
         inner = (
             [wire.group_mod(g, "add", 0) for g in plan.group_adds]
             + [wire.group_mod(g, "modify", 0) for g in plan.group_mods]
-            + [wire.flow_mod(f, "delete", 0) for f in plan.flow_deletes]
+            + [wire.owner_delete(o, 0) for o in plan.gone_owners]
+            + [wire.flow_mod(f, "delete", 0) for f in plan.flow_deletes if owner_of(f) not in gone]
             + [wire.flow_mod(f, "add", 0) for f in plan.flow_adds]
             + [wire.flow_mod(f, "modify", 0) for f in plan.flow_mods]
             + [wire.group_mod(g, "delete", 0) for g in plan.group_deletes]

@@ -15,8 +15,11 @@ import ipaddress
 import struct
 
 from ..pipeline.flow import (
+    COOKIE_MAGIC,
+    COOKIE_MASK,
     OFPP_LOCAL,
     OFPVID_PRESENT,
+    OWNER_MASK,
     Action,
     F,
     Flow,
@@ -34,6 +37,7 @@ from ..pipeline.flow import (
 OFP_VERSION = 4
 OFPT_EXPERIMENTER, OFPT_FLOW_MOD, OFPT_GROUP_MOD = 4, 14, 15
 OFPFC = {"add": 0, "modify": 2, "delete": 4}  # ADD, MODIFY_STRICT, DELETE_STRICT
+OFPFC_DELETE, OFPTT_ALL = 3, 0xFF
 OFPGC = {"add": 0, "modify": 1, "delete": 2}
 OFPP_ANY, OFPG_ANY, OFP_NO_BUFFER = 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF
 ONF_EXPERIMENTER_ID, ONFT_BUNDLE_ADD_MESSAGE = 0x4F4E4600, 2301
@@ -168,6 +172,28 @@ def flow_mod(flow: Flow, command: str, xid: int) -> bytes:
     body += match_bytes(flow.match)
     if command != "delete":
         body += _instructions(flow.actions)
+    return struct.pack("!BBHI", OFP_VERSION, OFPT_FLOW_MOD, 8 + len(body), xid) + body
+
+
+def owner_delete(owner: int, xid: int) -> bytes:
+    """Every flow of one cookie owner, in all tables, as one non-strict delete: a vif that
+    goes costs one message instead of one per flow (73), which matters where OVS reads
+    at most 50 messages per connection in each main-loop pass."""
+    body = struct.pack(
+        "!QQBBHHHIIIH2x",
+        COOKIE_MAGIC | owner,
+        COOKIE_MASK | OWNER_MASK,
+        OFPTT_ALL,
+        OFPFC_DELETE,
+        0,
+        0,
+        0,
+        OFP_NO_BUFFER,
+        OFPP_ANY,
+        OFPG_ANY,
+        0,
+    )
+    body += match_bytes(())
     return struct.pack("!BBHI", OFP_VERSION, OFPT_FLOW_MOD, 8 + len(body), xid) + body
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .build import Parts
-from .flow import COOKIE_MAGIC, COOKIE_MASK, Flow, FlowSet, GroupEntry
+from .flow import COOKIE_MAGIC, COOKIE_MASK, OWNER_MASK, VIF_OWNER, Flow, FlowSet, GroupEntry
 from .tables import LEARNED
 
 
@@ -22,6 +22,8 @@ class Plan:
     flow_mods: list[Flow] = field(default_factory=list)  # same cookie, other actions
     flow_deletes: list[Flow] = field(default_factory=list)
     group_deletes: list[GroupEntry] = field(default_factory=list)
+    # vifs none of whose flows stay: all their flow_deletes can go as one delete by cookie
+    gone_owners: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any(
@@ -76,7 +78,7 @@ def _diff_flows(want: dict[tuple, Flow], flows: list[Flow], plan: Plan) -> None:
 
 
 def owner_of(flow: Flow) -> int:
-    return flow.cookie & 0xFFFFFFFF
+    return flow.cookie & OWNER_MASK
 
 
 def by_owner(flows: list[Flow]) -> dict[int, list[Flow]]:
@@ -102,5 +104,8 @@ def diff_parts(
         want = desired.flows.get(owner, ())
         if applied is not None and owner in desired.flows and applied.get(owner) is want:
             continue
+        if not want and owner & VIF_OWNER and installed.get(owner):
+            plan.gone_owners.append(owner)
         _diff_flows({f.key: f for f in want}, installed.get(owner, []), plan)
     return plan
+

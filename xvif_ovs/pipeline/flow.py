@@ -47,24 +47,26 @@ IP_FRAG_WORDS = {(0, 1): "no", (1, 1): "yes", (1, 3): "first", (3, 3): "later", 
 # Cookies: the top 16 bits say "installed by xvif-ovs"; flows without them are not ours.
 COOKIE_MAGIC = 0x7876 << 48
 COOKIE_MASK = 0xFFFF << 48
+OWNER_MASK = 0xFFFFFFFF  # the low 32 bits: which vif (VIF_OWNER set) or 0, the bridge
+VIF_OWNER = 1 << 31
 
 
 def cookie(purpose: int, owner: int = 0) -> int:
     """``purpose`` (8 bits) says why the flow exists; ``owner`` which vif (0: the bridge)."""
-    return COOKIE_MAGIC | (purpose & 0xFF) << 40 | (owner & 0xFFFFFFFF)
+    return COOKIE_MAGIC | (purpose & 0xFF) << 40 | (owner & OWNER_MASK)
 
 
 def vif_owner(domid: int, devid: int) -> int:
     """Bit 31 marks a vif; domids fit 15 bits (below DOMID_FIRST_RESERVED), devids 16."""
-    return 1 << 31 | (domid & 0x7FFF) << 16 | (devid & 0xFFFF)
+    return VIF_OWNER | (domid & 0x7FFF) << 16 | (devid & 0xFFFF)
 
 
 def decode_cookie(value: int) -> tuple[int, int | None, int | None] | None:
     """(purpose, domid, devid) of one of our cookies; None for someone else's."""
     if value & COOKIE_MASK != COOKIE_MAGIC:
         return None
-    owner = value & 0xFFFFFFFF
-    if owner & 1 << 31:
+    owner = value & OWNER_MASK
+    if owner & VIF_OWNER:
         return (value >> 40) & 0xFF, (owner >> 16) & 0x7FFF, owner & 0xFFFF
     return (value >> 40) & 0xFF, None, None
 
