@@ -502,3 +502,28 @@ def test_a_patched_build_equals_a_full_build_through_random_changes():
         model = BridgeModel("xenbr0", uplinks=(UPLINK,), vifs=tuple(vifs))
         got, want = b.build_parts(model), b._build_parts(model, b.LEARN_IDLE_TIMEOUT)
         assert got.flows == want.flows and got.groups == want.groups, (step, change)
+
+
+# -- staging a new vif ----------------------------------------------------------------------
+
+
+def test_a_new_vifs_first_stage_holds_back_only_its_guard_and_still_drops_foreign_macs():
+    from xvif_ovs.pipeline.build import P_GUARD, build_parts
+    from xvif_ovs.pipeline.diff import by_owner, first_stage
+    from xvif_ovs.pipeline.flow import vif_owner
+
+    a, b = vif(11, ips="192.0.2.11"), vif(12, ips="192.0.2.12")
+    old = build_parts(BridgeModel("xenbr0", uplinks=(UPLINK,), vifs=(a,)))
+    assert first_stage(old, {}) is None  # a switch's first programming: one bundle
+    installed = by_owner(old.flowset().flows)
+    assert first_stage(old, installed) is None  # nothing new
+    new = build_parts(BridgeModel("xenbr0", uplinks=(UPLINK,), vifs=(a, b)))
+    first = first_stage(new, installed)
+    owner = vif_owner(12, 0)
+    held = set(new.flows[owner]) - set(first.flows[owner])
+    assert len(held) == 48 and {decode_cookie(f.cookie)[0] for f in held} == {P_GUARD}
+    assert all(first.flows[o] is new.flows[o] for o in new.flows if o != owner)
+    assert first.groups == new.groups
+    sw = Switch(first.flowset())
+    assert dropped_by_vif(sw, sw.send(b.vif_port, ip4("02:00:00:00:00:01", "192.0.2.12", "192.0.2.1")), b)
+    assert UPLINK in sw.send(b.vif_port, ip4(b.mac, "192.0.2.12", "192.0.2.1")).ports

@@ -20,7 +20,7 @@ from typing import Any
 from pyxs import Client
 
 from ..pipeline.build import P_DROP, PURPOSES, Parts, build_parts
-from ..pipeline.diff import diff_parts
+from ..pipeline.diff import diff_parts, first_stage
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, decode_cookie
 from ..xenstore.client import locate
 from ..xenstore.vifwatch import VifWatcher
@@ -300,29 +300,38 @@ class Runtime:
             s = sessions[bname]
             t_build = time.monotonic()
             desired = build_parts(model, self.cfg.learn_idle_timeout)
-            plan = diff_parts(desired, s.installed_flows, s.installed_groups, s.applied)
-            if not plan:
-                continue
-            t0 = time.monotonic()
-            try:
-                s.apply(plan)
-            except SwitchError as e:
-                log.error("applying flows to %s failed, re-reading the switch and retrying: %s", bname, e)
-                with contextlib.suppress(SwitchError):
-                    s.read_tables()
-                self._retry = True
-                continue
-            _record_applied(s, desired)
-            # Tens of thousands of long-lived flow objects: keep the cyclic GC from
-            # rescanning them on every pass (it made some vif changes take 200 ms).
-            gc.freeze()
-            log.info(
-                "%s: %s in %.0f ms (computed in %.0f ms)",
-                bname,
-                plan.summary(),
-                (time.monotonic() - t0) * 1000,
-                (t0 - t_build) * 1000,
-            )
+            first = first_stage(desired, s.installed_flows)
+            for stage in (first, desired) if first is not None else (desired,):
+                if not self._apply(s, bname, stage, t_build):
+                    break
+                t_build = time.monotonic()
+
+    def _apply(self, s: Session, bname: str, desired: Parts, t_build: float) -> bool:
+        """Bring the switch to ``desired``; False (and a retry is due) if it refused."""
+        plan = diff_parts(desired, s.installed_flows, s.installed_groups, s.applied)
+        if not plan:
+            return True
+        t0 = time.monotonic()
+        try:
+            s.apply(plan)
+        except SwitchError as e:
+            log.error("applying flows to %s failed, re-reading the switch and retrying: %s", bname, e)
+            with contextlib.suppress(SwitchError):
+                s.read_tables()
+            self._retry = True
+            return False
+        _record_applied(s, desired)
+        # Tens of thousands of long-lived flow objects: keep the cyclic GC from
+        # rescanning them on every pass (it made some vif changes take 200 ms).
+        gc.freeze()
+        log.info(
+            "%s: %s in %.0f ms (computed in %.0f ms)",
+            bname,
+            plan.summary(),
+            (time.monotonic() - t0) * 1000,
+            (t0 - t_build) * 1000,
+        )
+        return True
 
     def _report_drops(self) -> None:
         """Rate-limited port-security summaries: one line per vif whose drops rose."""
