@@ -275,8 +275,51 @@ def test_same_mac_on_another_bridge_is_allowed(guests, raw):
     assert hook(guests, "online", dev, 84).returncode == 0
 
 
+def link_flags(dev: str) -> int:
+    return int(Path(f"/sys/class/net/{dev}/flags").read_text(), 16)
+
+
 def admin_up(dev: str) -> bool:
-    return bool(int(Path(f"/sys/class/net/{dev}/flags").read_text(), 16) & 1)
+    return bool(link_flags(dev) & 1)
+
+
+IFF_UP_PROMISC = 0x101
+
+
+def test_the_link_is_up_and_promiscuous_while_on_the_bridge_and_neither_after(guests, raw):
+    """Promiscuous as OVS would make it, so ovs-vswitchd has no flags to rewrite."""
+    dev = raw.make(89, {"mac": "00:16:3e:00:59:01", "bridge": "xenbr0"})
+    assert link_flags(dev) & IFF_UP_PROMISC == 0
+    assert hook(guests, "online", dev, 89).returncode == 0
+    assert link_flags(dev) & IFF_UP_PROMISC == IFF_UP_PROMISC
+    assert hook(guests, "offline", dev, 89).returncode == 0
+    assert link_flags(dev) & IFF_UP_PROMISC == 0
+
+
+def test_a_failed_transaction_after_the_link_went_up_leaves_it_as_it_was(guests, raw, monkeypatch):
+    """The link goes up before the OVSDB transaction (see hotplug/run.py); when that
+    transaction fails, the device is put back as libxl gave it. The failure is injected:
+    a real one needs another writer to win a race at the right moment."""
+    from xvif_ovs.errors import XvifError
+    from xvif_ovs.hotplug import ovsport
+    from xvif_ovs.hotplug.run import run
+
+    dev = raw.make(88, {"mac": "00:16:3e:00:58:01", "bridge": "xenbr0"})
+    before = (ovsdb_view(guests), link_flags(dev))
+    at_transaction = []
+
+    def failing_attach(db, cfg, target, *args, **kwargs):
+        at_transaction.append(link_flags(target))
+        raise XvifError("injected: the OVSDB transaction failed")
+
+    monkeypatch.setattr(ovsport, "attach", failing_attach)
+    env = {**hook_env(guests), "vif": dev, "XENBUS_PATH": "/local/domain/0/backend/vif/88/0"}
+    env["XVIF_OVSDB"] = f"unix:{guests.lab.dir}/db.sock"  # in this process, OVS_RUNDIR is the host's
+    assert run(["online"], env) == 1
+    assert at_transaction and at_transaction[0] & IFF_UP_PROMISC == IFF_UP_PROMISC
+    assert (ovsdb_view(guests), link_flags(dev)) == before
+    assert xs_read(guests, "/local/domain/0/backend/vif/88/0/hotplug-status") == "error"
+    assert "injected" in xs_read(guests, "/local/domain/0/backend/vif/88/0/hotplug-error")
 
 
 def test_unreachable_ovsdb_is_an_error_in_xenstore(guests, raw):

@@ -1,10 +1,10 @@
 """`xvif-ovs hotplug ACTION`: the body of deploy/vif-xvif-ovs.
 
 Order matters for "a failure changes nothing": read and validate everything (XenStore,
-the kernel device, OVSDB) first; then rename the device if vifname asks for it; then
-one OVSDB transaction; only then bring the link up and report `connected`. Any error
-before the transaction leaves OVSDB untouched; the rename is undone if the transaction
-fails; the error goes to hotplug-error as Xen's scripts write it.
+the kernel device, OVSDB) first; then rename the device if vifname asks for it and bring
+it up; then one OVSDB transaction; then report `connected`. Any error before the
+transaction leaves OVSDB untouched; the link's flags, MTU and name are put back if the
+transaction or the report fails; the error goes to hotplug-error as Xen's scripts write it.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _attach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
 
         ovsport.check(db, ovsport.read_snapshot(db, cfg.bridge.name, target, cfg.mac), cfg, vif_exists)
         old_mtu = netdev.get_mtu(req.dev if netdev.exists(req.dev) else target)
-        was_up = netdev.is_up(req.dev if netdev.exists(req.dev) else target)
+        old_flags = netdev.flags(req.dev if netdev.exists(req.dev) else target)
         attached = False
         try:
             if target != req.dev and netdev.exists(req.dev):
@@ -79,10 +79,12 @@ def _attach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
                 renamed = True
             if cfg.mtu:
                 netdev.set_mtu(target, cfg.mtu)
-            # Up before the port exists: ovs-vswitchd sets IFF_PROMISC by reading and
-            # rewriting the device's flags, and an IFF_UP set between its read and its
-            # write was lost (1 in a few hundred concurrent boots left a vif down).
-            netdev.set_up(target)
+            # Up, and promiscuous as OVS would make it, before the port exists:
+            # ovs-vswitchd sets IFF_PROMISC by reading and rewriting the device's flags,
+            # and an IFF_UP set between its read and its write was lost (1 in a few
+            # hundred concurrent boots left a vif down). Already promiscuous, the device
+            # needs no rewrite at all, which spares ovs-vswitchd a reconfigure.
+            netdev.set_up(target, promisc=True)
             ofport = ovsport.attach(db, cfg, target, req.tap, vif_exists)
             attached = True
 
@@ -104,13 +106,10 @@ def _attach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
                 if cfg.mtu and old_mtu:
                     netdev.set_mtu(target, old_mtu)
             with contextlib.suppress(Exception):
-                if renamed or not was_up:
-                    netdev.set_up(target, False)
-            with contextlib.suppress(Exception):
                 if renamed:
-                    netdev.rename(target, req.dev)
-                    if was_up:
-                        netdev.set_up(req.dev)
+                    netdev.rename(target, req.dev)  # (takes it down first)
+            with contextlib.suppress(Exception):
+                netdev.restore(req.dev if renamed else target, old_flags)
             raise
     port = f"port {target} " if target != req.dev else ""
     return f"{port}bridge={cfg.bridge.name} {_vlans(cfg)} mac={cfg.mac} ofport={ofport}: connected"
@@ -126,7 +125,7 @@ def _detach(xs: Client, req: HotplugRequest, env: Mapping[str, str]) -> str:
         removed = ovsport.detach(db, names, req.domid, req.devid, req.tap)
     for name in removed:
         if netdev.exists(name):
-            netdev.set_up(name, False)
+            netdev.set_up(name, False, promisc=False)
     key = f"{req.xenbus_path}/{'ofport-emu' if req.tap else 'ofport'}".encode()
     if xs.exists(key):
         xs.delete(key)
