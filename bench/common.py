@@ -66,6 +66,22 @@ def wait_for(cond, timeout: float, poll: float = 0.005) -> float:  # noqa: ANN00
     return time.perf_counter() - t0
 
 
+def wait_idle(lab_dir: Path, bridge: str = "xenbr0", quick: float = 0.05, timeout: float = 60) -> float:
+    """Until ovs-vswitchd answers two OpenFlow round trips in a row within ``quick``:
+    on the userspace datapath with many ports each reconfigure (after any port or link
+    change) holds its main loop for a third of a second, so a trial that starts while
+    the last one's clean-up is still being reconfigured would pay for it."""
+    t0 = time.perf_counter()
+    fast = 0
+    while fast < 2:
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"ovs-vswitchd still busy after {timeout:.0f} s")
+        t = time.perf_counter()
+        ofctl(lab_dir, "dump-ports-desc", "LOCAL", bridge=bridge)
+        fast = fast + 1 if time.perf_counter() - t < quick else 0
+    return time.perf_counter() - t0
+
+
 def fresh_lab(path: str | Path, uplink: str | None = "peth0", **up: object):  # noqa: ANN201
     """The lab a benchmark runs on, at ``path``: one left by an interrupted run is taken
     down first. One bridge, xenbr0, with ``uplink`` (None: internal)."""
