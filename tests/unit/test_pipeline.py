@@ -527,3 +527,15 @@ def test_a_new_vifs_first_stage_holds_back_only_its_guard_and_still_drops_foreig
     sw = Switch(first.flowset())
     assert dropped_by_vif(sw, sw.send(b.vif_port, ip4("02:00:00:00:00:01", "192.0.2.12", "192.0.2.1")), b)
     assert UPLINK in sw.send(b.vif_port, ip4(b.mac, "192.0.2.12", "192.0.2.1")).ports
+
+
+def test_streamed_build_emits_groups_first_then_exactly_the_built_flows():
+    from xvif_ovs.pipeline import build as build_mod
+    from xvif_ovs.pipeline.flow import GroupEntry
+
+    bridge = BridgeModel("xenbr0", uplinks=(UPLINK,), vifs=(vif(11, "xenbr0.10"), vif(12, ips="192.0.2.12")))
+    pieces: list = []
+    streamed = build_mod.stream_parts(bridge, 300, pieces.append)
+    assert pieces[0] == streamed.groups and all(isinstance(g, GroupEntry) for g in pieces[0])
+    assert [f for p in pieces[1:] for f in p] == [f for fl in streamed.flows.values() for f in fl]
+    assert streamed.flowset().render() == build_mod.build(bridge, 300).render()

@@ -12,13 +12,15 @@ import contextlib
 import itertools
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from ..pipeline.diff import Plan, by_owner, owner_of
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, Flow, GroupEntry
 from . import ofmsg, wire
 
 log = logging.getLogger("xvif_ovs.controller")
+T = TypeVar("T")
 TIMEOUT = 10.0
 _bundle_ids = itertools.count(1)
 
@@ -172,7 +174,6 @@ class Session:
 
     def apply(self, plan: Plan) -> None:
         """All of ``plan`` or none of it: one atomic, ordered bundle."""
-        dp, ofp, parser = self.dp, self.dp.ofproto, self.dp.ofproto_parser
         gone = set(plan.gone_owners)
         inner = (
             [wire.group_mod(g, "add", 0) for g in plan.group_adds]
@@ -183,8 +184,33 @@ class Session:
             + [wire.flow_mod(f, "modify", 0) for f in plan.flow_mods]
             + [wire.group_mod(g, "delete", 0) for g in plan.group_deletes]
         )
-        if not inner:
-            return
+        if inner:
+            with self._bundle() as add:
+                add(inner)
+
+    def fill(self, build: Callable[[Callable[[Sequence[Flow] | Sequence[GroupEntry]], None]], T]) -> T:
+        """Program a switch that has none of our flows while the pipeline is still being
+        built: ``build`` is called with a function that takes each piece (groups first) as
+        it is made, and the switch works on the first flows while the rest are computed.
+        Still one atomic bundle; returns what ``build`` returns."""
+
+        with self._bundle() as add:
+
+            def emit(piece: Sequence[Flow] | Sequence[GroupEntry]) -> None:
+                add(
+                    [
+                        wire.group_mod(p, "add", 0) if isinstance(p, GroupEntry) else wire.flow_mod(p, "add", 0)
+                        for p in piece
+                    ]
+                )
+
+            return build(emit)
+
+    @contextlib.contextmanager
+    def _bundle(self) -> Iterator[Callable[[list[bytes]], None]]:
+        """An atomic, ordered bundle: the block adds encoded messages, sent a few big
+        writes at a time; leaving it commits, an exception discards."""
+        dp, ofp, parser = self.dp, self.dp.ofproto, self.dp.ofproto_parser
         bid = next(_bundle_ids) & 0xFFFFFFFF
         flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
         with self._lock:
@@ -193,10 +219,12 @@ class Session:
         # barrier's. If the open failed, every add fails too and nothing is committed.
         opening = parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, flags, [])
         opened = self._send(opening, "bundle open")
-        try:
-            chunk: list[bytes] = []
-            size = 0
-            for m in inner:
+        chunk: list[bytes] = []
+        size = 0
+
+        def add(messages: list[bytes]) -> None:
+            nonlocal size
+            for m in messages:
                 xid = self._next_xid()
                 with self._lock:
                     self._bundled.add(xid)
@@ -204,7 +232,11 @@ class Session:
                 size += len(chunk[-1])
                 if size > 1 << 18:  # a few big writes instead of one per message
                     self._send_raw(b"".join(chunk))
-                    chunk, size = [], 0
+                    chunk.clear()
+                    size = 0
+
+        try:
+            yield add
             if chunk:
                 self._send_raw(b"".join(chunk))
             # OVS leaves a message it refuses out of the bundle and keeps the bundle open;
@@ -219,7 +251,7 @@ class Session:
                     f"{self.bridge} refused {len(refused)} bundled message(s), first: type {e.type} code {e.code}"
                 )
             self.request(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []), "bundle commit")
-        except SwitchError:
+        except BaseException:
             with self._lock:
                 self._waiters.pop(opening.xid, None)
             with contextlib.suppress(SwitchError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..model.host import BridgeModel, VifModel
@@ -148,17 +149,41 @@ def _patched(old: BridgeModel, parts: Parts, new: BridgeModel) -> Parts | None:
     return out
 
 
-def _build_parts(bridge: BridgeModel, learn_idle_timeout: int) -> Parts:
+def stream_parts(
+    bridge: BridgeModel, learn_idle_timeout: int, emit: Callable[[Sequence[Flow] | Sequence[GroupEntry]], None]
+) -> Parts:
+    """The full build, handing each piece to ``emit`` as soon as it is made, the groups
+    first (flows refer to them): a switch can take the first flows while the rest are
+    being computed. Returns what build_parts() would, and is remembered as it is."""
+    parts = _build_parts(bridge, learn_idle_timeout, emit)
+    _LAST_BUILD[bridge.name] = (bridge, parts, learn_idle_timeout)
+    return parts
+
+
+def _build_parts(
+    bridge: BridgeModel,
+    learn_idle_timeout: int,
+    emit: Callable[[Sequence[Flow] | Sequence[GroupEntry]], None] = lambda piece: None,
+) -> Parts:
     parts = Parts()
     vlans = bridge.vlans()
     admitted = [v for v in bridge.vifs if bridge.admits(v)]
     refused = [v for v in bridge.vifs if not bridge.admits(v)] + list(bridge.refused)
+    parts.groups = _flood_groups(bridge, vlans, admitted)
+    emit(parts.groups)
     for vif in refused:
-        parts.flows[vif_owner(vif.domid, vif.devid)] = _refused_flows(vif)
+        flows = parts.flows[vif_owner(vif.domid, vif.devid)] = _refused_flows(vif)
+        emit(flows)
     for vif in admitted:
-        parts.flows[vif_owner(vif.domid, vif.devid)] = _vif_flows_same(vif, bridge.is_private(vif))
+        flows = parts.flows[vif_owner(vif.domid, vif.devid)] = _vif_flows_same(vif, bridge.is_private(vif))
+        emit(flows)
     parts.flows[0] = _bridge_flows(bridge.uplinks, bridge.local, vlans, learn_idle_timeout)
+    emit(parts.flows[0])
+    return parts
 
+
+def _flood_groups(bridge: BridgeModel, vlans: tuple[int, ...], admitted: list[VifModel]) -> list[GroupEntry]:
+    groups: list[GroupEntry] = []
     members: dict[int, list[tuple[int, bool, bool]]] = {v: [] for v in vlans}  # vlan -> (port, tag?, private?)
     for vlan in vlans:
         for port in bridge.uplinks:
@@ -171,8 +196,8 @@ def _build_parts(bridge: BridgeModel, learn_idle_timeout: int) -> Parts:
     promiscuous = list(bridge.uplinks) + ([OFPP_LOCAL] if bridge.local else [])
     for vlan in vlans:
         for klass in CLASSES:
-            parts.groups.append(_flood_group(vlan, tuple(members[vlan]), klass, tuple(promiscuous)))
-    return parts
+            groups.append(_flood_group(vlan, tuple(members[vlan]), klass, tuple(promiscuous)))
+    return groups
 
 
 def _membership(vif: VifModel, private: bool) -> tuple[tuple[int, tuple[int, bool, bool]], ...]:
