@@ -19,7 +19,7 @@ fmt:
 bench:
 	$(VENV)/bin/pip install -q 'matplotlib>=3.6'  # the bench extra, for report.py's plots
 	cd bench && ../$(VENV)/bin/python hotplug.py --sizes 0 100 1000 --repeats 7
-	cd bench && ../$(VENV)/bin/python firstpacket.py --sizes 0 100 1000
+	cd bench && ../$(VENV)/bin/python firstpacket.py --sizes 0 100 1000 --repeats 7
 	cd bench && ../$(VENV)/bin/python scale.py --sizes 1 100 1000 4000 --changes 9
 	cd bench && ../$(VENV)/bin/python dataplane.py
 	cd bench && ../$(VENV)/bin/python drills.py

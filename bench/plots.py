@@ -58,6 +58,8 @@ def hotplug(d: dict, fp: dict | None) -> Path:
         ax = axes[0][1]
         _series(ax, xs, [r["xvif-ovs"]["first_packet_s"] for r in rows], "xvif-ovs (hook + controller)")
         _series(ax, xs, [r["vif-openvswitch"]["first_packet_s"] for r in rows], "vif-openvswitch + NORMAL")
+        if all("bare" in r for r in rows):
+            _series(ax, xs, [r["bare"]["first_packet_s"] for r in rows], "bare add-port + NORMAL (no hook does less)")
         ax.plot(xs, [r["reconfigure_floor_s"] * 1000 for r in rows], "k--", label="floor: one waited add-port")
         ax.set_ylabel("ms from the hook's start")
         ax.set_title("first packet forwarded: what the guest feels")
