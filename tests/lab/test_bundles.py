@@ -52,8 +52,9 @@ def count(dump: str, first: str) -> int:
 
 
 @pytest.fixture
-def session(host):
-    dp = MgmtDatapath(str(host.lab.dir / "xenbr0.mgmt"))
+def session(host, monkeypatch):
+    monkeypatch.setenv("OVS_RUNDIR", str(host.lab.dir))  # where OfClient finds xenbr0.mgmt
+    dp = MgmtDatapath("xenbr0")
     s = Session(dp)
     dp.session = s
     s.read_ports()
