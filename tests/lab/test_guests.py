@@ -11,7 +11,7 @@ import pytest
 from pyxs import Client
 
 from xvif_ovs.errors import LabError
-from xvif_ovs.lab.domain import add_domain
+from xvif_ovs.lab.domain import add_domain, del_domain
 from xvif_ovs.lab.host import BridgeArg
 from xvif_ovs.lab.sh import link_exists, netns_list
 
@@ -177,3 +177,39 @@ def test_concurrent_boots(guests):
         list(pool.map(boot, range(8)))
     assert {f"vif{50 + i}.0" for i in range(8)} <= ports(guests)
     assert ping(guests, "c0", "192.0.2.57")
+
+
+def test_scripts_run_with_exactly_libxls_arguments_and_environment(guests, tmp_path):
+    """libxl 4.17 (libxl_linux.c) passes XENBUS_PATH relative to dom0's home: a hook that
+    insisted on an absolute path once failed every vif on a real host while the lab,
+    which passed an absolute one, saw nothing. The lab must pass what libxl passes."""
+    record = tmp_path / "calls"
+    script = tmp_path / "vif-record"
+    names = "script XENBUS_TYPE XENBUS_PATH XENBUS_BASE_PATH netdev vif INTERFACE"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'{{ echo "ARGS $*"; for v in {names}; do eval "echo $v=\\${{$v-UNSET}}"; done; }} >> {record}\n'
+        '[ "$1" = online ] && xenstore-write "$XENBUS_PATH/hotplug-status" connected\n'
+        "exit 0\n"
+    )
+    script.chmod(0o755)
+    add_domain(guests.lab, "rec", 46, [f"script={script},gatewaydev=peth0"], hvm=True)
+    del_domain(guests.lab, "rec")
+    calls = [c.strip().splitlines() for c in record.read_text().split("ARGS ")[1:]]
+    env = [
+        f"script={script}",
+        "XENBUS_TYPE=vif",
+        "XENBUS_PATH=backend/vif/46/0",
+        "XENBUS_BASE_PATH=backend",
+        "netdev=peth0",
+        "vif=vif46.0",
+        "INTERFACE=vif46.0-emu",
+    ]
+    assert [c[0] for c in calls] == [
+        "online type_if=vif",
+        "add type_if=tap",
+        "offline type_if=vif",
+        "remove type_if=tap",
+    ]
+    for c in calls:
+        assert c[1:] == env

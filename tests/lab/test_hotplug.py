@@ -56,13 +56,15 @@ def hook_env(host) -> dict[str, str]:
 
 
 def hook(host, action: str, dev: str, domid: int, devid: int = 0, tap: bool = False, **env_over: str):
+    """The hook run as libxl 4.17 runs it: a relative XENBUS_PATH, type_if as an argument."""
     env = hook_env(host)
+    env.update(XENBUS_TYPE="vif", XENBUS_PATH=f"backend/vif/{domid}/{devid}", XENBUS_BASE_PATH="backend", netdev="")
     if tap:
-        env.update(type_if="tap", INTERFACE=dev)
+        env.update(INTERFACE=dev, vif=dev.removesuffix("-emu"))
         argv = [str(HOOK), action, "type_if=tap"]
     else:
-        env.update(vif=dev, XENBUS_PATH=f"/local/domain/0/backend/vif/{domid}/{devid}")
-        argv = [str(HOOK), action]
+        env.update(vif=dev)
+        argv = [str(HOOK), action, "type_if=vif"]
     env.update(env_over)
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
 
@@ -366,8 +368,8 @@ def test_fifty_concurrent_hooks_all_connect(guests, raw):
     t0 = time.monotonic()
     procs = {
         domid: subprocess.Popen(
-            [str(HOOK), "online"],
-            env={**env, "vif": dev, "XENBUS_PATH": f"/local/domain/0/backend/vif/{domid}/0"},
+            [str(HOOK), "online", "type_if=vif"],
+            env={**env, "vif": dev, "XENBUS_PATH": f"backend/vif/{domid}/0"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -10,8 +10,13 @@ from dataclasses import dataclass
 from ..errors import XvifError
 
 ACTIONS = ("online", "offline", "add", "remove")
-_BACKEND = re.compile(r"^/local/domain/(\d+)/backend/vif/(\d+)/(\d+)$")
+# libxl 4.17 (libxl_linux.c, get_hotplug_env) passes the backend path RELATIVE to the
+# backend domain's home, "backend/vif/DOMID/DEVID"; xenstore-read resolves it there.
+# An absolute path (older toolstacks, other callers) is accepted too.
+_BACKEND = re.compile(r"^(?:/local/domain/0/)?backend/vif/(\d+)/(\d+)$")
 _TAP = re.compile(r"^x?vif(\d+)\.(\d+)-emu$")
+_VIF = re.compile(r"^x?vif(\d+)\.(\d+)$")
+HOME = "/local/domain/0"  # the hook runs in dom0, the backend domain of its vifs
 
 
 class HotplugUsageError(XvifError):
@@ -23,7 +28,7 @@ class HotplugRequest:
     action: str  # online | offline | add | remove
     tap: bool  # the HVM emulated twin (type_if=tap), not the PV vif
     dev: str  # the device as created (vif5.0, xvif5.0, vif5.0-emu)
-    xenbus_path: str  # the vif's backend node
+    xenbus_path: str  # the vif's backend node, absolute
     domid: int
     devid: int
 
@@ -52,22 +57,36 @@ def parse_request(argv: Sequence[str], env: Mapping[str, str]) -> HotplugRequest
     type_if = variables.get("type_if", "vif")
     if type_if not in ("vif", "tap"):
         raise HotplugUsageError(f"type_if={type_if!r}: must be vif or tap")
+    # libxl sets XENBUS_PATH and vif= on both calls of an HVM NIC, INTERFACE= on both
+    # too; the tap's own name is INTERFACE.
+    path = variables.get("XENBUS_PATH", "")
     if type_if == "tap":
         dev = variables.get("INTERFACE", "")
         m = _TAP.match(dev)
         if not m:
             raise HotplugUsageError(f"INTERFACE={dev!r}: a tap must be named vifDOMID.DEVID-emu")
         domid, devid = int(m.group(1)), int(m.group(2))
-        xenbus_path = f"/local/domain/0/backend/vif/{domid}/{devid}"
     else:
         dev = variables.get("vif", "")
-        xenbus_path = variables.get("XENBUS_PATH", "")
         if not dev:
             raise HotplugUsageError("the environment has no vif=DEVICE (libxl sets it, e.g. vif=vif5.0)")
-        m = _BACKEND.match(xenbus_path)
-        if not m:
+        if not path:
+            raise HotplugUsageError("the environment has no XENBUS_PATH (libxl sets it, e.g. backend/vif/5/0)")
+        m = _VIF.match(dev)
+        domid, devid = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+    if path:
+        b = _BACKEND.match(path)
+        if not b:
             raise HotplugUsageError(
-                f"XENBUS_PATH={xenbus_path!r}: expected /local/domain/0/backend/vif/DOMID/DEVID (libxl sets it)"
+                f"XENBUS_PATH={path!r}: expected backend/vif/DOMID/DEVID, as libxl sets it "
+                f"(or {HOME}/backend/vif/DOMID/DEVID)"
             )
-        domid, devid = int(m.group(2)), int(m.group(3))
+        at = int(b.group(1)), int(b.group(2))
+        if domid is not None and (domid, devid) != at:
+            # The device and the XenStore node must be the same vif: the hook never acts
+            # on one vif's port with another vif's keys.
+            raise HotplugUsageError(f"XENBUS_PATH={path!r} is vif {at[0]}.{at[1]} but the device is {dev}")
+        domid, devid = at
+    assert domid is not None and devid is not None
+    xenbus_path = f"{HOME}/backend/vif/{domid}/{devid}"
     return HotplugRequest(action, type_if == "tap", dev, xenbus_path, domid, devid)

@@ -141,9 +141,11 @@ def _build(lab: Lab, dom: DomainRec, specs: dict[int, VifSpec]) -> None:
             _make_nic(ns, v.emu, v.emu_frontend, v.mac, spec, up=False)
     _write_xenstore(lab, dom, specs)
     for v in dom.vifs:
+        # libxl's order (libxl_device.c, device_hotplug: num_exec 0 then 1): the PV vif's
+        # `online`, then the emulated tap's `add`.
+        _run_script(lab, dom, v, "online", tap=False)
         if v.emu:
             _run_script(lab, dom, v, "add", tap=True)
-        _run_script(lab, dom, v, "online", tap=False)
 
 
 def _make_nic(ns: str, dev: str, frontend: str, mac: str, spec: VifSpec, up: bool) -> None:
@@ -212,13 +214,28 @@ def _write_xenstore(lab: Lab, dom: DomainRec, specs: dict[int, VifSpec]) -> None
 
 
 def _script_env(lab: Lab, dom: DomainRec, v: VifRec, tap: bool) -> tuple[list[str], dict[str, str]]:
-    be = _backend_path(dom.domid, v.devid)
-    env = {**lab.hook_env(), "XENBUS_PATH": be, "XENBUS_TYPE": "vif", "XENBUS_BASE_PATH": "backend", "script": v.script}
-    if tap:
-        env.update(type_if="tap", INTERFACE=v.emu or "")
-        return ["type_if=tap"], env
-    env["vif"] = v.dev
-    return [], env
+    """libxl 4.17's arguments after the action, and its environment, exactly
+    (libxl_linux.c: libxl__hotplug_nic and get_hotplug_env): XENBUS_PATH relative to the
+    backend domain's home; vif= and, for a NIC with an emulated twin, INTERFACE= on both
+    calls; `type_if=vif` or `type_if=tap` as an argument."""
+    env = {
+        **lab.hook_env(),
+        "script": v.script,
+        "XENBUS_TYPE": "vif",
+        "XENBUS_PATH": f"backend/vif/{dom.domid}/{v.devid}",
+        "XENBUS_BASE_PATH": "backend",
+        "netdev": _gatewaydev(lab, dom, v),
+        "vif": v.dev,
+    }
+    if v.emu:
+        env["INTERFACE"] = v.emu
+    return [f"type_if={'tap' if tap else 'vif'}"], env
+
+
+def _gatewaydev(lab: Lab, dom: DomainRec, v: VifRec) -> str:
+    """libxl reads gatewaydev from the backend for every call ("" when absent)."""
+    with connect(str(lab.xenstore_socket)) as xs:
+        return read_str(xs, f"{_backend_path(dom.domid, v.devid)}/gatewaydev") or ""
 
 
 def _run_script(lab: Lab, dom: DomainRec, v: VifRec, action: str, tap: bool) -> None:
