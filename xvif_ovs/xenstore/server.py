@@ -167,8 +167,19 @@ class XenStoreServer:
         if hdr.type == Op.WATCH:
             self._send_event(conn, conn.watches[-1], conn.watches[-1].path)
 
-    def _path(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
-        return paths.canonical(raw.decode("ascii"), conn.domid, allow_special)
+    def _path(self, conn: Connection, raw: bytes, tx: Transaction | None, allow_special: bool = False) -> str:
+        try:
+            return paths.canonical(raw.decode("ascii"), conn.domid, allow_special)
+        except (XsError, UnicodeDecodeError):
+            if tx is not None:
+                # Xen 4.17's get_node() refuses a malformed path only after asking its
+                # parents, as for a missing node, so a transaction reads them (4.18
+                # checks first and reads nothing); see Store.ask_parents.
+                name = raw.decode("latin-1")
+                if not name.startswith(("/", "@")):
+                    name = f"{paths.home_of(conn.domid)}/{name}"
+                self.store.ask_parents(tx, name)
+            raise
 
     def fire(self, events: list[Event]) -> None:
         for conn in list(self.connections.values()):
@@ -184,10 +195,10 @@ class XenStoreServer:
     # -- handlers: each returns the reply payload or raises XsError ---------------
 
     def _read(self, conn, hdr, payload, tx) -> bytes:
-        return self.store.read(tx, self._path(conn, one_arg(payload)))
+        return self.store.read(tx, self._path(conn, one_arg(payload), tx))
 
     def _directory(self, conn, hdr, payload, tx) -> bytes:
-        names = self.store.directory(tx, self._path(conn, one_arg(payload)))
+        names = self.store.directory(tx, self._path(conn, one_arg(payload), tx))
         reply = b"".join(n.encode() + b"\0" for n in names)
         if len(reply) > XENSTORE_PAYLOAD_MAX:
             raise XsError("E2BIG", "directory too large; use DIRECTORY_PART")
@@ -195,12 +206,13 @@ class XenStoreServer:
 
     def _directory_part(self, conn, hdr, payload, tx) -> bytes:
         raw_path, raw_off = split_strings(payload, 2)
-        path = self._path(conn, raw_path)
+        path = self._path(conn, raw_path, tx)
+        # The node first, as xenstored reads it before it looks at the offset.
+        names = self.store.directory(tx, path)
+        gen = f"{self.store.generation(tx, path)}".encode() + b"\0"
         if not raw_off.isdigit():
             raise XsError("EINVAL", "offset is not a number")
         offset = int(raw_off)
-        names = self.store.directory(tx, path)
-        gen = f"{self.store.generation(tx, path)}".encode() + b"\0"
         body = b"".join(n.encode() + b"\0" for n in names)
         if offset > len(body):
             raise XsError("EINVAL", "offset past the end of the directory")
@@ -215,28 +227,38 @@ class XenStoreServer:
         if b"\0" not in payload:
             raise XsError("EINVAL", "WRITE needs path NUL value")
         raw_path, value = payload.split(b"\0", 1)
-        self._events.extend(self.store.write(tx, self._path(conn, raw_path), value))
+        self._events.extend(self.store.write(tx, self._path(conn, raw_path, tx), value))
         return OK
 
     def _mkdir(self, conn, hdr, payload, tx) -> bytes:
-        self._events.extend(self.store.mkdir(tx, self._path(conn, one_arg(payload))))
+        self._events.extend(self.store.mkdir(tx, self._path(conn, one_arg(payload), tx)))
         return OK
 
     def _rm(self, conn, hdr, payload, tx) -> bytes:
-        self._events.extend(self.store.rm(tx, self._path(conn, one_arg(payload))))
+        self._events.extend(self.store.rm(tx, self._path(conn, one_arg(payload), tx)))
         return OK
 
     def _get_perms(self, conn, hdr, payload, tx) -> bytes:
-        path = self._path(conn, one_arg(payload), allow_special=True)
-        perms = self._special_perms(path) if path.startswith("@") else self.store.get_perms(tx, path)
+        path = self._path(conn, one_arg(payload), tx, allow_special=True)
+        if not path.startswith("@"):
+            perms = self.store.get_perms(tx, path)
+        elif path in self.special_perms:
+            perms = self.special_perms[path]
+        else:
+            # xenstored reads "/" for any other @ name: 4.17 asks its parents after
+            # refusing it (EINVAL), 4.18+ after not finding it as a node (ENOENT).
+            self.store.ask_parents(tx, path)
+            raise XsError("ENOENT", path)
         return b"".join(str(p).encode() + b"\0" for p in perms)
 
     def _set_perms(self, conn, hdr, payload, tx) -> bytes:
         if not payload.endswith(b"\0"):
             raise XsError("EINVAL", "SET_PERMS arguments must be NUL-terminated")
         args = payload[:-1].split(b"\0")
-        path = self._path(conn, args[0], allow_special=True)
+        # xenstored parses the permissions before it looks at the path, and takes @
+        # names (4.17: set_perms_special) without reading any node.
         perms = paths.parse_perms([a.decode("ascii") for a in args[1:]])
+        path = self._path(conn, args[0], None if args[0].startswith(b"@") else tx, allow_special=True)
         if path.startswith("@"):
             self._special_perms(path)
             self.special_perms[path] = perms
@@ -245,14 +267,20 @@ class XenStoreServer:
         return OK
 
     def _special_perms(self, path: str) -> tuple[paths.Perm, ...]:
-        """@introduceDomain and @releaseDomain are nodes of their own in xenstored (n0)."""
+        """@introduceDomain and @releaseDomain are nodes of their own in xenstored (n0).
+
+        They live here, outside the tree and its transactions, as in Xen 4.17, which
+        sets their perms at once even inside a transaction (set_perms_special). Since
+        4.18 they are nodes of the database, so GET/SET_PERMS of them inside a
+        transaction read or write them as part of it; we do not follow that.
+        """
         if path not in self.special_perms:
             raise XsError("ENOENT", path)
         return self.special_perms[path]
 
     def _watch(self, conn, hdr, payload, tx) -> bytes:
         raw_path, token = split_strings(payload, 2)
-        path = self._path(conn, raw_path, allow_special=True)
+        path = self._path(conn, raw_path, None, allow_special=True)
         if any(w.path == path and w.token == token for w in conn.watches):
             raise XsError("EEXIST", "watch already registered")
         if len(conn.watches) >= MAX_WATCHES_PER_CONN:
@@ -263,7 +291,7 @@ class XenStoreServer:
 
     def _unwatch(self, conn, hdr, payload, tx) -> bytes:
         raw_path, token = split_strings(payload, 2)
-        path = self._path(conn, raw_path, allow_special=True)
+        path = self._path(conn, raw_path, None, allow_special=True)
         for i, w in enumerate(conn.watches):
             if w.path == path and w.token == token:
                 del conn.watches[i]
