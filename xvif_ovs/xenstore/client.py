@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import pyxs._internal
+import pyxs.client
+import pyxs.exceptions
 from pyxs import Client
 from pyxs._internal import Op
 from pyxs.exceptions import PyXSError
@@ -103,6 +105,54 @@ def _teach_pyxs_directory_part() -> None:
 
 
 _teach_pyxs_directory_part()
+
+
+class _Lost:
+    """The reply of a request whose connection died: reading it raises ConnectionError."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    @property
+    def op(self) -> int:
+        raise pyxs.exceptions.ConnectionError(self.why)
+
+
+def _fail_requests_of_a_dead_connection() -> None:
+    """pyxs 0.4.1's router thread ends when the connection breaks, and a request whose
+    reply was pending then waits for ever (RVar.get has no timeout): a XenStore server
+    restart once hung the controller's XenStore thread, so vif changes stopped reaching
+    the flows. Here every pending request, and any sent later, fails with ConnectionError,
+    and the caller reconnects."""
+    router = pyxs.client.Router
+    if getattr(router, "_xvif_patched", False):
+        return
+    run, send = router.__call__, router.send
+    lost = "XenStore connection lost"
+
+    def __call__(self) -> None:  # noqa: ANN001
+        try:
+            run(self)
+        except Exception:  # noqa: BLE001 - reported to every caller below instead of to stderr
+            pass
+        finally:
+            self.xvif_dead = True
+            for rvar in list(self.rvars.values()):
+                rvar.set(_Lost(lost))
+            self.rvars.clear()
+
+    def guarded_send(self, packet):  # noqa: ANN001, ANN202
+        if getattr(self, "xvif_dead", False):
+            raise pyxs.exceptions.ConnectionError(lost)
+        rvar = send(self, packet)
+        if getattr(self, "xvif_dead", False):  # it died while we were sending
+            rvar.set(_Lost(lost))
+        return rvar
+
+    router.__call__, router.send, router._xvif_patched = __call__, guarded_send, True
+
+
+_fail_requests_of_a_dead_connection()
 OP_DIRECTORY_PART = 22
 
 

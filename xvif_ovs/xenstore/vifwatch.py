@@ -9,14 +9,16 @@ key of a vif it knows (else that vif) and compares it with what it last saw.
 from __future__ import annotations
 
 import contextlib
+import errno
 import queue
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pyxs import Client
-from pyxs.exceptions import PyXSError
+from pyxs.exceptions import ConnectionError, PyXSError  # noqa: A004 - pyxs's, a PyXSError
 
 from .client import list_dir, locate
 
@@ -24,6 +26,7 @@ BACKEND_ROOT = "/local/domain/0/backend/vif"
 _VIF_PATH = re.compile(r"^/local/domain/0/backend/vif(?:/(\d+)(?:/(\d+))?)?(?:/.*)?$")
 _KEY_PATH = re.compile(r"^/local/domain/0/backend/vif/(\d+)/(\d+)/([^/]+)$")  # a vif's own key
 TOKEN = b"xvif-ovs-vifs"
+LIVENESS_INTERVAL = 0.2  # seconds between checks that the watch connection is alive
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,19 @@ class VifWatcher:
         if not self._watching:
             self._monitor.watch(BACKEND_ROOT.encode(), TOKEN)
             self._watching = True
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            wait = LIVENESS_INTERVAL if deadline is None else min(LIVENESS_INTERVAL, deadline - time.monotonic())
             try:
-                path, _token = self._monitor.events.get(timeout=timeout)
+                path, _token = self._monitor.events.get(timeout=max(0.0, wait))
             except queue.Empty:
-                return
+                if not self._watcher.router.thread.is_alive():
+                    # The watch connection is gone: no event will come. Say so now rather
+                    # than be blind until the next ping.
+                    raise ConnectionError("XenStore watch connection lost") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                continue
             yield from self._resync(path.decode())
 
     def _resync(self, path: str) -> Iterator[VifEvent]:
@@ -118,7 +129,9 @@ class VifWatcher:
         per key). A key that is gone may mean the whole vif is: then read it all."""
         try:
             value = self._reader.read(path.encode()).decode()
-        except PyXSError:
+        except PyXSError as e:
+            if not gone(e):
+                raise
             yield from self._compare(domid, devid)
             return
         before = self._known[(domid, devid)]
@@ -146,7 +159,9 @@ class VifWatcher:
     def _list(self, path: str) -> list[str]:
         try:
             return list_dir(self._reader, path)
-        except PyXSError:
+        except PyXSError as e:
+            if not gone(e):
+                raise
             return []
 
     def _read_vif(self, path: str) -> dict[str, str] | None:
@@ -155,8 +170,20 @@ class VifWatcher:
             for name in list_dir(self._reader, path):
                 try:
                     keys[name] = self._reader.read(f"{path}/{name}".encode()).decode()
-                except PyXSError:
+                except PyXSError as e:
+                    if not gone(e):
+                        raise
                     continue  # removed between list and read
-        except PyXSError:
+        except PyXSError as e:
+            if not gone(e):
+                raise
             return None
         return keys
+
+
+def gone(e: PyXSError) -> bool:
+    """Only ENOENT means a node is gone. Anything else (the connection lost in the middle
+    of a read, EACCES, EIO, an unexpected reply) says nothing about the vif: it is raised,
+    and the controller keeps the last known state of every vif and reconnects, instead
+    of taking a vif's flows away because a read failed."""
+    return bool(e.args) and e.args[0] == errno.ENOENT
