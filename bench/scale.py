@@ -49,6 +49,7 @@ def populate(lab: Lab, n: int) -> None:
                 c.write(f"/local/domain/{domid}/name".encode(), f"g{domid}".encode())
             c.commit()
     args: list[str] = ["--", "add-port", "xenbr0", "peth0", "--", "set", "interface", "peth0", "type=dummy"]
+    args += ["--", "set", "port", "peth0", "external_ids:xvif-uplink=true"]  # declared, as the lab does
     for i in range(n):
         domid = 100 + i
         dev = f"vif{domid}.0"

@@ -17,10 +17,10 @@ logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.all import AsyncSniffer, Dot1Q, Ether, Raw, get_if_hwaddr
 iface, marker, seconds = sys.argv[1], sys.argv[2].encode(), float(sys.argv[3])
 mine = get_if_hwaddr(iface)
-s = AsyncSniffer(iface=iface, store=True,
+# "ready" only once the packet socket is open (started_callback), never on a guess.
+s = AsyncSniffer(iface=iface, store=True, started_callback=lambda: print("ready", flush=True),
     lfilter=lambda p: marker in bytes(p) and p[Ether].src != mine)  # raw bytes: whatever scapy dissects
 s.start()
-print("ready", flush=True)
 sys.stdin.readline()  # until told to stop
 s.stop()
 print(json.dumps([{"vlan": p[Dot1Q].vlan if Dot1Q in p else None, "src": p[Ether].src}

@@ -69,7 +69,18 @@ def test_show_table_and_json(two):
     assert "web" in out and "00:16:3e:00:33:01" in out and "192.0.2.51" in out
     data = json.loads(cli(two, "show", "xenbr0", "--json").stdout)
     b = data["bridges"][0]
-    assert set(b) == {"name", "fail_mode", "datapath_type", "controllers", "uplinks", "vlans", "vifs"}
+    assert set(b) == {
+        "name",
+        "managed",
+        "fail_mode",
+        "datapath_type",
+        "controllers",
+        "uplinks",
+        "unmanaged",
+        "vlans",
+        "vifs",
+    }
+    assert b["managed"] and b["unmanaged"] == [] and b["uplinks"] == ["peth0"]
     assert b["fail_mode"] == "secure" and b["uplinks"] == ["peth0"] and b["vlans"] == [10]
     web = next(v for v in b["vifs"] if v["domid"] == 51)
     assert set(web) == {

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from xvif_ovs.controller.config import ConfigError, load
 from xvif_ovs.controller.hostmodel import OfPort, bridge_models
-from xvif_ovs.controller.ovsdb_monitor import BridgeInfo, PortInfo, classify_port
+from xvif_ovs.controller.ovsdb_monitor import BridgeInfo, PortInfo
 
 DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "controller.toml"
 
@@ -22,10 +24,10 @@ def test_the_shipped_example_loads():
     ("text", "hint"),
     [
         ("[controler]\n", "unknown section"),
-        ("[controller]\nlisten = 'udp:1'\n", "use unix, tcp:HOST:PORT"),
+        ("[controller]\nlisten = 'udp:1'\n", r"use unix, tcp:\[HOST:\]PORT or ssl:\[HOST:\]PORT"),
         ("[controller]\nlearn_idle_timeout = 0\n", "1-65535"),
         ("[controller]\nbogus = 1\n", "unknown key"),
-        ("[bridges.xenbr1]\nreserved_for = 'web'\n", "a list"),
+        ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nreserved_for = 'web'\n", "a list"),
         ("not toml [", "not valid TOML"),
     ],
 )
@@ -43,16 +45,175 @@ def test_flags_override_the_file(tmp_path):
     assert cfg.listen == "unix" and cfg.bridges == ("xenbr1",)
 
 
-def test_port_classification():
-    assert classify_port("xenbr0", "xenbr0", "internal", {}) == ("local", None, None)
-    assert classify_port("web0", "xenbr0", "", {"xvif-domid": "5", "xvif-devid": "1", "xvif-kind": "emu"}) == (
-        "emu",
-        5,
-        1,
+# -- where the controller listens ------------------------------------------------------------
+
+
+def _load(tmp_path, text: str, **overrides: object):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return load(str(p), **overrides)
+
+
+@pytest.mark.parametrize(
+    ("listen", "normal", "target"),
+    [
+        ("unix", "unix", None),
+        ("tcp:6653", "tcp:127.0.0.1:6653", "tcp:127.0.0.1:6653"),  # no host: loopback only
+        ("tcp::6653", "tcp:127.0.0.1:6653", "tcp:127.0.0.1:6653"),
+        ("tcp:127.0.0.2:6653", "tcp:127.0.0.2:6653", "tcp:127.0.0.2:6653"),
+        ("tcp:[::1]:6653", "tcp:[::1]:6653", "tcp:[::1]:6653"),
+        ("ssl:6653", "ssl:127.0.0.1:6653", "ssl:127.0.0.1:6653"),
+        ("ssl:0.0.0.0:6653", "ssl:0.0.0.0:6653", "ssl:127.0.0.1:6653"),  # TLS: no extra line needed
+        ("ssl:[::]:6653", "ssl:[::]:6653", "ssl:[::1]:6653"),
+        ("ssl:192.0.2.1:6653", "ssl:192.0.2.1:6653", "ssl:192.0.2.1:6653"),
+    ],
+)
+def test_listen_without_a_host_is_loopback_and_ovs_is_told_where_to_connect(tmp_path, listen, normal, target):
+    tls = "[ssl]\nprivate_key = 'k'\ncertificate = 'c'\nca_cert = 'ca'\n"
+    cfg = _load(tmp_path, f"[controller]\nlisten = '{listen}'\n{tls}")
+    assert cfg.listen == normal
+    assert cfg.target() == (target or f"unix:{cfg.socket_path()}")
+    assert cfg.remote_listen() == (normal not in ("unix",) and "127." not in normal and "::1" not in normal)
+
+
+@pytest.mark.parametrize("listen", ["tcp:0.0.0.0:6653", "tcp:192.0.2.1:6653", "tcp:[::]:6653", "tcp:[2001:db8::1]:1"])
+def test_plain_tcp_beyond_loopback_needs_an_explicit_line(tmp_path, listen):
+    with pytest.raises(ConfigError, match=r"add allow_remote_listen = true to \[controller\] in .*c\.toml"):
+        _load(tmp_path, f"[controller]\nlisten = '{listen}'\n")
+    with pytest.raises(ConfigError, match="allow_remote_listen = true"):  # the flag is no way around it
+        _load(tmp_path, "[controller]\nlisten = 'unix'\n", listen=listen)
+    cfg = _load(tmp_path, f"[controller]\nlisten = '{listen}'\nallow_remote_listen = true\n")
+    assert cfg.remote_listen() and cfg.allow_remote_listen
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("[controller]\nlisten = 'tcp:'\n", "the port is 1-65535"),
+        ("[controller]\nlisten = 'tcp:70000'\n", "the port is 1-65535"),
+        ("[controller]\nlisten = 'tcp:ctl.example:6653'\n", "is not an IP address"),
+        ("[controller]\nlisten = 'tcp:::1:6653'\n", "IPv6 in"),
+        ("[controller]\nlisten = 'ssl:[::1]6653'\n", "IPv6 in"),
+        ("[controller]\nallow_remote_listen = 'yes'\n", "true or false"),
+        ("[controller]\nlisten = 'ssl:6653'\n", r"needs an \[ssl\] section .* ovs-pki init"),
+        ("[controller]\nlisten = 'ssl:6653'\n[ssl]\ncertificate = 'c'\n", "ca_cert, private_key missing"),
+        ("[ssl]\nkey = 'k'\n", "unknown key"),
+    ],
+)
+def test_bad_listen_or_ssl_says_what_to_fix(tmp_path, text, hint):
+    with pytest.raises(ConfigError, match=hint):
+        _load(tmp_path, text)
+
+
+def _pem(d, name: str, ca: tuple[str, str] | None = None) -> tuple[str, str]:
+    """A key and a certificate (self-signed, or signed by ``ca``) made with openssl."""
+    key, cert = str(d / f"{name}-privkey.pem"), str(d / f"{name}-cert.pem")
+    subprocess.run(
+        ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}"]
+        + ["-keyout", key, "-days", "2"]
+        + (["-x509", "-out", cert] if ca is None else ["-out", cert + ".req"]),
+        check=True,
+        capture_output=True,
     )
-    assert classify_port("vif7.0", "xenbr0", "", {}) == ("vif", 7, 0)  # added by vif-openvswitch
-    assert classify_port("xvif7.1-emu", "xenbr0", "", {}) == ("emu", 7, 1)
-    assert classify_port("eth1", "xenbr0", "", {}) == ("uplink", None, None)
+    if ca is not None:
+        subprocess.run(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                cert + ".req",
+                "-CA",
+                ca[1],
+                "-CAkey",
+                ca[0],
+                "-days",
+                "2",
+                "-out",
+                cert,
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return key, cert
+
+
+def _tls_config(tmp_path, key: str, cert: str, ca: str):
+    return _load(
+        tmp_path,
+        f"[controller]\nlisten = 'ssl:6653'\n[ssl]\nprivate_key = '{key}'\ncertificate = '{cert}'\nca_cert = '{ca}'\n",
+    )
+
+
+def test_tls_context_requires_a_switch_certificate_from_the_ca(tmp_path):
+    ca_key, ca_cert = _pem(tmp_path, "switchca")
+    key, cert = _pem(tmp_path, "ctl")
+    cfg = _tls_config(tmp_path, key, cert, ca_cert)
+    assert cfg.tls is not None
+    ctx = cfg.tls.context()
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "switchca"),),)]
+
+
+def test_a_handshake_without_the_cas_certificate_fails(tmp_path):
+    """The context itself, over a socketpair: a client signed by the CA gets through, one
+    without a certificate or with another CA's does not."""
+    import socket
+    import threading
+
+    ca = _pem(tmp_path, "switchca")
+    other = _pem(tmp_path, "otherca")
+    server = _tls_config(tmp_path, *_pem(tmp_path, "ctl"), ca[1]).tls.context()
+
+    def handshake(client_cert: tuple[str, str] | None) -> bool:
+        a, b = socket.socketpair()
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+        if client_cert:
+            client.load_cert_chain(client_cert[1], client_cert[0])
+        result: list[bool] = []
+
+        def serve() -> None:
+            try:
+                with server.wrap_socket(a, server_side=True) as s:
+                    s.sendall(b"ok")
+                    result.append(True)
+            except (ssl.SSLError, OSError):
+                result.append(False)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        try:
+            with client.wrap_socket(b) as c:
+                c.settimeout(5)
+                c.recv(2)
+        except (ssl.SSLError, OSError):
+            pass
+        t.join(5)
+        return result == [True]
+
+    assert handshake(_pem(tmp_path, "sc", ca))
+    assert not handshake(None)
+    assert not handshake(_pem(tmp_path, "rogue", other))
+
+
+def test_tls_files_that_cannot_be_used_are_named_with_the_fix(tmp_path):
+    ca_key, ca_cert = _pem(tmp_path, "switchca")
+    key, cert = _pem(tmp_path, "ctl")
+    other_key, _ = _pem(tmp_path, "other")
+    missing = str(tmp_path / "nope.pem")
+    cases = [
+        ((missing, cert, ca_cert), "private_key = '.*nope.pem': cannot read it .*ovs-pki req\\+sign ctl controller"),
+        ((key, missing, ca_cert), "certificate = '.*nope.pem': cannot read it .*ovs-pki req\\+sign ctl controller"),
+        ((key, cert, missing), "ca_cert = '.*nope.pem': cannot read it .*ovs-pki init"),
+        ((key, cert, str(tmp_path)), "ca_cert = .*: cannot read it"),  # a directory
+        ((other_key, cert, ca_cert), "are not a PEM certificate and its own key"),
+        ((key, cert, key), "ca_cert = .* is not a PEM CA certificate"),
+    ]
+    for files, hint in cases:
+        cfg = _tls_config(tmp_path, *files)
+        with pytest.raises(ConfigError, match=hint):
+            cfg.tls.context()
 
 
 def _bridge(*ports: PortInfo) -> dict:
@@ -107,6 +268,7 @@ def test_a_patched_join_equals_a_full_join_through_random_changes():
     from xvif_ovs.controller import hostmodel
 
     rng = random.Random(5)
+    joiner = hostmodel.Joiner()
     ports = (PortInfo("peth0", 1, "uplink"), *(PortInfo(f"vif{d}.0", 10 + d, "vif", d, 0) for d in range(1, 30)))
     ovsdb = _bridge(*ports)
     of = {"xenbr0": {p.name: OfPort(p.ofport, True) for p in ports}}
@@ -133,7 +295,8 @@ def test_a_patched_join_equals_a_full_join_through_random_changes():
             vifs.pop((d, 0), None)
         elif change not in ("name", "ports", "nothing"):
             vifs[(d, 0)] = keys
-        got, got_problems = bridge_models(ovsdb, of, dict(vifs), dict(names), cfg)
-        full = hostmodel._join("xenbr0", ovsdb["xenbr0"], of["xenbr0"], dict(vifs), dict(names), cfg)
-        assert got["xenbr0"] == full.model, (step, change)
-        assert got_problems == full.problems, (step, change)
+        got, got_problems = joiner.bridge_models(ovsdb, of, dict(vifs), dict(names), cfg)
+        full, full_problems = hostmodel.bridge_models(ovsdb, of, dict(vifs), dict(names), cfg)  # from nothing
+        assert got["xenbr0"] == full["xenbr0"], (step, change)
+        assert got_problems == full_problems, (step, change)
+        assert len(joiner._vifs) <= len(vifs)  # bounded by the vifs that exist, not by the changes

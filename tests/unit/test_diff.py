@@ -8,7 +8,7 @@ from dataclasses import replace
 from xvif_ovs.model.host import BridgeModel
 from xvif_ovs.pipeline.build import build
 from xvif_ovs.pipeline.diff import diff
-from xvif_ovs.pipeline.flow import F, Flow, FlowSet, Output, vif_owner
+from xvif_ovs.pipeline.flow import GROUP_BASE, Bucket, F, Flow, FlowSet, GroupEntry, Output, vif_owner
 from xvif_ovs.pipeline.scenarios import _vif
 
 
@@ -60,7 +60,7 @@ def test_stale_flows_and_groups_are_removed():
     big = build(model(_vif(5, "xenbr0.10"), _vif(6, "xenbr0.20")))
     small = build(model(_vif(5, "xenbr0.10")))
     plan = diff(small, big.flows, big.groups)
-    assert plan.flow_deletes and {g.group_id // 4 for g in plan.group_deletes} == {20}
+    assert plan.flow_deletes and {(g.group_id - GROUP_BASE) // 4 for g in plan.group_deletes} == {20}
     flows, groups = apply(big.flows, big.groups, plan)
     assert not diff(small, flows, groups)
 
@@ -75,14 +75,18 @@ def test_cookie_change_is_a_replacement():
 
 def test_empty_desired_set_removes_only_ours():
     fs = build(model(_vif(5, "xenbr0")))
-    plan = diff(FlowSet(), fs.flows, fs.groups)
-    assert len(plan.flow_deletes) == len(fs.flows)
+    foreign = Flow(0, 500, (F("in_port", 9),), (Output(1),), 0x1234)
+    foreign_group = GroupEntry(7, (Bucket((Output(1),)),))
+    plan = diff(FlowSet(), [*fs.flows, foreign], [*fs.groups, foreign_group])
+    assert len(plan.flow_deletes) == len(fs.flows) and foreign not in plan.flow_deletes
+    assert len(plan.group_deletes) == len(fs.groups) and foreign_group not in plan.group_deletes
 
 
 def test_diff_parts_skips_unchanged_owners_and_finds_real_changes():
-    from xvif_ovs.pipeline.build import build_parts
+    from xvif_ovs.pipeline.build import Builder
     from xvif_ovs.pipeline.diff import by_owner, diff_parts
 
+    build_parts = Builder().build_parts  # as the controller builds: one Builder, pass after pass
     a, b = _vif(5, "xenbr0", "192.0.2.5"), _vif(6, "xenbr0", "192.0.2.6")
     before = build_parts(model(a, b))
     installed = by_owner(before.flowset().flows)

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import VifSpecError
 from ..inspect.hoststate import HostView, read_host
 from ..inspect.openflow import OpenFlowUnavailable
+from ..model.ports import unmanaged_problem
 from ..model.vifspec import parse_bridge, parse_mac
 from .flows import controller_config, drift, drops
 
@@ -53,8 +54,8 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
                     "vifs on no bridge",
                     f"{v.dev} (domain {v.domain or '?'}, domid {v.domid}) is in XenStore but on no bridge"
                     + (f"; hotplug-error: {v.keys['hotplug-error']}" if v.keys.get("hotplug-error") else ""),
-                    f"fix the cause, then: vif={v.dev} XENBUS_PATH=/local/domain/0/backend/vif/{v.domid}/{v.devid} "
-                    "/etc/xen/scripts/vif-xvif-ovs online",
+                    f"fix the cause, then: vif={v.dev} XENBUS_PATH=backend/vif/{v.domid}/{v.devid} "
+                    "/etc/xen/scripts/vif-xvif-ovs online type_if=vif",
                 )
             )
     check("ports no vif owns")
@@ -66,6 +67,36 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
                 f"ovs-vsctl del-port {p.bridge} {p.name}",
             )
         )
+    cfg = controller_config(config_path)
+    check("named bridges")
+    for name in cfg.bridges:
+        bv = host.bridges.get(name)
+        if bv is None:
+            problems.append(
+                Problem(
+                    "named bridges",
+                    f"bridge {name} is named in the controller's config but does not exist",
+                    f"ovs-vsctl add-br {name}, or remove it from [controller] bridges",
+                )
+            )
+            continue
+        foreign = [c["target"] for c in bv.controllers if not c.get("ours") and c["target"] != cfg.target()]
+        if foreign:
+            problems.append(
+                Problem(
+                    "named bridges",
+                    f"bridge {name} is named in the controller's config but has another controller "
+                    f"({', '.join(foreign)}): the controller refuses to take it over",
+                    f"remove {name} from [controller] bridges, or `ovs-vsctl del-controller {name}` if that "
+                    "controller is no longer used",
+                )
+            )
+    check("unmanaged ports")
+    for b in sorted(host.bridges.values(), key=lambda b: b.name):
+        if not cfg.managed(b.name):
+            continue  # not ours: its ports are someone else's business
+        for p in b.unmanaged:
+            problems.append(Problem("unmanaged ports", *unmanaged_problem(p.port or p.name, b.name)))
     check("invalid MACs")
     check("MAC conflicts")
     seen: dict[tuple[str, str], str] = {}
@@ -214,7 +245,7 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
 
 
 def run(args) -> tuple[str, int]:  # noqa: ANN001
-    host = read_host(args.db, args.xenstore)
+    host = read_host(args.db, args.xenstore, controller_config(args.config).declared_uplinks)
     checks, problems = check_host(host, args.config, args.interval)
     if args.json:
         data = {"healthy": not problems, "checks": checks, "problems": [asdict(p) for p in problems]}

@@ -13,9 +13,8 @@ JSON shape (`--json`), stable:
 from __future__ import annotations
 
 import json
-import os
 
-from ..controller.config import Config, load
+from ..controller.config import Config, load_installed
 from ..controller.hostmodel import OfPort, bridge_models
 from ..controller.ovsdb_monitor import BridgeInfo, PortInfo
 from ..inspect.hoststate import HostView, read_host
@@ -25,13 +24,9 @@ from ..pipeline.diff import diff
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, FlowSet, decode_cookie
 from .show import NotFound
 
-DEFAULT_CONFIG = "/etc/xvif-ovs/controller.toml"
-
 
 def controller_config(path: str | None) -> Config:
-    if path:
-        return load(path)
-    return load(DEFAULT_CONFIG) if os.path.exists(DEFAULT_CONFIG) else load(None)
+    return load_installed(path)
 
 
 def select_bridges(
@@ -202,10 +197,11 @@ def render_drops(data: dict) -> str:
 
 
 def run(args) -> tuple[str, int]:  # noqa: ANN001 - argparse namespace
-    host = read_host(args.db, args.xenstore)
+    cfg = controller_config(args.config)
+    host = read_host(args.db, args.xenstore, cfg.declared_uplinks)
     bridges, keep = select_bridges(host, args.vif, args.domain)
     if args.diff:
-        data = drift(host, bridges, controller_config(args.config))
+        data = drift(host, bridges, cfg)
         return (json.dumps(data, indent=2) + "\n" if args.json else render_drift(data)), (1 if data["drift"] else 0)
     if args.drops:
         data = drops(host, bridges, keep)

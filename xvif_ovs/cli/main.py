@@ -20,7 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a XenStore server on a Unix socket (for hosts without a hypervisor)",
         epilog="example: xvif-ovs xenstored --socket /run/xenstored/socket --pidfile /run/xenstored.pid",
     )
-    xs.add_argument("--socket", required=True, help="Unix socket to listen on (clients use XENSTORED_PATH)")
+    xs.add_argument(
+        "--socket",
+        required=True,
+        help="Unix socket to listen on (clients use XENSTORED_PATH); refused if a live server answers there",
+    )
     xs.add_argument("--pidfile", help="write the pid here once the socket accepts connections")
     xs.add_argument("--log-file", help="log here instead of stderr")
     xs.add_argument("--state-file", help="save the tree here on SIGTERM and load it at start (survive a restart)")
@@ -41,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: xvif-ovs controller --config /etc/xvif-ovs/controller.toml",
     )
     ctl.add_argument("--config", help="TOML file (see deploy/controller.toml)")
-    ctl.add_argument("--listen", help="unix (default: OVS_RUNDIR/xvif-ovs.sock), tcp:HOST:PORT or ssl:HOST:PORT")
+    ctl.add_argument(
+        "--listen",
+        help="unix (default: OVS_RUNDIR/xvif-ovs.sock), tcp:[HOST:]PORT or ssl:[HOST:]PORT (HOST: 127.0.0.1 "
+        "unless given; ssl needs the config's [ssl], tcp beyond loopback its allow_remote_listen = true)",
+    )
     ctl.add_argument("--bridge", action="append", dest="bridges", help="manage only this bridge (repeatable)")
     ctl.add_argument("--db", help="OVSDB remote (default: OVS_RUNDIR/db.sock)")
     ctl.add_argument("--xenstore", help="XenStore socket (default: XENSTORED_PATH, as Xen's tools)")

@@ -2,8 +2,8 @@
 troubleshooting steps ask for (MACs in XenStore, hotplug status, the bridge) in one table.
 
 JSON shape (`--json`), stable:
-  {"bridges": [{"name", "fail_mode", "datapath_type", "controllers": [{"target", "connected"}],
-                "uplinks": [str], "vlans": [int],
+  {"bridges": [{"name", "managed", "fail_mode", "datapath_type", "controllers": [{"target", "connected", "ours"}],
+                "uplinks": [str], "unmanaged": [str], "vlans": [int],
                 "vifs": [{"domain", "domid", "devid", "device", "mac", "ips": [str], "bridge_spec",
                           "hotplug_status", "hotplug_error",
                           "ports": [{"name", "bridge", "ofport", "kind", "domid", "devid", "tag",
@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from ..errors import XvifError
+from ..errors import VifSpecError, XvifError
 from ..inspect.hoststate import HostView, VifView, read_host
+from ..model.vifspec import vif_vlans
 
 
 class NotFound(XvifError):
@@ -32,18 +33,22 @@ def table(rows: list[list[str]], indent: str = "  ") -> str:
 
 
 def vlan_text(v: VifView) -> str:
-    p = next((p for p in v.ports if p.kind == "vif"), v.ports[0] if v.ports else None)
-    if p is None:
-        return "-"
-    mode = p.vlan_mode or ("access" if p.tag is not None else "trunk(all)")
-    if mode == "access":
-        return f"access {p.tag}" if p.tag is not None else "untagged"
-    if mode == "trunk":
-        return "trunk " + ",".join(map(str, p.trunks))
-    return f"native {p.tag} + " + ",".join(str(t) for t in p.trunks if t != p.tag)
+    """The VLANs the controller's flows enforce: XenStore's bridge/vlan keys through the
+    one parser the hook and the controller share (not the OVS port's columns, which the
+    hook set once and which may have been changed since)."""
+    try:
+        spec = vif_vlans(v.keys.get("bridge"), v.keys.get("vlan"))
+    except VifSpecError as e:
+        return f"invalid ({e})"
+    if spec.vlan_mode == "access":
+        return f"access {spec.tag}" if spec.tag is not None else "untagged"
+    if spec.vlan_mode == "trunk":
+        return "trunk " + ",".join(map(str, spec.trunks))
+    return f"native {spec.tag} + " + ",".join(map(str, spec.trunks))
 
 
-def show(host: HostView, bridge: str | None) -> dict:
+def show(host: HostView, bridge: str | None, managed: frozenset[str] | None = None) -> dict:
+    """``managed``: the bridges the controller's config names (None: unknown, all shown as such)."""
     if bridge and bridge not in host.bridges:
         raise NotFound(f"no bridge named {bridge} (bridges: {', '.join(sorted(host.bridges)) or 'none'})")
     out = {"bridges": [], "unattached_vifs": [], "stray_ports": [asdict(p) for p in host.stray_ports]}
@@ -57,10 +62,12 @@ def show(host: HostView, bridge: str | None) -> dict:
         out["bridges"].append(
             {
                 "name": b.name,
+                "managed": managed is None or b.name in managed,
                 "fail_mode": b.fail_mode,
                 "datapath_type": b.datapath_type,
                 "controllers": b.controllers,
                 "uplinks": b.uplinks,
+                "unmanaged": [p.name for p in b.unmanaged] if managed is None or b.name in managed else [],
                 "vlans": b.vlans(),
                 "vifs": [v.as_json() for v in vifs],
             }
@@ -79,10 +86,13 @@ def render(host: HostView, data: dict) -> str:
             f"{c['target']} ({'connected' if c['connected'] else 'NOT connected'})" for c in b["controllers"]
         )
         lines.append(
-            f"bridge {b['name']}  fail_mode={b['fail_mode'] or 'standalone'}  datapath={b['datapath_type']}  "
+            f"bridge {b['name']}{'' if b['managed'] else ' (not managed by xvif-ovs)'}  "
+            f"fail_mode={b['fail_mode'] or 'standalone'}  datapath={b['datapath_type']}  "
             f"uplinks={','.join(b['uplinks']) or 'none (internal)'}  vlans={','.join(map(str, b['vlans'])) or '-'}"
         )
         lines.append(f"  controller: {ctl or 'none'}")
+        if b["unmanaged"]:
+            lines.append(f"  unmanaged (no forwarding; declare as uplink or remove): {', '.join(b['unmanaged'])}")
         rows = [["DOMAIN", "DOMID", "DEV", "DEVICE", "MAC", "IPS", "VLAN", "OFPORT", "LINK", "HOTPLUG"]]
         for vj in b["vifs"]:
             v = host.vifs[(vj["domid"], vj["devid"])]
@@ -127,6 +137,9 @@ def render(host: HostView, data: dict) -> str:
 
 
 def run(bridge: str | None, as_json: bool, db: str | None, xenstore: str | None) -> str:
-    host = read_host(db, xenstore)
-    data = show(host, bridge)
+    from ..controller.config import load_installed
+
+    cfg = load_installed()
+    host = read_host(db, xenstore, cfg.declared_uplinks)
+    data = show(host, bridge, frozenset(cfg.bridges))
     return json.dumps(data, indent=2) + "\n" if as_json else render(host, data)

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import XvifError
 from ..inspect.hoststate import HostView, PortView, VifView, read_host
 from ..model.vifspec import is_mac
-from ..pipeline.build import P_DEFAULT, P_DROP, P_FORWARD, P_REFUSED, PURPOSES, link_local
+from ..pipeline.build import P_DEFAULT, P_DROP, P_FORWARD, P_REFUSED, P_UNMANAGED, PURPOSES, link_local
 from ..pipeline.flow import decode_cookie
 from .show import NotFound
 
@@ -212,6 +212,8 @@ def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac:
         return "dropped: source address is not this vif's (port security)"
     if purpose == P_REFUSED:
         return "dropped: the bridge is reserved for other domains"
+    if purpose == P_UNMANAGED:
+        return "dropped: the port is neither a vif nor a declared uplink (see `xvif-ovs doctor`)"
     if purpose == P_FORWARD and prio == 90:
         return "dropped: private mode (guests do not reach each other)"
     if purpose == P_DEFAULT:
@@ -220,7 +222,9 @@ def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac:
 
 
 def run(args) -> tuple[str, int]:  # noqa: ANN001
-    host = read_host(args.db, args.xenstore)
+    from ..controller.config import load_installed
+
+    host = read_host(args.db, args.xenstore, load_installed().declared_uplinks)
     v, port = find_port(host, args.src)
     flow = build_flow(v, port, args.to, host, args)
     trace = appctl("ofproto/trace", port.bridge, flow)

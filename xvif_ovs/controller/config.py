@@ -1,27 +1,61 @@
 """`xvif-ovs controller` configuration: a TOML file, with command-line flags on top.
 
 [controller]
-listen = "unix"              # unix (OVS_RUNDIR/xvif-ovs.sock), "tcp:127.0.0.1:6653", "ssl:..."
-bridges = []                 # bridges to manage; empty: every bridge in OVSDB
+listen = "unix"              # unix (OVS_RUNDIR/xvif-ovs.sock), tcp:[HOST:]PORT, ssl:[HOST:]PORT
+allow_remote_listen = false  # needed for tcp: on an address other than loopback
+bridges = ["xenbr0"]         # the bridges to manage: no other bridge is ever touched
 learn_idle_timeout = 300     # seconds a MAC learned behind an uplink is kept unused
 
 [bridges.xenbr1]
+uplinks = ["eth1", "bond0"]  # ports (or bonds) trusted as uplinks, besides physical NICs
 private = true               # every guest reaches the uplink, no other guest
 reserved_for = ["router", "12"]   # only these domains (names or domids) may use it
 
 [vifs]
 private = ["web"]            # domain names, domids or DOMID.DEVID
 trusted = ["router"]         # may send DHCP server replies and router advertisements
+
+Nothing is trusted by default: an empty ``bridges`` manages nothing, and a port that is
+neither a vif nor a declared uplink gets no forwarding (see flows/PIPELINE.md, "Trust").
+
+Where OVS connects (``listen``): ``unix`` is a socket in OVS's run directory, which only
+root on this host can open. ``tcp:PORT`` and ``ssl:PORT`` listen on 127.0.0.1 unless a
+host is given (``tcp:192.0.2.1:6653``, ``ssl:[2001:db8::1]:6653``, ``ssl:0.0.0.0:6653``).
+Plain TCP is unauthenticated: anyone who reaches it can pose as a switch, so ``tcp:`` on
+any address but loopback is refused unless ``allow_remote_listen = true`` says it is
+meant, and it is logged as a warning at every start. ``ssl:`` is mutual TLS, with OVS's
+own PKI (``ovs-pki``, in its default directory /var/lib/openvswitch/pki)::
+
+    ovs-pki init                        # once: controllerca/ and switchca/
+    cd /etc/xvif-ovs && ovs-pki req+sign ctl controller   # ctl-privkey.pem, ctl-cert.pem
+    cd /etc/openvswitch && ovs-pki req+sign sc switch     # sc-privkey.pem, sc-cert.pem
+    # the switch: its own key and certificate, and the CA that signed the controller's
+    ovs-vsctl set-ssl /etc/openvswitch/sc-privkey.pem /etc/openvswitch/sc-cert.pem \
+        /var/lib/openvswitch/pki/controllerca/cacert.pem
+
+    [ssl]
+    private_key = "/etc/xvif-ovs/ctl-privkey.pem"
+    certificate = "/etc/xvif-ovs/ctl-cert.pem"
+    ca_cert = "/var/lib/openvswitch/pki/switchca/cacert.pem"   # switches must be signed by it
+
+A switch that presents no certificate, or one that ``ca_cert`` did not sign, is refused
+during the TLS handshake. (On a host other than the CA's, copy the two cacert.pem files
+and sign the requests there: ``ovs-pki sign sc switch``.)
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import XvifError
+
+_IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 
 
 class ConfigError(XvifError):
@@ -32,11 +66,58 @@ class ConfigError(XvifError):
 class BridgePolicy:
     private: bool = False
     reserved_for: frozenset[str] | None = None
+    uplinks: frozenset[str] = frozenset()  # OVSDB Port names declared as uplinks
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The [ssl] section: PEM files in OVS's ovs-pki layout (see the module's docstring)."""
+
+    private_key: str
+    certificate: str
+    ca_cert: str
+
+    def context(self) -> ssl.SSLContext:
+        """The server side of mutual TLS: a switch without a certificate signed by
+        ``ca_cert`` fails the handshake. ConfigError names a file that cannot be used."""
+        for key, path, fix in (
+            ("private_key", self.private_key, "ovs-pki req+sign ctl controller (writes ctl-privkey.pem)"),
+            ("certificate", self.certificate, "ovs-pki req+sign ctl controller (writes ctl-cert.pem)"),
+            ("ca_cert", self.ca_cert, "ovs-pki init (writes /var/lib/openvswitch/pki/switchca/cacert.pem)"),
+        ):
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                raise ConfigError(
+                    f"[ssl] {key} = {path!r}: cannot read it ({e.strerror}); create it with: {fix}"
+                ) from None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        try:
+            ctx.load_cert_chain(self.certificate, self.private_key)
+        except ssl.SSLError as e:
+            raise ConfigError(
+                f"[ssl] certificate = {self.certificate!r} and private_key = {self.private_key!r} "
+                f"are not a PEM certificate and its own key ({e.reason or e}); "
+                "make both with: ovs-pki req+sign ctl controller"
+            ) from None
+        try:
+            ctx.load_verify_locations(self.ca_cert)
+        except ssl.SSLError as e:
+            raise ConfigError(
+                f"[ssl] ca_cert = {self.ca_cert!r} is not a PEM CA certificate ({e.reason or e}); "
+                "use the switch CA's: /var/lib/openvswitch/pki/switchca/cacert.pem after ovs-pki init"
+            ) from None
+        return ctx
 
 
 @dataclass(frozen=True)
 class Config:
-    listen: str = "unix"
+    listen: str = "unix"  # unix, or tcp:HOST:PORT / ssl:HOST:PORT as load() normalised it
+    allow_remote_listen: bool = False
+    tls: TlsFiles | None = None  # the [ssl] section
     bridges: tuple[str, ...] = ()
     learn_idle_timeout: int = 300
     bridge_policy: dict[str, BridgePolicy] = field(default_factory=dict)
@@ -45,19 +126,45 @@ class Config:
     ovsdb: str | None = None
     xenstore: str | None = None
 
+    @staticmethod
+    def rundir() -> str:
+        return os.environ.get("OVS_RUNDIR", "/var/run/openvswitch")
+
     def socket_path(self) -> str:
-        rundir = os.environ.get("OVS_RUNDIR", "/var/run/openvswitch")
-        return f"{rundir}/xvif-ovs.sock"
+        return f"{self.rundir()}/xvif-ovs.sock"
+
+    def pidfile(self) -> str:
+        """Held locked by the running controller: one per host (per OVS run directory)."""
+        return f"{self.rundir()}/xvif-ovs.pid"
+
+    def endpoint(self) -> tuple[str, str, int]:
+        """(tcp or ssl, IP address, port) of a network listener."""
+        kind, _, rest = self.listen.partition(":")
+        host, _, port = rest.rpartition(":")
+        return kind, host.strip("[]"), int(port)
+
+    def remote_listen(self) -> bool:
+        """A network listener that a switch on another host can reach."""
+        return self.listen != "unix" and not ipaddress.ip_address(self.endpoint()[1]).is_loopback
 
     def target(self) -> str:
-        """What OVS is told to connect to (Bridge.controller)."""
+        """What OVS is told to connect to (Bridge.controller): the listener, and for a
+        listener on every address (0.0.0.0, ::), this host's loopback."""
         if self.listen == "unix":
             return f"unix:{self.socket_path()}"
-        kind, _, rest = self.listen.partition(":")
-        return f"{kind}:{rest}"
+        kind, host, port = self.endpoint()
+        ip = ipaddress.ip_address(host)
+        if ip.is_unspecified:
+            ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+        return f"{kind}:{_host(ip)}:{port}"
 
     def managed(self, bridge: str) -> bool:
-        return not self.bridges or bridge in self.bridges
+        """Only a bridge the configuration names is ours: never "every bridge"."""
+        return bridge in self.bridges
+
+    def declared_uplinks(self, bridge: str) -> frozenset[str]:
+        policy = self.bridge_policy.get(bridge)
+        return policy.uplinks if policy else frozenset()
 
     def matches(self, names: frozenset[str], domain: str, domid: int, devid: int) -> bool:
         return bool({domain, str(domid), f"{domid}.{devid}"} & names)
@@ -72,33 +179,49 @@ def load(path: str | None, **overrides: object) -> Config:
             raise ConfigError(f"cannot read {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from None
-    known = {"controller", "bridges", "vifs"}
+    known = {"controller", "ssl", "bridges", "vifs"}
     if set(raw) - known:
         raise ConfigError(f"{path}: unknown section(s) {sorted(set(raw) - known)}; known: {sorted(known)}")
     ctl = raw.get("controller", {})
-    _only(ctl, {"listen", "bridges", "learn_idle_timeout"}, f"{path} [controller]")
-    listen = str(overrides.get("listen") or ctl.get("listen", "unix"))
-    if listen != "unix" and not listen.startswith(("tcp:", "ssl:")):
-        raise ConfigError(f"listen = {listen!r}: use unix, tcp:HOST:PORT or ssl:HOST:PORT")
+    _only(ctl, {"listen", "allow_remote_listen", "bridges", "learn_idle_timeout"}, f"{path} [controller]")
+    allow_remote = ctl.get("allow_remote_listen", False)
+    if not isinstance(allow_remote, bool):
+        raise ConfigError(f"allow_remote_listen = {allow_remote!r}: true or false")
+    listen = _listen(str(overrides.get("listen") or ctl.get("listen", "unix")), allow_remote, path)
+    tls = _tls(raw.get("ssl"), listen, path)
     idle = ctl.get("learn_idle_timeout", 300)
     if not isinstance(idle, int) or not 1 <= idle <= 65535:
         raise ConfigError(f"learn_idle_timeout = {idle!r}: seconds, 1-65535")
+    bridges = overrides.get("bridges") or ctl.get("bridges", [])
+    if not isinstance(bridges, list | tuple) or not all(isinstance(b, str) and _IFNAME.match(b) for b in bridges):
+        raise ConfigError(f"bridges = {bridges!r}: a list of OVS bridge names, e.g. ['xenbr0']")
     policies = {}
     for name, b in raw.get("bridges", {}).items():
-        _only(b, {"private", "reserved_for"}, f"{path} [bridges.{name}]")
+        _only(b, {"private", "reserved_for", "uplinks"}, f"{path} [bridges.{name}]")
+        if name not in bridges:
+            raise ConfigError(
+                f"[bridges.{name}] configures a bridge that [controller] bridges does not name; "
+                f"add {name!r} to bridges = [...] or remove the section"
+            )
         reserved = b.get("reserved_for")
         if reserved is not None and not (
             isinstance(reserved, list) and all(isinstance(x, str | int) for x in reserved)
         ):
             raise ConfigError(f"[bridges.{name}] reserved_for: a list of domain names or domids")
+        uplinks = b.get("uplinks", [])
+        if not isinstance(uplinks, list) or not all(isinstance(u, str) and _IFNAME.match(u) for u in uplinks):
+            raise ConfigError(f"[bridges.{name}] uplinks = {uplinks!r}: a list of port names, e.g. ['eth1', 'bond0']")
         policies[name] = BridgePolicy(
-            bool(b.get("private", False)), frozenset(map(str, reserved)) if reserved is not None else None
+            bool(b.get("private", False)),
+            frozenset(map(str, reserved)) if reserved is not None else None,
+            frozenset(uplinks),
         )
     vifs = raw.get("vifs", {})
     _only(vifs, {"private", "trusted"}, f"{path} [vifs]")
-    bridges = overrides.get("bridges") or ctl.get("bridges", [])
     return Config(
         listen=listen,
+        allow_remote_listen=allow_remote,
+        tls=tls,
         bridges=tuple(bridges),  # type: ignore[arg-type]
         learn_idle_timeout=idle,
         bridge_policy=policies,
@@ -109,7 +232,79 @@ def load(path: str | None, **overrides: object) -> Config:
     )
 
 
+def _host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def _listen(value: str, allow_remote: bool, path: str | None) -> str:
+    """``unix``, or ``tcp:[HOST:]PORT`` / ``ssl:[HOST:]PORT`` normalised to KIND:HOST:PORT
+    (HOST 127.0.0.1 when none is given). Plain TCP beyond loopback must be asked for."""
+    if value == "unix":
+        return value
+    usage = f"listen = {value!r}: use unix, tcp:[HOST:]PORT or ssl:[HOST:]PORT (HOST an IP address, IPv6 in [])"
+    kind, sep, rest = value.partition(":")
+    if kind not in ("tcp", "ssl") or not sep:
+        raise ConfigError(usage)
+    if rest.startswith("["):
+        host, close, port = rest[1:].partition("]")
+        if not close or not port.startswith(":"):
+            raise ConfigError(usage)
+        port = port[1:]
+    elif rest.count(":") <= 1:
+        host, _, port = rest.rpartition(":")
+    else:
+        raise ConfigError(usage)
+    try:
+        ip = ipaddress.ip_address(host or "127.0.0.1")
+    except ValueError:
+        raise ConfigError(f"{usage}; {host!r} is not an IP address") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{usage}; the port is 1-65535")
+    if kind == "tcp" and not ip.is_loopback and not allow_remote:
+        raise ConfigError(
+            f"listen = {value!r} is plain TCP on {ip}, which other hosts can reach: anyone who reaches it "
+            f"can pose as a switch. Use ssl:{_host(ip)}:{int(port)} with an [ssl] section, or tcp:{int(port)} "
+            f"(loopback), or if it is really meant add allow_remote_listen = true to [controller] in "
+            f"{path or 'the configuration file'}"
+        )
+    return f"{kind}:{_host(ip)}:{int(port)}"
+
+
+def _tls(section: object, listen: str, path: str | None) -> TlsFiles | None:
+    if section is None:
+        if listen.startswith("ssl:"):
+            raise ConfigError(
+                f"listen = {listen!r} needs an [ssl] section in {path or 'the configuration file'} with "
+                "private_key, certificate and ca_cert (OVS's PKI: ovs-pki init; ovs-pki req+sign ctl controller; "
+                "ca_cert = /var/lib/openvswitch/pki/switchca/cacert.pem)"
+            )
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [ssl] must be a section")
+    keys = {"private_key", "certificate", "ca_cert"}
+    _only(section, keys, f"{path} [ssl]")
+    missing = sorted(k for k in keys if not isinstance(section.get(k), str) or not section.get(k))
+    if missing:
+        raise ConfigError(
+            f"{path} [ssl]: {', '.join(missing)} missing: private_key and certificate from "
+            "ovs-pki req+sign ctl controller, ca_cert the switch CA's cacert.pem"
+        )
+    return TlsFiles(section["private_key"], section["certificate"], section["ca_cert"])
+
+
 def _only(section: dict, allowed: set[str], where: str) -> None:
     extra = set(section) - allowed
     if extra:
         raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}; known: {sorted(allowed)}")
+
+
+DEFAULT_PATH = "/etc/xvif-ovs/controller.toml"
+
+
+def load_installed(path: str | None = None) -> Config:
+    """The configuration the host's controller runs with, for the CLI: ``path``, else
+    XVIF_OVS_CONFIG (the lab sets it), else /etc/xvif-ovs/controller.toml if it exists."""
+    path = path or os.environ.get("XVIF_OVS_CONFIG")
+    if path:
+        return load(path)
+    return load(DEFAULT_PATH) if os.path.exists(DEFAULT_PATH) else load(None)

@@ -8,10 +8,11 @@ import dataclasses
 from typing import NamedTuple
 
 from ..errors import VifSpecError
-from ..model.host import BridgeModel, VifModel
-from ..model.vifspec import BridgeSpec, parse_bridge, parse_ips, parse_mac, parse_xl_vlan
+from ..model.host import ALL_VLANS, BridgeModel, Uplink, VifModel
+from ..model.ports import unmanaged_hint
+from ..model.vifspec import parse_ips, parse_mac, vif_vlans
 from .config import Config
-from .ovsdb_monitor import BridgeInfo
+from .ovsdb_monitor import BridgeInfo, PortInfo
 
 
 class OfPort(NamedTuple):
@@ -27,69 +28,91 @@ def vif_from_xenstore(keys: dict[str, str], domid: int, devid: int, name: str, c
     if "mac" not in keys:
         raise VifSpecError(f"vif {domid}.{devid} has no mac in XenStore")
     mac = parse_mac(keys["mac"])
-    vlans = parse_bridge(keys.get("bridge") or "xenbr0")
-    if keys.get("vlan"):
-        tag, trunks = parse_xl_vlan(keys["vlan"])
-        vlans = BridgeSpec(vlans.name, tag, trunks)
+    vlans = vif_vlans(keys.get("bridge"), keys.get("vlan"))
     return VifModel(
         domid=domid,
         devid=devid,
         mac=mac,
         vlans=vlans,
         ips=parse_ips(keys.get("ip", "")),
-        trusted=keys.get("trusted") == "1" or cfg.matches(cfg.trusted_vifs, name, domid, devid),
+        # Not libxl's `trusted` (XSA-403: the frontend's trust in its backend, written under
+        # the frontend); a router VM is named in the config or marked with our own key in
+        # the backend node, which only dom0 can write.
+        trusted=keys.get(TRUSTED_KEY) == "1" or cfg.matches(cfg.trusted_vifs, name, domid, devid),
         private=cfg.matches(cfg.private_vifs, name, domid, devid),
         name=name,
     )
 
 
 # The XenStore keys that shape a vif's flows; the rest (hotplug-status, ofport, ...) do not.
-_RELEVANT = ("mac", "bridge", "vlan", "ip", "trusted")
-_MODEL_CACHE: dict[tuple, VifModel] = {}
-# (domid, devid) -> (keys dict, name, config, backends, model) of the last pass. The
-# XenStore watcher hands in a new dict for a changed vif, so "the same dict object" is a
-# cheaper test than building the key above.
-_BY_KEYS: dict[tuple[int, int], tuple] = {}
+TRUSTED_KEY = "xvif-trusted"  # backend/vif/D/N/xvif-trusted = 1: may serve DHCP and send RAs
+_RELEVANT = ("mac", "bridge", "vlan", "ip", TRUSTED_KEY)
 
 
-def _cached_vif(
-    keys: dict[str, str], domid: int, devid: int, name: str, cfg: Config, backends: dict[str, OfPort]
-) -> VifModel:
-    """The same VifModel object for an unchanged vif, pass after pass: parsing 4000 vifs'
-    addresses took 250 ms, and an unchanged object is what lets the pipeline's per-vif
-    cache and the per-owner diff skip the vif at once."""
-    v, e = backends.get("vif"), backends.get("emu")
-    ports = (v, e)
-    last = _BY_KEYS.get((domid, devid))
-    if last is not None and last[0] is keys and last[1] == name and last[2] is cfg and last[3] == ports:
-        return last[4]  # the very keys dict of the last pass: nothing about this vif changed
-    key = (
-        domid,
-        devid,
-        tuple(keys.get(k) for k in _RELEVANT),
-        name,
-        id(cfg),
-        (v.number, v.live) if v else None,
-        (e.number, e.live) if e else None,
-    )
-    hit = _MODEL_CACHE.get(key)
-    if hit is not None:
-        _BY_KEYS[(domid, devid)] = (keys, name, cfg, ports, hit)
-        return hit
-    vif = vif_from_xenstore(keys, domid, devid, name, cfg)  # raises VifSpecError
-    model = dataclasses.replace(
-        vif,
-        vif_port=v.number if v else None,
-        emu_port=e.number if e else None,
-        vif_live=v.live if v else False,
-        emu_live=e.live if e else False,
-    )
-    if len(_MODEL_CACHE) > 1 << 16:
-        _MODEL_CACHE.clear()
-        _BY_KEYS.clear()
-    _MODEL_CACHE[key] = model
-    _BY_KEYS[(domid, devid)] = (keys, name, cfg, ports, model)
-    return model
+class Joiner:
+    """The join's state between passes, in one object whose size follows what exists: per
+    vif (by domid.devid) its last keys and model, per bridge its last join. Nothing is
+    keyed on object identity; nothing grows with the number of changes."""
+
+    def __init__(self) -> None:
+        # (domid, devid) -> (keys dict, name, config, backends, relevant keys, model)
+        self._vifs: dict[tuple[int, int], tuple] = {}
+        self._joined: dict[str, _Joined] = {}
+
+    def vif(
+        self, keys: dict[str, str], domid: int, devid: int, name: str, cfg: Config, backends: dict[str, OfPort]
+    ) -> VifModel:
+        """The same VifModel object for an unchanged vif, pass after pass: parsing 4000 vifs'
+        addresses took 250 ms, and an unchanged object is what lets the pipeline's per-vif
+        state and the per-owner diff skip the vif at once."""
+        v, e = backends.get("vif"), backends.get("emu")
+        ports = (v, e)
+        last = self._vifs.get((domid, devid))
+        if last is not None and last[0] is keys and last[1] == name and last[2] is cfg and last[3] == ports:
+            return last[5]  # the very keys dict of the last pass: nothing about this vif changed
+        relevant = tuple(keys.get(k) for k in _RELEVANT)
+        if last is not None and (last[1], last[2], last[3], last[4]) == (name, cfg, ports, relevant):
+            model = last[5]  # a new dict, the same values (another key was written)
+        else:
+            vif = vif_from_xenstore(keys, domid, devid, name, cfg)  # raises VifSpecError
+            model = dataclasses.replace(
+                vif,
+                vif_port=v.number if v else None,
+                emu_port=e.number if e else None,
+                vif_live=v.live if v else False,
+                emu_live=e.live if e else False,
+            )
+        self._vifs[(domid, devid)] = (keys, name, cfg, ports, relevant, model)
+        return model
+
+    def bridge_models(
+        self,
+        ovsdb: dict[str, BridgeInfo],
+        of_ports: dict[str, dict[str, OfPort]],
+        vifs: dict[tuple[int, int], dict[str, str]],
+        names: dict[int, str],
+        cfg: Config,
+    ) -> tuple[dict[str, BridgeModel], list[str]]:
+        """Models for the bridges that have an OpenFlow connection, and the problems found."""
+        models: dict[str, BridgeModel] = {}
+        problems: list[str] = []
+        for bname, ports in of_ports.items():
+            info = ovsdb.get(bname)
+            if info is None:
+                continue
+            last = self._joined.get(bname)
+            joined = _patched(self, last, info, ports, vifs, names, cfg) if last else None
+            if joined is None:
+                joined = _join(self, bname, info, ports, vifs, names, cfg)
+            self._joined[bname] = joined
+            models[bname] = joined.model
+            problems += joined.problems
+        # Bounded by what exists: vifs gone from XenStore, bridges without a connection.
+        for key in self._vifs.keys() - vifs.keys():
+            del self._vifs[key]
+        for bname in self._joined.keys() - of_ports.keys():
+            del self._joined[bname]
+        return models, problems
 
 
 def bridge_models(
@@ -99,21 +122,8 @@ def bridge_models(
     names: dict[int, str],
     cfg: Config,
 ) -> tuple[dict[str, BridgeModel], list[str]]:
-    """Models for the bridges that have an OpenFlow connection, and the problems found."""
-    models: dict[str, BridgeModel] = {}
-    problems: list[str] = []
-    for bname, ports in of_ports.items():
-        info = ovsdb.get(bname)
-        if info is None:
-            continue
-        last = _LAST_JOIN.get(bname)
-        joined = _patched(last, info, ports, vifs, names, cfg) if last else None
-        if joined is None:
-            joined = _join(bname, info, ports, vifs, names, cfg)
-        _LAST_JOIN[bname] = joined
-        models[bname] = joined.model
-        problems += joined.problems
-    return models, problems
+    """A join from nothing (the CLI's): pure, remembering nothing."""
+    return Joiner().bridge_models(ovsdb, of_ports, vifs, names, cfg)
 
 
 @dataclasses.dataclass
@@ -130,11 +140,11 @@ class _Joined:
     position: dict[tuple[int, int], int]  # where each vif that got flows is in model.vifs
 
 
-_LAST_JOIN: dict[str, _Joined] = {}
 _PATCH_AT_MOST = 16
 
 
 def _patched(
+    joiner: Joiner,
     last: _Joined,
     info: BridgeInfo,
     ports: dict[str, OfPort],
@@ -164,7 +174,7 @@ def _patched(
         if pos is None or old_keys is None or keys is None:
             return None
         try:
-            vif = _cached_vif(keys, key[0], key[1], name, cfg, backends)
+            vif = joiner.vif(keys, key[0], key[1], name, cfg, backends)
         except VifSpecError:
             return None
         old = built[pos]
@@ -176,7 +186,22 @@ def _patched(
     return _Joined(info, ports, cfg, model, last.problems, inputs, last.position)
 
 
+def _uplinks(by_port: dict[str, list[tuple[int, PortInfo]]]) -> tuple[tuple[int, ...], tuple[Uplink, ...]]:
+    """Plain uplinks (one NIC, every VLAN) as ofports; bonds and uplinks with VLAN
+    settings of their own as Uplink values."""
+    plain, special = [], []
+    for name, members in sorted(by_port.items()):
+        numbers = tuple(sorted(n for n, _ in members))
+        vlans = members[0][1].vlans
+        if len(numbers) == 1 and vlans == ALL_VLANS:
+            plain.append(numbers[0])
+        else:
+            special.append(Uplink(name, numbers, vlans))
+    return tuple(sorted(plain)), tuple(special)
+
+
 def _join(
+    joiner: Joiner,
     bname: str,
     info: BridgeInfo,
     ports: dict[str, OfPort],
@@ -187,7 +212,10 @@ def _join(
     problems: list[str] = []
     inputs: dict[tuple[int, int], tuple] = {}
     position: dict[tuple[int, int], int] = {}
-    uplinks, members = [], {}
+    uplinks: dict[str, list[tuple[int, PortInfo]]] = {}  # OVSDB Port name -> (ofport, interface)
+    members: dict[tuple[int, int], dict[str, OfPort]] = {}
+    unmanaged: list[int] = []
+    no_flows: dict[tuple[int, int], list[int]] = {}  # a vif's ports, until it is known to get flows
     taken: set[int] | None = None
     for p in info.ports:
         of = ports.get(p.name)
@@ -204,9 +232,13 @@ def _join(
         if of is None:
             continue
         if p.kind == "uplink":
-            uplinks.append(of.number)
+            uplinks.setdefault(p.port_name, []).append((of.number, p))
         elif p.kind in ("vif", "emu") and p.domid is not None and p.devid is not None:
             members.setdefault((p.domid, p.devid), {})[p.kind] = of
+            no_flows.setdefault((p.domid, p.devid), []).append(of.number)
+        elif p.kind == "unmanaged":
+            unmanaged.append(of.number)
+            problems.append(unmanaged_hint(p.port_name, bname))
     built: list[VifModel] = []
     seen_macs: dict[str, tuple[int, int]] = {}
     for (domid, devid), backends in sorted(members.items()):
@@ -218,7 +250,7 @@ def _join(
             )
             continue
         try:
-            vif = _cached_vif(keys, domid, devid, names.get(domid, ""), cfg, backends)
+            vif = joiner.vif(keys, domid, devid, names.get(domid, ""), cfg, backends)
         except VifSpecError as e:
             problems.append(f"vif{domid}.{devid} on {bname}: {e}; its traffic is dropped until XenStore is fixed")
             continue
@@ -236,13 +268,19 @@ def _join(
         seen_macs[vif.mac] = (domid, devid)
         position[(domid, devid)] = len(built)
         built.append(vif)
+        del no_flows[(domid, devid)]
+    plain, special = _uplinks(uplinks)
     policy = cfg.bridge_policy.get(bname)
     model = BridgeModel(
         bname,
-        tuple(sorted(uplinks)),
+        plain,
         local=True,
         private=bool(policy and policy.private),
         reserved_for=policy.reserved_for if policy else None,
         vifs=tuple(built),
+        special_uplinks=special,
+        # A vif port that gets no flows (no XenStore vif, a bad one, a MAC conflict) is
+        # dropped and counted like any port nobody vouches for.
+        unmanaged=tuple(sorted({*unmanaged, *(n for ns in no_flows.values() for n in ns)})),
     )
     return _Joined(info, ports, cfg, model, problems, inputs, position)

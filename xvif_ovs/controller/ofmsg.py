@@ -179,12 +179,15 @@ def group_mod(dp: Any, group: GroupEntry, command: str = "add") -> Any:
     ofp, parser = dp.ofproto, dp.ofproto_parser
     buckets = [
         parser.OFPBucket(
-            actions=actions_to_os_ken(parser, ofp, b.actions)[0], watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY
+            actions=actions_to_os_ken(parser, ofp, b.actions)[0],
+            watch_port=ofp.OFPP_ANY if b.watch_port is None else b.watch_port,
+            watch_group=ofp.OFPG_ANY,
         )
         for b in group.buckets
     ]
     cmd = {"add": ofp.OFPGC_ADD, "modify": ofp.OFPGC_MODIFY, "delete": ofp.OFPGC_DELETE}[command]
-    return parser.OFPGroupMod(dp, cmd, ofp.OFPGT_ALL, group.group_id, [] if command == "delete" else buckets)
+    kind = {"all": ofp.OFPGT_ALL, "ff": ofp.OFPGT_FF}[group.type]
+    return parser.OFPGroupMod(dp, cmd, kind, group.group_id, [] if command == "delete" else buckets)
 
 
 # -- back from the switch ------------------------------------------------------------------
@@ -249,7 +252,14 @@ def flow_from_stats(ofp: Any, stats: Any) -> Flow:
 
 
 def group_from_desc(ofp: Any, desc: Any) -> GroupEntry:
-    buckets = tuple(Bucket(tuple(actions_from_os_ken(ofp, b.actions))) for b in desc.buckets)
-    if desc.type != ofp.OFPGT_ALL:
-        buckets += (Bucket((Unknown(f"group type {desc.type}"),)),)
-    return GroupEntry(desc.group_id, buckets)
+    kind = {ofp.OFPGT_ALL: "all", ofp.OFPGT_FF: "ff"}.get(desc.type)
+    buckets = tuple(
+        Bucket(
+            tuple(actions_from_os_ken(ofp, b.actions)),
+            b.watch_port if kind == "ff" and b.watch_port != ofp.OFPP_ANY else None,
+        )
+        for b in desc.buckets
+    )
+    if kind is None:
+        return GroupEntry(desc.group_id, (*buckets, Bucket((Unknown(f"group type {desc.type}"),))))
+    return GroupEntry(desc.group_id, buckets, kind)

@@ -5,11 +5,12 @@ a bridge ours (OpenFlow 1.3, fail_mode secure, our controller target)."""
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..model.host import ALL_VLANS, PortVlans
+from ..model.ports import CONTROLLER_MARK, Iface, port_roles
 from ..ovsdb.client import locate
 from ..ovsdb.jsonrpc import JsonRpc
 from ..ovsdb.stream_json import use_with_python_ovs
@@ -17,18 +18,23 @@ from ..ovsdb.stream_json import use_with_python_ovs
 log = logging.getLogger("xvif_ovs.controller.ovsdb")
 MAX_BACKOFF_MS = 1000  # OVS retries a lost controller every second, not up to every 8 s
 LEARNED_TABLE, LEARNED_LIMIT = 4, 65536  # MACs learned behind uplinks: bounded, oldest evicted
-_VIF_NAME = re.compile(r"^x?vif(\d+)\.(\d+)(-emu)?$")
 
 
 @dataclass(frozen=True)
 class PortInfo:
-    name: str
+    name: str  # the interface
     ofport: int | None
-    kind: str  # vif | emu | uplink | local
+    kind: str  # vif | emu | uplink | local | unmanaged (model/ports.py says why)
     domid: int | None = None
     devid: int | None = None
     link_up: bool = True
     ofport_request: int | None = None  # what the hook asked for, while the port is being created
+    port: str = ""  # the OVSDB Port it belongs to (a bond has several interfaces); "" = same name
+    vlans: PortVlans = ALL_VLANS  # a non-vif port's own tag/trunks/vlan_mode
+
+    @property
+    def port_name(self) -> str:
+        return self.port or self.name
 
 
 @dataclass(frozen=True)
@@ -40,22 +46,17 @@ class BridgeInfo:
     protocols: tuple[str, ...]
     connected: bool
     fast_reconnect: bool = True  # every controller row has our max_backoff
+    foreign_controllers: tuple[str, ...] = ()  # controller targets we did not set
 
 
-def classify_port(name: str, bridge: str, iface_type: str, ids: dict[str, str]) -> tuple[str, int | None, int | None]:
-    """vif/emu (from our external ids, or Xen's names for ports the hook did not add),
-    local (the bridge's own internal port) or uplink (every other port: a PIF, a bond, a patch)."""
-    if name == bridge and iface_type == "internal":
-        return "local", None, None
-    if "xvif-domid" in ids and "xvif-devid" in ids:
-        try:
-            return ids.get("xvif-kind", "vif"), int(ids["xvif-domid"]), int(ids["xvif-devid"])
-        except ValueError:
-            pass
-    m = _VIF_NAME.match(name)
-    if m:
-        return ("emu" if m.group(3) else "vif"), int(m.group(1)), int(m.group(2))
-    return "uplink", None, None
+def port_vlans(tag: object, trunks: object, mode: object) -> PortVlans:
+    """An OVSDB Port's VLAN columns (IDL values: lists of 0 or 1, or a list of ints)."""
+    t = _one(tag)
+    m = _one(mode)
+    tr = tuple(sorted(x for x in (trunks or []) if isinstance(x, int)))
+    if t is None and not tr and m is None:
+        return ALL_VLANS
+    return PortVlans(t if isinstance(t, int) else None, tr, m if isinstance(m, str) else None)
 
 
 def _learned_bounded(br) -> bool:  # noqa: ANN001 - an IDL row
@@ -71,7 +72,12 @@ class OvsdbMonitor:
     """Runs the IDL in a thread; calls ``on_change(bridges)`` with a fresh snapshot
     whenever OVSDB changed."""
 
-    def __init__(self, remote: str | None, on_change: Callable[[dict[str, BridgeInfo]], None]) -> None:
+    def __init__(
+        self,
+        remote: str | None,
+        on_change: Callable[[dict[str, BridgeInfo]], None],
+        declared: Callable[[str], frozenset[str]] = lambda bridge: frozenset(),
+    ) -> None:
         import ovs.db.idl  # python-ovs; heavy imports belong to the long-lived controller only
 
         use_with_python_ovs()  # its pure-Python JSON decoder: 119 ms for 1000 vifs' rows, now 25 ms
@@ -88,11 +94,12 @@ class OvsdbMonitor:
             ["name", "ports", "fail_mode", "controller", "protocols", "datapath_type", "external_ids", "flow_tables"],
         )
         helper.register_columns("Flow_Table", ["name", "flow_limit", "overflow_policy"])
-        helper.register_columns("Port", ["name", "interfaces"])
+        helper.register_columns("Port", ["name", "interfaces", "external_ids", "tag", "trunks", "vlan_mode"])
         helper.register_columns("Interface", ["name", "ofport", "ofport_request", "type", "external_ids", "link_state"])
-        helper.register_columns("Controller", ["target", "is_connected", "max_backoff"])
+        helper.register_columns("Controller", ["target", "is_connected", "max_backoff", "external_ids"])
         self.idl = ovs.db.idl.Idl(self.remote, helper)
         self.on_change = on_change
+        self.declared = declared
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._requests: list[Callable[[], None]] = []
@@ -139,10 +146,19 @@ class OvsdbMonitor:
         out = {}
         for br in self.idl.tables["Bridge"].rows.values():
             ports = []
+            declared = self.declared(br.name)
             for port in br.ports:
-                for iface in port.interfaces:
-                    ids = dict(iface.external_ids)
-                    kind, domid, devid = classify_port(iface.name, br.name, iface.type, ids)
+                ifaces = list(port.interfaces)
+                roles = port_roles(
+                    br.name,
+                    port.name,
+                    dict(port.external_ids),
+                    [Iface(i.name, i.type, dict(i.external_ids)) for i in ifaces],
+                    declared,
+                )
+                vlans = port_vlans(port.tag, port.trunks, port.vlan_mode)
+                for iface in ifaces:
+                    role = roles[iface.name]
                     ofport = _one(iface.ofport)
                     link = _one(iface.link_state)
                     req = _one(iface.ofport_request)
@@ -150,17 +166,21 @@ class OvsdbMonitor:
                         PortInfo(
                             iface.name,
                             ofport if isinstance(ofport, int) and ofport > 0 else None,
-                            kind,
-                            domid,
-                            devid,
+                            role.kind,
+                            role.domid,
+                            role.devid,
                             link != "down",
                             # Only while ovs-vswitchd has not yet created the port: not
                             # for one it failed to create (ofport -1), whose number it
                             # may give to another port.
                             req if isinstance(req, int) and req > 0 and ofport is None else None,
+                            port.name if port.name != iface.name else "",
+                            vlans if role.kind not in ("vif", "emu") else ALL_VLANS,
                         )
                     )
+            ours = {c.uuid for c in br.controller if dict(c.external_ids).get(CONTROLLER_MARK) == "true"}
             ctrls = tuple(sorted(c.target for c in br.controller))
+            foreign = tuple(sorted(c.target for c in br.controller if c.uuid not in ours))
             connected = any(_one(c.is_connected) for c in br.controller)
             fast = all(_one(c.max_backoff) == MAX_BACKOFF_MS for c in br.controller) and _learned_bounded(br)
             out[br.name] = BridgeInfo(
@@ -171,6 +191,7 @@ class OvsdbMonitor:
                 tuple(br.protocols),
                 connected,
                 fast,
+                foreign,
             )
         return out
 
@@ -184,6 +205,8 @@ class OvsdbMonitor:
             br = next((b for b in self.idl.tables["Bridge"].rows.values() if b.name == bridge), None)
             if br is None:
                 return
+            if any(dict(c.external_ids).get(CONTROLLER_MARK) != "true" and c.target != target for c in br.controller):
+                return  # another application's controller appeared meanwhile: not ours to replace
             protocols = sorted(set(br.protocols) | {"OpenFlow13"})
             if (
                 _one(br.fail_mode) == "secure"
@@ -196,6 +219,7 @@ class OvsdbMonitor:
             ctrl = txn.insert(self.idl.tables["Controller"])
             ctrl.target = target
             ctrl.max_backoff = [MAX_BACKOFF_MS]
+            ctrl.external_ids = {CONTROLLER_MARK: "true"}
             br.controller = [ctrl]
             br.fail_mode = ["secure"]
             br.protocols = protocols

@@ -20,13 +20,13 @@ from typing import Any
 from pyxs import Client
 
 from ..model.host import BridgeModel
-from ..pipeline.build import P_DROP, PURPOSES, Parts, build_parts, stream_parts
+from ..pipeline.build import P_DROP, PURPOSES, Builder, Parts
 from ..pipeline.diff import diff_parts, first_stage
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, decode_cookie
 from ..xenstore.client import locate
 from ..xenstore.vifwatch import VifWatcher
 from .config import Config
-from .hostmodel import OfPort, bridge_models
+from .hostmodel import Joiner, OfPort
 from .ovsdb_monitor import BridgeInfo, OvsdbMonitor
 from .session import Session, SwitchError
 
@@ -50,8 +50,14 @@ class Runtime:
         self._reported_problems: set[str] = set()
         self._drops: dict[tuple[int, int], int] = {}
         self._drop_totals: dict[str, int] = {}  # per bridge, as of the last per-flow read
-        self._of_ports_cache: dict[int, tuple[Any, Any]] = {}  # id(session) -> (its ports dict, OfPorts)
+        # bridge -> (the session's port table, the OfPorts made from it): remade only when replaced
+        self._of_ports_made: dict[str, tuple[Any, dict[str, OfPort]]] = {}
+        # The incremental join and build keep their state here, bounded by what exists.
+        self.joiner = Joiner()
+        self.builder = Builder()
         self.monitor: OvsdbMonitor | None = None
+        self.refused_bridges: set[str] = set()  # named, but another controller's
+        self._missing_reported: set[str] = set()
         self.packet_ins = 0
         self._retry = False
         # vifs and sessions are changed by the XenStore and os-ken threads while the
@@ -61,7 +67,9 @@ class Runtime:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.monitor = OvsdbMonitor(self.cfg.ovsdb, self._on_ovsdb)
+        if not self.cfg.bridges:
+            log.warning("no bridges named in the configuration ([controller] bridges): managing none")
+        self.monitor = OvsdbMonitor(self.cfg.ovsdb, self._on_ovsdb, self.cfg.declared_uplinks)
         self.monitor.start()
         for target, name in ((self._xenstore_loop, "xenstore"), (self._reconcile_loop, "reconcile")):
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -79,12 +87,73 @@ class Runtime:
     # -- inputs (any thread) -----------------------------------------------------------------
 
     def datapath_up(self, dp: Any) -> None:
+        """A switch finished os-ken's handshake: it gets a session, unless a live
+        connection already holds its datapath id.
+
+        A connection that claims the id of a connected switch never replaces the live
+        session: anyone who reaches the listener can send a FEATURES_REPLY with any id,
+        and two bridges can share one (other_config:datapath-id). But a switch that lost
+        its connection and reconnects must get its session back at once, and os-ken may
+        deliver the new connection's MAIN before the old one's DEAD. The old connection
+        is asked: if os-ken already saw it close, the newcomer takes over now; otherwise
+        an OpenFlow echo goes out on it (liveness.answers). The switch behind a live
+        connection answers, and the newcomer is closed with an error naming both; a dead
+        one stays silent for PROBE_TIMEOUT, and the newcomer takes over. The probe runs in
+        a thread of its own, so os-ken's event loop (every other switch's replies) never
+        waits for it, and nothing of the newcomer's is acted on meanwhile (session()
+        knows only the old connection).
+
+        Rejected: OpenFlow roles (OFPCR_ROLE_MASTER with generation ids) arbitrate between
+        controllers sharing one switch, not between two connections claiming to be one
+        switch: the impostor answers a role request as it likes. OVSDB's
+        Controller.is_connected is true in both cases (the switch is connected, to the old
+        connection or the new) and says nothing about a remote switch.
+        """
+        from .liveness import PROBE_TIMEOUT, answers, closed, describe
+
         with self._lock:
             old = self.sessions.get(dp.id)
-            self.sessions[dp.id] = Session(dp)
-        if old:
+            if old is not None and old.dp is dp:
+                return
+            contested = old is not None and not closed(old.dp)
+            if not contested:
+                self.sessions[dp.id] = Session(dp)
+        if not contested:
+            if old is not None:
+                old.close()
+            self._queue.put(("dp_up", dp.id))
+            return
+        assert old is not None
+
+        def settle() -> None:
+            if answers(old.dp):
+                log.error(
+                    "refused %s: it claims datapath id %016x, which %s holds and still answers on; a second "
+                    "connection never replaces a live switch (two bridges with one other_config:datapath-id, "
+                    "or something posing as the switch?)",
+                    describe(dp),
+                    dp.id,
+                    describe(old.dp, old.bridge),
+                )
+                dp.close()
+                return
+            with self._lock:
+                now = self.sessions.get(dp.id)
+                if (now is not None and now is not old) or closed(dp):
+                    return  # it went away, or another connection settled it meanwhile
+                self.sessions[dp.id] = Session(dp)
             old.close()
-        self._queue.put(("dp_up", dp.id))
+            old.dp.close()
+            log.warning(
+                "switch %016x reconnected (%s); its old connection (%s) did not answer within %.0f s: closed",
+                dp.id,
+                describe(dp),
+                describe(old.dp, old.bridge),
+                PROBE_TIMEOUT,
+            )
+            self._queue.put(("dp_up", dp.id))
+
+        threading.Thread(target=settle, name=f"dpid-{dp.id:x}", daemon=True).start()
 
     def datapath_down(self, dp: Any) -> None:
         with self._lock:
@@ -131,17 +200,39 @@ class Runtime:
             )
 
     def _on_ovsdb(self, snapshot: dict[str, BridgeInfo]) -> None:
-        self.ovsdb = snapshot
         target = self.cfg.target()
         assert self.monitor is not None
+        refused = set()
         for name, info in snapshot.items():
-            if self.cfg.managed(name) and (
+            if not self.cfg.managed(name):
+                continue  # not ours: never written, never programmed
+            # Another application's controller (OVN's br-int, a Neutron or Faucet bridge):
+            # taking the bridge over would cut it off. Ours are marked, or have our target.
+            foreign = tuple(t for t in info.foreign_controllers if t != target)
+            if foreign:
+                refused.add(name)
+                if name not in self.refused_bridges:
+                    log.error(
+                        "bridge %s is named in the configuration but already has another controller (%s): "
+                        "not taking it over. Remove it from [controller] bridges, or remove that controller "
+                        "(ovs-vsctl del-controller %s) if it is no longer used",
+                        name,
+                        ", ".join(foreign),
+                        name,
+                    )
+                continue
+            if (
                 info.fail_mode != "secure"
                 or info.controllers != (target,)
                 or "OpenFlow13" not in info.protocols
                 or not info.fast_reconnect
             ):
                 self.monitor.take_over(name, target)
+        for name in set(self.cfg.bridges) - set(snapshot) - self._missing_reported:
+            log.warning("bridge %s is named in the configuration but does not exist in OVSDB (yet)", name)
+        self._missing_reported = set(self.cfg.bridges) - set(snapshot)
+        self.refused_bridges = refused
+        self.ovsdb = snapshot
         self.ovsdb_ready.set()
         self._queue.put(("model", None))
 
@@ -273,14 +364,14 @@ class Runtime:
         except SwitchError as e:
             log.warning("switch %x: %s", dpid, e)
 
-    def _of_ports(self, s: Session) -> dict[str, OfPort]:
+    def _of_ports(self, bridge: str, s: Session) -> dict[str, OfPort]:
         """The session's ports as the model wants them, remade only when the session's
         port table was replaced (a read or a PORT_STATUS swaps in a new dict)."""
-        src, made = self._of_ports_cache.get(id(s), (None, None))
-        if src is not s.ports or made is None:
-            src = s.ports
-            made = {n: OfPort(no, live) for n, (no, live) in src.items()}
-            self._of_ports_cache[id(s)] = (src, made)
+        last = self._of_ports_made.get(bridge)
+        if last is not None and last[0] is s.ports:
+            return last[1]
+        made = {n: OfPort(no, live) for n, (no, live) in s.ports.items()}
+        self._of_ports_made[bridge] = (s.ports, made)
         return made
 
     def _reconcile_all(self) -> None:
@@ -289,21 +380,24 @@ class Runtime:
         with self._lock:
             sessions = {s.bridge: s for s in self.sessions.values() if s.synced and s.bridge}
             vifs, names = dict(self.vifs), dict(self.names)
-        of_ports = {b: self._of_ports(s) for b, s in sessions.items()}
-        models, problems = bridge_models(self.ovsdb, of_ports, vifs, names, self.cfg)
+        of_ports = {b: self._of_ports(b, s) for b, s in sessions.items()}
+        for gone in self._of_ports_made.keys() - of_ports.keys():
+            del self._of_ports_made[gone]
+        self.builder.forget({b for b in sessions if self.cfg.managed(b) and b not in self.refused_bridges})
+        models, problems = self.joiner.bridge_models(self.ovsdb, of_ports, vifs, names, self.cfg)
         for p in problems:
             if p not in self._reported_problems:
                 log.warning("%s", p)
         self._reported_problems = set(problems)
         for bname, model in models.items():
-            if not self.cfg.managed(bname):
+            if not self.cfg.managed(bname) or bname in self.refused_bridges:
                 continue
             s = sessions[bname]
             t_build = time.monotonic()
             if not s.installed_flows and not s.installed_groups:
                 self._fill(s, bname, model)  # a new or restarted switch: all of it, streamed
                 continue
-            desired = build_parts(model, self.cfg.learn_idle_timeout)
+            desired = self.builder.build_parts(model, self.cfg.learn_idle_timeout)
             first = first_stage(desired, s.installed_flows)
             for stage in (first, desired) if first is not None else (desired,):
                 if not self._apply(s, bname, stage, t_build):
@@ -337,7 +431,7 @@ class Runtime:
         ovs-vswitchd otherwise spent waiting."""
         t0 = time.monotonic()
         try:
-            desired = s.fill(lambda emit: stream_parts(model, self.cfg.learn_idle_timeout, emit))
+            desired = s.fill(lambda emit: self.builder.stream_parts(model, self.cfg.learn_idle_timeout, emit))
         except SwitchError as e:
             self._failed(s, bname, e)
             return

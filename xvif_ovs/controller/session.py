@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ..pipeline.diff import Plan, by_owner, owner_of
-from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, Flow, GroupEntry
+from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, Flow, GroupEntry, is_our_group
 from . import ofmsg, wire
 
 log = logging.getLogger("xvif_ovs.controller")
@@ -140,14 +140,20 @@ class Session:
             self.ports = ports
 
     def read_tables(self) -> None:
-        """What the switch has now: our flows (by cookie) and all groups."""
+        """What the switch has now: our flows (by cookie) and our groups (by id range);
+        anything else on the bridge is someone else's and never read, changed or deleted."""
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
         req = parser.OFPFlowStatsRequest(
             self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, COOKIE_MAGIC, COOKIE_MASK, parser.OFPMatch()
         )
         flows = [ofmsg.flow_from_stats(ofp, s) for r in self.request(req, "flow stats") for s in r.body]
         greq = parser.OFPGroupDescStatsRequest(self.dp, 0)
-        groups = [ofmsg.group_from_desc(ofp, d) for r in self.request(greq, "group description") for d in r.body]
+        groups = [
+            ofmsg.group_from_desc(ofp, d)
+            for r in self.request(greq, "group description")
+            for d in r.body
+            if is_our_group(d.group_id)
+        ]
         self.installed_flows, self.installed_groups = by_owner(flows), groups
         self.applied = {}  # compare everything against what was just read
 

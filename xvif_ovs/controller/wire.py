@@ -39,6 +39,7 @@ OFPT_EXPERIMENTER, OFPT_FLOW_MOD, OFPT_GROUP_MOD = 4, 14, 15
 OFPFC = {"add": 0, "modify": 2, "delete": 4}  # ADD, MODIFY_STRICT, DELETE_STRICT
 OFPFC_DELETE, OFPTT_ALL = 3, 0xFF
 OFPGC = {"add": 0, "modify": 1, "delete": 2}
+OFPGT = {"all": 0, "select": 1, "indirect": 2, "ff": 3}
 OFPP_ANY, OFPG_ANY, OFP_NO_BUFFER = 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF
 ONF_EXPERIMENTER_ID, ONFT_BUNDLE_ADD_MESSAGE = 0x4F4E4600, 2301
 NX_VENDOR, NXAST_RESUBMIT_TABLE = 0x00002320, 14
@@ -198,11 +199,12 @@ def owner_delete(owner: int, xid: int) -> bytes:
 
 
 def group_mod(group: GroupEntry, command: str, xid: int) -> bytes:
-    body = struct.pack("!HBxI", OFPGC[command], 0, group.group_id)  # type ALL
+    body = struct.pack("!HBxI", OFPGC[command], OFPGT[group.type], group.group_id)
     if command != "delete":
         for b in group.buckets:
             acts = b"".join(action_bytes(a) for a in b.actions)
-            body += struct.pack("!HHII4x", 16 + len(acts), 0, OFPP_ANY, OFPG_ANY) + acts
+            watch = OFPP_ANY if b.watch_port is None else b.watch_port
+            body += struct.pack("!HHII4x", 16 + len(acts), 0, watch, OFPG_ANY) + acts
     return struct.pack("!BBHI", OFP_VERSION, OFPT_GROUP_MOD, 8 + len(body), xid) + body
 
 

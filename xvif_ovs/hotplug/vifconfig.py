@@ -11,12 +11,11 @@ from ..errors import VifSpecError
 from ..model.vifspec import (
     BridgeSpec,
     format_ip,
-    parse_bridge,
     parse_ifname,
     parse_ips,
     parse_mac,
     parse_mtu,
-    parse_xl_vlan,
+    vif_vlans,
 )
 from ..xenstore.client import read_str
 
@@ -31,7 +30,6 @@ class VifConfig:
     ips: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
     vifname: str | None = None
     mtu: int | None = None
-    trusted: bool = False
     vm_name: str = ""
     vm_uuid: str = ""
     xapi: dict[str, str] = field(default_factory=dict)  # xs-vif-uuid, xs-network-uuid when XAPI runs the host
@@ -71,17 +69,10 @@ def read_vif(xs: Client, backend: str, domid: int, devid: int) -> VifConfig:
         raise VifSpecError(f"{backend}/mac is missing: set mac= in the vif spec (libxl always writes it)")
     try:
         mac = parse_mac(mac)
-        bridge = parse_bridge(key("bridge") or "xenbr0")
-        vlan = key("vlan")
-        if vlan:
-            if bridge.tag is not None or bridge.trunks:
-                raise VifSpecError("give VLANs either in bridge= (xenbr0.10:20) or in vlan=, not both")
-            tag, trunks = parse_xl_vlan(vlan)
-            bridge = BridgeSpec(bridge.name, tag, trunks)
+        bridge = vif_vlans(key("bridge"), key("vlan"))
         ips = parse_ips(key("ip") or "")
         vifname = key("vifname")
         mtu = key("mtu")
-        trusted = key("trusted") or "0"
     except VifSpecError as e:
         raise VifSpecError(f"vif {domid}.{devid} ({backend}): {e}") from None
     vm = read_str(xs, f"/local/domain/{domid}/vm")
@@ -105,7 +96,6 @@ def read_vif(xs: Client, backend: str, domid: int, devid: int) -> VifConfig:
         ips=ips,
         vifname=parse_ifname(vifname, "vifname") if vifname else None,
         mtu=parse_mtu(mtu) if mtu else None,
-        trusted=trusted == "1",
         vm_name=vm_name,
         vm_uuid=vm_uuid,
         xapi=xapi,

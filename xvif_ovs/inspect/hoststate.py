@@ -3,9 +3,11 @@ controllers) and XenStore (every vif backend), joined by domid/devid. Read-only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..model.ports import CONTROLLER_MARK, Iface, port_roles
 from ..ovsdb.client import Ovsdb, from_map, from_set
 from ..xenstore.client import connect, exists, list_dir, read_str
 from ..xenstore.vifwatch import BACKEND_ROOT
@@ -16,7 +18,7 @@ class PortView:
     name: str
     bridge: str
     ofport: int | None
-    kind: str  # vif | emu | uplink | local
+    kind: str  # vif | emu | uplink | local | unmanaged (model/ports.py)
     domid: int | None
     devid: int | None
     tag: int | None
@@ -25,6 +27,7 @@ class PortView:
     link: str  # up | down | ?
     attached_mac: str | None
     iface_type: str
+    port: str = ""  # the OVSDB Port, when it is not named as the interface (a bond's member)
 
 
 @dataclass
@@ -37,7 +40,16 @@ class BridgeView:
 
     @property
     def uplinks(self) -> list[str]:
-        return [p.name for p in self.ports if p.kind == "uplink"]
+        """Uplink ports by OVSDB Port name; a bond as BOND(MEMBER,MEMBER)."""
+        members: dict[str, list[str]] = {}
+        for p in self.ports:
+            if p.kind == "uplink":
+                members.setdefault(p.port or p.name, []).append(p.name)
+        return [n if m == [n] else f"{n}({','.join(m)})" for n, m in members.items()]
+
+    @property
+    def unmanaged(self) -> list[PortView]:
+        return [p for p in self.ports if p.kind == "unmanaged"]
 
     @property
     def connected(self) -> bool:
@@ -92,8 +104,10 @@ class HostView:
     stray_ports: list[PortView]  # vif-like ports no XenStore vif owns
 
 
-def read_ovsdb(db: Ovsdb) -> tuple[dict[str, BridgeView], dict[str, str]]:
-    from ..controller.ovsdb_monitor import classify_port
+def read_ovsdb(
+    db: Ovsdb, declared: Callable[[str], frozenset[str]] = lambda bridge: frozenset()
+) -> tuple[dict[str, BridgeView], dict[str, str]]:
+    """``declared``: the uplinks the controller's config names per bridge."""
 
     r = db.transact(
         [
@@ -108,7 +122,7 @@ def read_ovsdb(db: Ovsdb) -> tuple[dict[str, BridgeView], dict[str, str]]:
                 "op": "select",
                 "table": "Port",
                 "where": [],
-                "columns": ["_uuid", "name", "interfaces", "tag", "trunks", "vlan_mode"],
+                "columns": ["_uuid", "name", "interfaces", "tag", "trunks", "vlan_mode", "external_ids"],
             },
             {
                 "op": "select",
@@ -116,7 +130,12 @@ def read_ovsdb(db: Ovsdb) -> tuple[dict[str, BridgeView], dict[str, str]]:
                 "where": [],
                 "columns": ["_uuid", "name", "ofport", "type", "external_ids", "link_state"],
             },
-            {"op": "select", "table": "Controller", "where": [], "columns": ["_uuid", "target", "is_connected"]},
+            {
+                "op": "select",
+                "table": "Controller",
+                "where": [],
+                "columns": ["_uuid", "target", "is_connected", "external_ids"],
+            },
         ]
     )
     other = from_map(r[0]["rows"][0]["other_config"]) if r[0]["rows"] else {}
@@ -131,7 +150,11 @@ def read_ovsdb(db: Ovsdb) -> tuple[dict[str, BridgeView], dict[str, str]]:
             (from_set(b["fail_mode"]) or [""])[0] if from_set(b["fail_mode"]) else "",
             b["datapath_type"] or "system",
             [
-                {"target": ctrls[u]["target"], "connected": bool(ctrls[u]["is_connected"])}
+                {
+                    "target": ctrls[u]["target"],
+                    "connected": bool(ctrls[u]["is_connected"]),
+                    "ours": from_map(ctrls[u]["external_ids"]).get(CONTROLLER_MARK) == "true",
+                }
                 for _, u in (from_set(b["controller"]) if b["controller"] != ["set", []] else [])
                 if u in ctrls
             ],
@@ -140,12 +163,17 @@ def read_ovsdb(db: Ovsdb) -> tuple[dict[str, BridgeView], dict[str, str]]:
             port = ports.get(pu)
             if port is None:
                 continue
-            for _, iu in from_set(port["interfaces"]):
-                iface = ifaces.get(iu)
-                if iface is None:
-                    continue
+            rows = [ifaces[iu] for _, iu in from_set(port["interfaces"]) if iu in ifaces]
+            roles = port_roles(
+                name,
+                port["name"],
+                from_map(port["external_ids"]),
+                [Iface(i["name"], i["type"], from_map(i["external_ids"])) for i in rows],
+                declared(name),
+            )
+            for iface in rows:
                 ids = from_map(iface["external_ids"])
-                kind, domid, devid = classify_port(iface["name"], name, iface["type"], ids)
+                role = roles[iface["name"]]
                 ofp = from_set(iface["ofport"])
                 tag = from_set(port["tag"])
                 mode = from_set(port["vlan_mode"])
@@ -155,18 +183,20 @@ def read_ovsdb(db: Ovsdb) -> tuple[dict[str, BridgeView], dict[str, str]]:
                         iface["name"],
                         name,
                         ofp[0] if ofp and isinstance(ofp[0], int) and ofp[0] > 0 else None,
-                        kind,
-                        domid,
-                        devid,
+                        role.kind,
+                        role.domid,
+                        role.devid,
                         tag[0] if tag and isinstance(tag[0], int) else None,
                         sorted(x for x in from_set(port["trunks"]) if isinstance(x, int)),
                         mode[0] if mode and isinstance(mode[0], str) else None,
                         link[0] if link and isinstance(link[0], str) else "?",
                         ids.get("attached-mac"),
                         iface["type"],
+                        port["name"] if port["name"] != iface["name"] else "",
                     )
                 )
-        bv.ports.sort(key=lambda p: (p.kind != "local", p.kind != "uplink", p.domid or 0, p.devid or 0, p.name))
+        order = {"local": 0, "uplink": 1, "vif": 2, "emu": 2, "unmanaged": 3}
+        bv.ports.sort(key=lambda p: (order[p.kind], p.domid or 0, p.devid or 0, p.name))
         bridges[name] = bv
     return bridges, other
 
@@ -199,9 +229,13 @@ def read_xenstore(socket_path: str | None = None) -> dict[tuple[int, int], VifVi
     return out
 
 
-def read_host(db_remote: str | None = None, xenstore: str | None = None) -> HostView:
+def read_host(
+    db_remote: str | None = None,
+    xenstore: str | None = None,
+    declared: Callable[[str], frozenset[str]] = lambda bridge: frozenset(),
+) -> HostView:
     with Ovsdb(db_remote) as db:
-        bridges, other = read_ovsdb(db)
+        bridges, other = read_ovsdb(db, declared)
     vifs = read_xenstore(xenstore)
     stray = []
     for b in bridges.values():

@@ -200,9 +200,8 @@ def _write_xenstore(lab: Lab, dom: DomainRec, specs: dict[int, VifSpec]) -> None
                 for k in ("vifname", "mtu", "vlan", "gatewaydev"):
                     if k in spec.raw:
                         keys[k] = spec.raw[k]
-                if spec.trusted:
-                    keys["trusted"] = 1
-                    w(f"{fe}/trusted", 1)
+                # libxl 4.17 writes `trusted` under the frontend only ("1" unless xl's trusted=0).
+                w(f"{fe}/trusted", 1 if spec.raw.get("trusted", "1") == "1" else 0)
                 if spec.mtu:
                     w(f"{fe}/mtu", spec.mtu)
                 for k, val in keys.items():

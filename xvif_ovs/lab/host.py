@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LabError
+from ..model.ports import UPLINK_MARK
 from ..xenstore.client import connect, in_transaction
 from . import daemons
 from .daemons import read_pid, vsctl
@@ -54,8 +55,17 @@ class Lab:
     def xenstore_socket(self) -> Path:
         return self.dir / "xenstored.sock"
 
+    @property
+    def config(self) -> Path:
+        """The lab's controller configuration: it names the lab's bridges, nothing else."""
+        return self.dir / "controller.toml"
+
     def env(self) -> dict[str, str]:
-        return {"XENSTORED_PATH": str(self.xenstore_socket), **daemons.ovs_env(self.dir)}
+        return {
+            "XENSTORED_PATH": str(self.xenstore_socket),
+            "XVIF_OVS_CONFIG": str(self.config),
+            **daemons.ovs_env(self.dir),
+        }
 
     def hook_env(self) -> dict[str, str]:
         """What the lab gives hotplug scripts besides libxl's variables: its XenStore and
@@ -75,7 +85,14 @@ class Lab:
     # -- up / down -----------------------------------------------------------------
 
     def start_controller(self, config: Path | None = None) -> None:
-        daemons.start_controller(self.dir, config)
+        daemons.start_controller(self.dir, config or self.config)
+
+    def _write_config(self, bridges: list[BridgeArg]) -> None:
+        names = ", ".join(f'"{b.name}"' for b in bridges)
+        self.config.write_text(
+            "# Written by `xvif-ovs lab up`: the controller manages the lab's bridges, and only them.\n"
+            f"[controller]\nbridges = [{names}]\n"
+        )
 
     def stop_controller(self, kill: bool = False) -> None:
         daemons.stop_controller(self.dir, kill)
@@ -107,6 +124,7 @@ class Lab:
                 n_uplinks += rec.uplink is not None
                 with self.state_file.locked() as st:
                     st.bridges.append(rec)
+            self._write_config(bridges)
             if controller:
                 self.start_controller()
         except BaseException:
@@ -153,9 +171,8 @@ class Lab:
         ):
             run(cmd, netns=ns)
         run(["ip", "link", "set", b.uplink, "up"])
-        vsctl(
-            self.dir, "add-port", b.name, b.uplink, "--", "set", "interface", b.uplink, "external_ids:xvif-role=uplink"
-        )
+        # Declared as an operator would (a veth is no NIC: nothing else makes it an uplink).
+        vsctl(self.dir, "add-port", b.name, b.uplink, "--", "set", "port", b.uplink, f"external_ids:{UPLINK_MARK}=true")
         return BridgeRec(b.name, b.uplink, lan, v4, v6)
 
     def down(self) -> None:

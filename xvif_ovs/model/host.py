@@ -70,14 +70,84 @@ class VifModel:
 
 
 @dataclass(frozen=True)
+class PortVlans:
+    """A non-vif port's own VLAN settings (OVSDB Port tag, trunks, vlan_mode), read as
+    OVS's NORMAL reads them: a tagged uplink or a XenServer-style fake-bridge port
+    carries only its VLANs. No tag and no trunks: every VLAN (0 untagged, others tagged)."""
+
+    tag: int | None = None
+    trunks: tuple[int, ...] = ()
+    mode: str | None = None  # access | trunk | native-tagged | native-untagged (None: OVS's default)
+
+    @property
+    def effective_mode(self) -> str:
+        if self.mode:
+            return self.mode
+        return "access" if self.tag is not None else "trunk"
+
+    def carries(self, vlan: int) -> bool:
+        mode = self.effective_mode
+        if mode == "access":
+            return vlan == (self.tag or 0)
+        if mode == "trunk":
+            return not self.trunks or vlan in self.trunks
+        if mode in ("native-tagged", "native-untagged"):
+            return vlan == self.tag or vlan in self.trunks
+        return False  # dot1q-tunnel and anything newer: not ours to interpret, carries nothing
+
+    def tagged_on_wire(self, vlan: int) -> bool:
+        mode = self.effective_mode
+        if mode == "access":
+            return False
+        if mode == "native-untagged":
+            return vlan != self.tag
+        if mode == "native-tagged":
+            return True
+        return vlan != 0  # trunk: VLAN 0 is the untagged frames
+
+    def untagged_is(self) -> int | None:
+        """The VLAN an untagged frame from this port belongs to (None: dropped)."""
+        mode = self.effective_mode
+        if mode == "access":
+            return self.tag or 0
+        if mode in ("native-tagged", "native-untagged"):
+            return self.tag
+        return 0 if self.carries(0) else None
+
+
+ALL_VLANS = PortVlans()
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """A declared uplink: one OVSDB Port, with one interface (a NIC) or several (a bond,
+    whose frames leave through one live member and come in on any)."""
+
+    name: str
+    members: tuple[int, ...]  # ofports
+    vlans: PortVlans = ALL_VLANS
+
+    @property
+    def is_bond(self) -> bool:
+        return len(self.members) > 1
+
+
+@dataclass(frozen=True)
 class BridgeModel:
     name: str
-    uplinks: tuple[int, ...] = ()  # ofports of PIFs (carry every VLAN tagged, VLAN 0 untagged)
+    uplinks: tuple[int, ...] = ()  # ofports of single-NIC uplinks that carry every VLAN (0 untagged)
     local: bool = True  # dom0's LOCAL port takes part (untagged network, no port security)
     private: bool = False  # every vif on this bridge is private
     reserved_for: frozenset[str] | None = None  # domain names or domids allowed on this bridge
     vifs: tuple[VifModel, ...] = ()
     refused: tuple[VifModel, ...] = field(default=())  # vifs the reservation keeps off
+    # Uplinks with VLAN settings of their own, and bonds (besides the plain ones above).
+    special_uplinks: tuple[Uplink, ...] = ()
+    # Ports that are neither a vif with flows nor an uplink nor LOCAL: dropped and counted.
+    unmanaged: tuple[int, ...] = ()
+
+    def all_uplinks(self) -> tuple[Uplink, ...]:
+        return tuple(Uplink(str(p), (p,)) for p in self.uplinks) + self.special_uplinks
 
     def vlans(self) -> tuple[int, ...]:
         return tuple(sorted({v for vif in self.vifs for v in vif.access_vlans} | ({0} if self.local else set())))

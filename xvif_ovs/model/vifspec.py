@@ -175,6 +175,19 @@ def parse_xl_vlan(text: str) -> tuple[int | None, tuple[int, ...]]:
     return pvid, tuple(tagged)
 
 
+def vif_vlans(bridge: str | None, vlan: str | None) -> BridgeSpec:
+    """A vif's bridge and VLANs from libxl's ``bridge`` and ``vlan`` keys: the one reading
+    that the hook (which sets the port up), the controller (which enforces it) and the lab
+    share, so the same input is refused by all or means the same to all."""
+    spec = parse_bridge(bridge or DEFAULT_BRIDGE)
+    if vlan:
+        if spec.tag is not None or spec.trunks:
+            raise VifSpecError("give VLANs either in bridge= (xenbr0.10:20) or in vlan=, not both")
+        tag, trunks = parse_xl_vlan(vlan)
+        spec = BridgeSpec(spec.name, tag, trunks)
+    return spec
+
+
 def parse_ips(text: str) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]:
     """libxl's ``ip``: space-separated addresses (a /prefix is accepted for networks)."""
     out = []
@@ -234,12 +247,7 @@ def parse_vif_spec(text: str) -> VifSpec:
         if key in raw:
             raise VifSpecError(f"vif spec key {key!r} is given twice")
         raw[key] = value.strip()
-    bridge = parse_bridge(raw.get("bridge", DEFAULT_BRIDGE))
-    if "vlan" in raw:
-        if bridge.tag is not None or bridge.trunks:
-            raise VifSpecError("give VLANs either in bridge= (xenbr0.10:20) or in vlan=, not both")
-        tag, trunks = parse_xl_vlan(raw["vlan"])
-        bridge = BridgeSpec(bridge.name, tag, trunks)
+    bridge = vif_vlans(raw.get("bridge"), raw.get("vlan"))
     vif_type = raw.get("type", "vif")
     if vif_type not in ("vif", "ioemu"):
         raise VifSpecError(f"type {vif_type!r} is not vif or ioemu")

@@ -12,9 +12,10 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..model.host import BridgeModel, VifModel
+from ..model.host import BridgeModel, Uplink, VifModel
 from ..model.vifspec import int_to_mac, mac_to_int
 from .flow import (
+    GROUP_BASE,
     OFPP_LOCAL,
     OFPVID_PRESENT,
     Bucket,
@@ -43,9 +44,21 @@ CLASSES = (FROM_LOCAL, FROM_UPLINK, FROM_VIF, FROM_PRIVATE)
 PROMISCUOUS = F("reg5", 1, 1)
 
 # Cookie purposes: the CLI groups flows by these.
-P_DEFAULT, P_CLASSIFY, P_ALLOW, P_DROP, P_LEARN, P_FORWARD, P_FLOOD, P_EGRESS, P_LEARNED, P_REFUSED, P_GUARD = range(
-    1, 12
-)
+(
+    P_DEFAULT,
+    P_CLASSIFY,
+    P_ALLOW,
+    P_DROP,
+    P_LEARN,
+    P_FORWARD,
+    P_FLOOD,
+    P_EGRESS,
+    P_LEARNED,
+    P_REFUSED,
+    P_GUARD,
+    P_UNMANAGED,
+    P_PRIORITY_TAG,
+) = range(1, 14)
 PURPOSES = {
     P_DEFAULT: "default",
     P_CLASSIFY: "classify",
@@ -58,6 +71,8 @@ PURPOSES = {
     P_LEARNED: "learned",
     P_REFUSED: "refused (reserved bridge)",
     P_GUARD: "source-MAC guard",
+    P_UNMANAGED: "unmanaged port (no forwarding)",
+    P_PRIORITY_TAG: "priority tag (VLAN 0) removed",
 }
 
 ETH_ARP, ETH_IP, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
@@ -69,7 +84,27 @@ LEARN_IDLE_TIMEOUT = 300
 
 
 def group_id(vlan: int, klass: int) -> int:
-    return vlan * 4 + {FROM_LOCAL: 0, FROM_UPLINK: 1, FROM_VIF: 2, FROM_PRIVATE: 3}[klass]
+    """A flood group: ours by its id range (flow.GROUP_BASE), one per VLAN and ingress class."""
+    return GROUP_BASE + vlan * 4 + {FROM_LOCAL: 0, FROM_UPLINK: 1, FROM_VIF: 2, FROM_PRIVATE: 3}[klass]
+
+
+BOND_GROUPS = 0x10000  # a bond's fast-failover group: GROUP_BASE + BOND_GROUPS + its first member's ofport
+
+
+def bond_group_id(uplink: Uplink) -> int:
+    return GROUP_BASE + BOND_GROUPS + uplink.members[0]
+
+
+def _bond_group(uplink: Uplink) -> GroupEntry:
+    """Each frame leaves once, through the first live member (OVS judges liveness from the
+    link and, with LACP, from the negotiation)."""
+    return GroupEntry(
+        bond_group_id(uplink), tuple(Bucket((Output(m),), watch_port=m) for m in uplink.members), type="ff"
+    )
+
+
+def _uplink_out(uplink: Uplink) -> tuple:
+    return (Group(bond_group_id(uplink)),) if uplink.is_bond else (Output(uplink.members[0]),)
 
 
 def link_local(mac: str) -> ipaddress.IPv6Address:
@@ -106,131 +141,232 @@ def build(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOUT) -> 
 
 
 def build_parts(bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOUT) -> Parts:
-    """The bridge's flows and groups. When the model differs from this bridge's last one
-    only in a few vifs whose flood membership is unchanged (an ip or mac rewritten), those
-    vifs' entries are replaced in a copy of the last result instead of walking every vif:
-    the same result (tested against the full build), for a fraction of the time."""
-    last = _LAST_BUILD.get(bridge.name)
-    parts = _patched(last[0], last[1], bridge) if last and last[2] == learn_idle_timeout else None
-    if parts is None:
-        parts = _build_parts(bridge, learn_idle_timeout)
-    _LAST_BUILD[bridge.name] = (bridge, parts, learn_idle_timeout)
-    return parts
-
-
-_LAST_BUILD: dict[str, tuple[BridgeModel, Parts, int]] = {}
-_PATCH_AT_MOST = 16  # changed vifs; beyond this a full build is as cheap
-
-
-def _patched(old: BridgeModel, parts: Parts, new: BridgeModel) -> Parts | None:
-    """``parts`` (built from ``old``) updated for ``new``, or None where that is not safe."""
-    if (old.uplinks, old.local, old.private, old.reserved_for, old.refused) != (
-        new.uplinks,
-        new.local,
-        new.private,
-        new.reserved_for,
-        new.refused,
-    ) or len(old.vifs) != len(new.vifs):
-        return None
-    changed = []
-    for o, n in zip(old.vifs, new.vifs, strict=True):
-        if o is not n:
-            changed.append((o, n))
-            if len(changed) > _PATCH_AT_MOST:
-                return None
-    out = Parts(dict(parts.flows), list(parts.groups))
-    for o, n in changed:
-        if (o.domid, o.devid) != (n.domid, n.devid) or not (new.admits(o) and new.admits(n)):
-            return None
-        private = new.is_private(n)
-        if o.access_vlans != n.access_vlans or _membership(o, new.is_private(o)) != _membership(n, private):
-            return None  # flood groups (or the bridge's VLANs) change: build it all
-        out.flows[vif_owner(n.domid, n.devid)] = _vif_flows_same(n, private)
-    return out
+    """A build from nothing: pure, and remembering nothing (the controller keeps a
+    Builder, which reuses what is unchanged)."""
+    return Builder().build_parts(bridge, learn_idle_timeout)
 
 
 def stream_parts(
     bridge: BridgeModel, learn_idle_timeout: int, emit: Callable[[Sequence[Flow] | Sequence[GroupEntry]], None]
 ) -> Parts:
-    """The full build, handing each piece to ``emit`` as soon as it is made, the groups
-    first (flows refer to them): a switch can take the first flows while the rest are
-    being computed. Returns what build_parts() would, and is remembered as it is."""
-    parts = _build_parts(bridge, learn_idle_timeout, emit)
-    _LAST_BUILD[bridge.name] = (bridge, parts, learn_idle_timeout)
-    return parts
+    return Builder().stream_parts(bridge, learn_idle_timeout, emit)
 
 
-def _build_parts(
-    bridge: BridgeModel,
-    learn_idle_timeout: int,
-    emit: Callable[[Sequence[Flow] | Sequence[GroupEntry]], None] = lambda piece: None,
-) -> Parts:
-    parts = Parts()
-    vlans = bridge.vlans()
-    admitted = [v for v in bridge.vifs if bridge.admits(v)]
-    refused = [v for v in bridge.vifs if not bridge.admits(v)] + list(bridge.refused)
-    parts.groups = _flood_groups(bridge, vlans, admitted)
-    emit(parts.groups)
-    for vif in refused:
-        flows = parts.flows[vif_owner(vif.domid, vif.devid)] = _refused_flows(vif)
-        emit(flows)
-    for vif in admitted:
-        flows = parts.flows[vif_owner(vif.domid, vif.devid)] = _vif_flows_same(vif, bridge.is_private(vif))
-        emit(flows)
-    parts.flows[0] = _bridge_flows(bridge.uplinks, bridge.local, vlans, learn_idle_timeout)
-    emit(parts.flows[0])
-    return parts
+_PATCH_AT_MOST = 16  # changed vifs; beyond this a full build is as cheap
 
 
-def _flood_groups(bridge: BridgeModel, vlans: tuple[int, ...], admitted: list[VifModel]) -> list[GroupEntry]:
-    groups: list[GroupEntry] = []
-    members: dict[int, list[tuple[int, bool, bool]]] = {v: [] for v in vlans}  # vlan -> (port, tag?, private?)
-    for vlan in vlans:
-        for port in bridge.uplinks:
-            members[vlan].append((port, vlan != 0, False))
-        if bridge.local and vlan == 0:
-            members[vlan].append((OFPP_LOCAL, False, False))
-    for vif in admitted:
-        for vlan, entry in _membership(vif, bridge.is_private(vif)):
-            members[vlan].append(entry)
-    promiscuous = list(bridge.uplinks) + ([OFPP_LOCAL] if bridge.local else [])
-    for vlan in vlans:
-        for klass in CLASSES:
-            groups.append(_flood_group(vlan, tuple(members[vlan]), klass, tuple(promiscuous)))
-    return groups
+@dataclass
+class _VifEntry:
+    """One vif's last model and what it made. Compared by identity first (the controller
+    hands in the same object for an unchanged vif), then by value."""
+
+    vif: VifModel
+    private: bool
+    refused: bool
+    flows: tuple[Flow, ...]
+    membership: tuple
 
 
-def _membership(vif: VifModel, private: bool) -> tuple[tuple[int, tuple[int, bool, bool]], ...]:
-    """(VLAN, flood-group entry) for each VLAN the vif floods on; by object identity, as
-    _vif_flows_same, since this runs for every vif on every pass."""
-    hit = _MEMBERSHIP.get(id(vif))
-    if hit is not None and hit[0] is vif and hit[1] == private:
-        return hit[2]
+@dataclass
+class _BridgeState:
+    model: BridgeModel
+    parts: Parts
+    learn_idle_timeout: int
+    vifs: dict[tuple[int, int], _VifEntry] = field(default_factory=dict)
+    groups: dict[tuple[int, int], tuple[tuple, GroupEntry]] = field(default_factory=dict)  # (vlan, class)
+
+
+class Builder:
+    """The incremental build's whole state, in one object whose size follows what exists:
+    per bridge its last model and result, per vif (by domid.devid) its last model and
+    flows, per flood group (VLAN, ingress class) its last members. Nothing is keyed on
+    object identity and nothing grows with the number of changes: a vif changed 100,000
+    times holds one entry. The result is always the full build's (tested)."""
+
+    def __init__(self) -> None:
+        self._bridges: dict[str, _BridgeState] = {}
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the state of bridges not in ``keep`` (gone, or no longer ours)."""
+        for name in set(self._bridges) - keep:
+            del self._bridges[name]
+
+    def build_parts(self, bridge: BridgeModel, learn_idle_timeout: int = LEARN_IDLE_TIMEOUT) -> Parts:
+        """The bridge's flows and groups. When the model differs from this bridge's last one
+        only in a few vifs whose flood membership is unchanged (an ip or mac rewritten), those
+        vifs' entries are replaced in a copy of the last result instead of walking every vif:
+        the same result (tested against the full build), for a fraction of the time."""
+        st = self._bridges.get(bridge.name)
+        parts = None
+        if st is not None and st.learn_idle_timeout == learn_idle_timeout:
+            parts = self._patched(st, bridge)
+        if parts is None:
+            return self._full(bridge, learn_idle_timeout)
+        st.model, st.parts = bridge, parts
+        return parts
+
+    def stream_parts(
+        self,
+        bridge: BridgeModel,
+        learn_idle_timeout: int,
+        emit: Callable[[Sequence[Flow] | Sequence[GroupEntry]], None],
+    ) -> Parts:
+        """The full build, handing each piece to ``emit`` as soon as it is made, the groups
+        first (flows refer to them): a switch can take the first flows while the rest are
+        being computed. Returns what build_parts() would, and is remembered as it is."""
+        return self._full(bridge, learn_idle_timeout, emit)
+
+    # -- per vif ----------------------------------------------------------------------------
+
+    def _entry(self, st: _BridgeState, vif: VifModel, private: bool, refused: bool = False) -> _VifEntry:
+        key = (vif.domid, vif.devid)
+        e = st.vifs.get(key)
+        if e is not None and e.private == private and e.refused == refused and (e.vif is vif or e.vif == vif):
+            e.vif = vif
+            return e
+        if refused:
+            e = _VifEntry(vif, private, True, _refused_flows(vif), ())
+        else:
+            e = _VifEntry(vif, private, False, _vif_flows(vif, private), _membership(vif, private))
+        st.vifs[key] = e
+        return e
+
+    def _patched(self, st: _BridgeState, new: BridgeModel) -> Parts | None:
+        """The last result updated for ``new``, or None where that is not safe."""
+        old = st.model
+        if (old.uplinks, old.special_uplinks, old.unmanaged, old.local, old.private, old.reserved_for, old.refused) != (
+            new.uplinks,
+            new.special_uplinks,
+            new.unmanaged,
+            new.local,
+            new.private,
+            new.reserved_for,
+            new.refused,
+        ) or len(old.vifs) != len(new.vifs):
+            return None
+        changed = []
+        for o, n in zip(old.vifs, new.vifs, strict=True):
+            if o is not n:
+                changed.append((o, n))
+                if len(changed) > _PATCH_AT_MOST:
+                    return None
+        out = Parts(dict(st.parts.flows), list(st.parts.groups))
+        for o, n in changed:
+            if (o.domid, o.devid) != (n.domid, n.devid) or not (new.admits(o) and new.admits(n)):
+                return None
+            private = new.is_private(n)
+            before = st.vifs.get((o.domid, o.devid))
+            if before is None or o.access_vlans != n.access_vlans or before.membership != _membership(n, private):
+                return None  # flood groups (or the bridge's VLANs) change: build it all
+            out.flows[vif_owner(n.domid, n.devid)] = self._entry(st, n, private).flows
+        return out
+
+    # -- the whole bridge ---------------------------------------------------------------------
+
+    def _full(
+        self,
+        bridge: BridgeModel,
+        learn_idle_timeout: int,
+        emit: Callable[[Sequence[Flow] | Sequence[GroupEntry]], None] = lambda piece: None,
+    ) -> Parts:
+        old = self._bridges.get(bridge.name)
+        st = _BridgeState(bridge, Parts(), learn_idle_timeout)
+        if old is not None:  # reuse what is unchanged; take nothing that no longer exists
+            st.vifs, st.groups = old.vifs, old.groups
+        parts = st.parts
+        vlans = bridge.vlans()
+        admitted = [v for v in bridge.vifs if bridge.admits(v)]
+        refused = [v for v in bridge.vifs if not bridge.admits(v)] + list(bridge.refused)
+        entries = {(v.domid, v.devid): self._entry(st, v, bridge.is_private(v)) for v in admitted}
+        parts.groups = self._flood_groups(st, bridge, vlans, [entries[(v.domid, v.devid)] for v in admitted])
+        emit(parts.groups)
+        for vif in refused:
+            e = self._entry(st, vif, False, refused=True)
+            entries[(vif.domid, vif.devid)] = e
+            flows = parts.flows[vif_owner(vif.domid, vif.devid)] = e.flows
+            emit(flows)
+        for vif in admitted:
+            flows = parts.flows[vif_owner(vif.domid, vif.devid)] = entries[(vif.domid, vif.devid)].flows
+            emit(flows)
+        parts.flows[0] = _bridge_flows(bridge.all_uplinks(), bridge.local, vlans, learn_idle_timeout, bridge.unmanaged)
+        emit(parts.flows[0])
+        st.vifs = {k: st.vifs[k] for k in entries}  # bounded by the vifs that exist
+        self._bridges[bridge.name] = st
+        return parts
+
+    def _flood_groups(
+        self, st: _BridgeState, bridge: BridgeModel, vlans: tuple[int, ...], admitted: list[_VifEntry]
+    ) -> list[GroupEntry]:
+        groups: list[GroupEntry] = []
+        # vlan -> (sort key, bucket actions, private?, uplink?)
+        members: dict[int, list[tuple[int, tuple, bool, bool]]] = {v: [] for v in vlans}
+        uplinks = bridge.all_uplinks()
+        for vlan in vlans:
+            for u in uplinks:
+                if u.vlans.carries(vlan):
+                    tag = (PushVlan(vlan),) if u.vlans.tagged_on_wire(vlan) else ()
+                    members[vlan].append((u.members[0], (*tag, *_uplink_out(u)), False, True))
+            if bridge.local and vlan == 0:
+                members[vlan].append((OFPP_LOCAL, (Output(OFPP_LOCAL),), False, False))
+        for e in admitted:
+            for vlan, entry in e.membership:
+                members[vlan].append(entry)
+        made = {}
+        for vlan in vlans:
+            these = tuple(members[vlan])
+            for klass in CLASSES:
+                last = st.groups.get((vlan, klass))
+                # An unchanged VLAN keeps the same group object, which the diff skips fast.
+                group = last[1] if last is not None and last[0] == these else _flood_group(vlan, these, klass)
+                made[(vlan, klass)] = (these, group)
+                groups.append(group)
+        st.groups = made
+        groups += [_bond_group(u) for u in uplinks if u.is_bond]
+        return groups
+
+
+def _membership(vif: VifModel, private: bool) -> tuple[tuple[int, tuple[int, tuple, bool, bool]], ...]:
+    """(VLAN, flood-group entry) for each VLAN the vif floods on."""
     port = vif.active_port
-    out = () if port is None else tuple((v, (port, vif.tagged_on_wire(v), private)) for v in vif.access_vlans)
-    if len(_MEMBERSHIP) > 1 << 16:
-        _MEMBERSHIP.clear()
-    _MEMBERSHIP[id(vif)] = (vif, private, out)
-    return out
-
-
-_MEMBERSHIP: dict[int, tuple] = {}
+    if port is None:
+        return ()
+    return tuple(
+        (v, (port, (PushVlan(v), Output(port)) if vif.tagged_on_wire(v) else (Output(port),), private, False))
+        for v in vif.access_vlans
+    )
 
 
 @functools.lru_cache(maxsize=256)
 def _bridge_flows(
-    uplinks: tuple[int, ...], local: bool, vlans: tuple[int, ...], learn_idle_timeout: int
+    uplinks: tuple[Uplink, ...],
+    local: bool,
+    vlans: tuple[int, ...],
+    learn_idle_timeout: int,
+    unmanaged: tuple[int, ...] = (),
 ) -> tuple[Flow, ...]:
     flows: list[Flow] = []
     bridge_cookie = cookie(P_DEFAULT)
     for t in (CLASSIFY, PORT_SECURITY, LEARN, FORWARD, EGRESS):
         flows.append(Flow(t, 0, (), (), bridge_cookie))  # explicit misses: drop, and count
-    for port in uplinks:
+    # A priority-tagged frame (802.1Q, VLAN 0, a PCP) is an untagged frame, as NORMAL reads it.
+    flows.append(Flow(CLASSIFY, 200, match(tagged(0)), (PopVlan(), Resubmit(CLASSIFY)), cookie(P_PRIORITY_TAG)))
+    # A port nobody declared (neither a vif with flows nor an uplink nor LOCAL): no
+    # forwarding at all; one flow per port, so its drops are counted.
+    for port in unmanaged:
+        flows.append(Flow(CLASSIFY, 150, match(F("in_port", port)), (), cookie(P_UNMANAGED)))
+    for u in uplinks:
         for vlan in vlans:
-            m = match(F("in_port", port), untagged() if vlan == 0 else tagged(vlan))
-            pre = () if vlan == 0 else (PopVlan(),)
-            acts = (*pre, SetReg("reg5", FROM_UPLINK), SetReg("reg6", vlan), Goto(LEARN))
-            flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY)))
+            if not u.vlans.carries(vlan):
+                continue
+            forms = []
+            if u.vlans.tagged_on_wire(vlan):
+                forms.append((tagged(vlan), (PopVlan(),)))
+            if u.vlans.untagged_is() == vlan:
+                forms.append((untagged(), ()))
+            for port in u.members:
+                for m, pre in forms:
+                    acts = (*pre, SetReg("reg5", FROM_UPLINK), SetReg("reg6", vlan), Goto(LEARN))
+                    flows.append(Flow(CLASSIFY, 100, match(F("in_port", port), m), acts, cookie(P_CLASSIFY)))
     if local:
         m = match(F("in_port", OFPP_LOCAL), untagged())
         acts = (SetReg("reg5", FROM_LOCAL), SetReg("reg6", 0), Goto(LEARN))
@@ -246,9 +382,13 @@ def _bridge_flows(
             flows.append(
                 Flow(EGRESS, 10, match(F("reg5", klass), F("reg6", vlan), F("reg7", 0)), (Group(gid),), cookie(P_FLOOD))
             )
-        for port in uplinks:
-            out = (PushVlan(vlan), Output(port)) if vlan else (Output(port),)
-            flows.append(Flow(EGRESS, 100, match(F("reg6", vlan), F("reg7", port)), out, cookie(P_EGRESS)))
+        for u in uplinks:
+            if not u.vlans.carries(vlan):
+                continue
+            out = ((PushVlan(vlan),) if u.vlans.tagged_on_wire(vlan) else ()) + _uplink_out(u)
+            # reg7 is where a learned MAC came in: for a bond, any member leads to the bond.
+            for port in u.members:
+                flows.append(Flow(EGRESS, 100, match(F("reg6", vlan), F("reg7", port)), out, cookie(P_EGRESS)))
         if local and vlan == 0:
             flows.append(
                 Flow(EGRESS, 100, match(F("reg6", 0), F("reg7", OFPP_LOCAL)), (Output(OFPP_LOCAL),), cookie(P_EGRESS))
@@ -259,31 +399,13 @@ def _bridge_flows(
     return tuple(flows)
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _refused_flows(vif: VifModel) -> tuple[Flow, ...]:
     owner = vif_owner(vif.domid, vif.devid)
     return tuple(Flow(CLASSIFY, 100, match(F("in_port", port)), (), cookie(P_REFUSED, owner)) for port in vif.ports)
 
 
-_BY_IDENTITY: dict[int, tuple[VifModel, bool, tuple[Flow, ...]]] = {}
-
-
-def _vif_flows_same(vif: VifModel, private: bool) -> tuple[Flow, ...]:
-    """_vif_flows by object identity first: hashing thousands of vif models costs more
-    than building one vif's flows, and the controller hands in the same objects."""
-    hit = _BY_IDENTITY.get(id(vif))
-    if hit is not None and hit[0] is vif and hit[1] == private:
-        return hit[2]
-    flows = _vif_flows(vif, private)
-    if len(_BY_IDENTITY) > 1 << 16:
-        _BY_IDENTITY.clear()
-    _BY_IDENTITY[id(vif)] = (vif, private, flows)  # holding vif keeps its id from being reused
-    return flows
-
-
-@functools.lru_cache(maxsize=1 << 16)
 def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
-    """Everything one vif owns; cached, so an unchanged vif costs nothing to rebuild."""
+    """Everything one vif owns (a Builder keeps it while the vif is unchanged)."""
     fs = FlowSet()
     _vif_ingress(fs, FROM_PRIVATE if private else FROM_VIF, vif)
     _port_security(fs, vif)
@@ -311,25 +433,22 @@ def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
     return tuple(fs.flows)
 
 
-@functools.lru_cache(maxsize=4096)
-def _flood_group(vlan: int, members: tuple, klass: int, promiscuous: tuple) -> GroupEntry:
-    """Cached: an unchanged VLAN keeps the same group object, which the diff skips fast."""
-    return GroupEntry(group_id(vlan, klass), _flood_buckets(vlan, list(members), klass, list(promiscuous)))
+def _flood_group(vlan: int, members: tuple, klass: int) -> GroupEntry:
+    return GroupEntry(group_id(vlan, klass), _flood_buckets(list(members), klass))
 
 
-def _flood_buckets(
-    vlan: int, members: list[tuple[int, bool, bool]], klass: int, promiscuous: list[int]
-) -> tuple[Bucket, ...]:
-    """One bucket per member port; OVS never sends a copy back out of the ingress port."""
+def _flood_buckets(members: list[tuple[int, tuple, bool, bool]], klass: int) -> tuple[Bucket, ...]:
+    """One bucket per member port (a bond is one member); OVS never sends a copy back out
+    of the ingress port."""
     out = []
-    for port, tag, private in sorted(members):
+    for port, actions, private, uplink in sorted(members, key=lambda m: m[0]):
         if klass == FROM_VIF and private:
             continue  # ordinary guests do not reach private ones
-        if klass == FROM_PRIVATE and port not in promiscuous:
+        if klass == FROM_PRIVATE and not (uplink or port == OFPP_LOCAL):
             continue  # a private guest reaches only the uplinks and dom0
-        if klass == FROM_UPLINK and port in promiscuous and port != OFPP_LOCAL:
+        if klass == FROM_UPLINK and uplink:
             continue  # never uplink to uplink: that would loop or confuse the LAN's switches
-        out.append(Bucket((PushVlan(vlan), Output(port)) if tag else (Output(port),)))
+        out.append(Bucket(actions))
     return tuple(out)
 
 
@@ -347,7 +466,7 @@ def _vif_ingress(fs: FlowSet, klass: int, vif: VifModel) -> None:
         fs.flows.append(Flow(CLASSIFY, 1, match(F("in_port", port)), (), cookie(P_DROP, owner)))
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=4096)  # bounded: addresses recur within a build, not across history
 def _addr(name: str, ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> F:
     """An address field: the host, or for an ip= network (a router's routed subnet) the
     whole network as address/mask. Cached: a vif's addresses recur in many of its flows,

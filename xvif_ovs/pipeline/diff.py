@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .build import P_GUARD, Parts
-from .flow import COOKIE_MAGIC, COOKIE_MASK, OWNER_MASK, VIF_OWNER, Flow, FlowSet, GroupEntry
+from .flow import COOKIE_MAGIC, COOKIE_MASK, OWNER_MASK, VIF_OWNER, Flow, FlowSet, GroupEntry, is_our_group
 from .tables import LEARNED
 
 
@@ -51,7 +51,7 @@ def diff(desired: FlowSet, flows: list[Flow], groups: list[GroupEntry]) -> Plan:
 
 def _diff_groups(desired: list[GroupEntry], groups: list[GroupEntry], plan: Plan) -> None:
     want_groups = {g.group_id: g for g in desired}
-    have_groups = {g.group_id: g for g in groups}
+    have_groups = {g.group_id: g for g in groups if is_our_group(g.group_id)}  # another's are left alone
     for gid, g in sorted(want_groups.items()):
         if gid not in have_groups:
             plan.group_adds.append(g)

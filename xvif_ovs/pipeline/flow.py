@@ -51,6 +51,16 @@ OWNER_MASK = 0xFFFFFFFF  # the low 32 bits: which vif (VIF_OWNER set) or 0, the 
 VIF_OWNER = 1 << 31
 
 
+# Groups: ids in [GROUP_BASE, GROUP_BASE + GROUP_SPAN) are ours; the controller reads,
+# changes and deletes only those, so another application's groups on a bridge are left alone.
+GROUP_BASE = 0x7876 << 16
+GROUP_SPAN = 0x20000
+
+
+def is_our_group(group_id: int) -> bool:
+    return GROUP_BASE <= group_id < GROUP_BASE + GROUP_SPAN
+
+
 def cookie(purpose: int, owner: int = 0) -> int:
     """``purpose`` (8 bits) says why the flow exists; ``owner`` which vif (0: the bridge)."""
     return COOKIE_MAGIC | (purpose & 0xFF) << 40 | (owner & OWNER_MASK)
@@ -207,20 +217,27 @@ class Flow:
 @dataclass(frozen=True)
 class Bucket:
     actions: tuple[Action, ...]
+    watch_port: int | None = None  # fast-failover: the bucket is live while this port is
 
     def render(self) -> str:
-        return "bucket=" + ",".join(a.render() for a in self.actions)
+        acts = ",".join(a.render() for a in self.actions)
+        if self.watch_port is None:
+            return f"bucket={acts}"
+        return f"bucket=watch_port:{self.watch_port},actions={acts}"
 
 
 @dataclass(frozen=True)
 class GroupEntry:
-    """An OpenFlow ALL group: a copy of the frame through every bucket (a VLAN's flood)."""
+    """An OpenFlow group: ``all`` sends a copy through every bucket (a VLAN's flood);
+    ``ff`` (fast failover) through the first bucket whose watch_port is live (a bond: each
+    frame leaves once, over a live member)."""
 
     group_id: int
     buckets: tuple[Bucket, ...]
+    type: str = "all"
 
     def render(self) -> str:
-        return f"group_id={self.group_id},type=all," + ",".join(b.render() for b in self.buckets)
+        return f"group_id={self.group_id},type={self.type}," + ",".join(b.render() for b in self.buckets)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..model.host import BridgeModel, VifModel
+from ..model.host import BridgeModel, PortVlans, Uplink, VifModel
 from ..model.vifspec import parse_bridge, parse_ips
 from .build import build
 from .sim import Switch
@@ -79,12 +79,26 @@ def uplink_learning() -> str:
     )
 
 
+def uplinks_and_strangers() -> str:
+    """Trust: a two-member bond (ofports 2, 3) carrying every VLAN, an uplink with its own
+    tag (ofport 4, access on VLAN 20, as a fake-bridge port), and a port nobody declared
+    (ofport 9): no forwarding, counted."""
+    b = BridgeModel(
+        "xenbr0",
+        special_uplinks=(Uplink("bond0", (2, 3)), Uplink("xapi20", (4,), PortVlans(tag=20))),
+        vifs=(_vif(5, "xenbr0", "192.0.2.5"), _vif(6, "xenbr0.20", "198.51.100.6")),
+        unmanaged=(9,),
+    )
+    return build(b).render()
+
+
 SCENARIOS: dict[str, Callable[[], str]] = {
     "two-guests-one-vlan": two_guests_one_vlan,
     "access-trunk-native": access_trunk_native,
     "private-mode": private_mode,
     "hvm-pair": hvm_pair,
     "uplink-learning": uplink_learning,
+    "uplinks-and-strangers": uplinks_and_strangers,
 }
 
 

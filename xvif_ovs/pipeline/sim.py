@@ -89,6 +89,7 @@ class Switch:
         self.tables: dict[int, list[Flow]] = {}
         self.groups = {g.group_id: g for g in fs.groups}
         self.counters: dict[tuple, int] = {}
+        self.down: set[int] = set()  # ports whose link is down (fast-failover buckets skip them)
         for f in fs.flows:
             self.tables.setdefault(f.table, []).append(f)
         for flows in self.tables.values():
@@ -130,7 +131,11 @@ class Switch:
                 if a.port != pkt.fields["in_port"]:  # OpenFlow never outputs to the ingress port
                     trace.deliveries.append(Delivery(a.port, pkt.vlan))
             elif isinstance(a, Group):
-                for bucket in self.groups[a.group_id].buckets:
+                group = self.groups[a.group_id]
+                buckets = group.buckets
+                if group.type == "ff":  # the first bucket whose port is live, or none
+                    buckets = next(((b,) for b in buckets if b.watch_port not in self.down), ())
+                for bucket in buckets:
                     self._apply(bucket.actions, copy.deepcopy(pkt), trace, depth + 1)
             elif isinstance(a, Resubmit):
                 self._run_table(a.table, pkt, trace, depth + 1)

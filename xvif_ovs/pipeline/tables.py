@@ -29,9 +29,11 @@ TABLES = {
             "which port a frame came in on and on which VLAN: sets reg5 (ingress class: 1 dom0, 9 uplink, "
             "2 vif, 4 private vif) and reg6 (VLAN, 0 = untagged network), strips the 802.1Q tag. "
             "Frames a port may not send (a tag on an access port, an untagged frame on a trunk, "
-            "any frame from a vif refused by a reserved bridge) are dropped here.",
+            "any frame from a vif refused by a reserved bridge) are dropped here, and so is everything "
+            "from a port that is neither a vif nor a declared uplink nor LOCAL (counted per port). "
+            "A priority-tagged frame (VLAN 0) loses its tag and is classified again, as untagged.",
             frozenset({"in_port", "vlan_tci"}),
-            frozenset({PORT_SECURITY, LEARN}),
+            frozenset({CLASSIFY, PORT_SECURITY, LEARN}),
         ),
         Table(
             PORT_SECURITY,

@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
+from ..instance import AlreadyRunning, unlink_if_ours
 from .server import XenStoreServer
 from .store import Store
 
@@ -29,10 +31,26 @@ def run(
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     try:
         asyncio.run(_main(socket_path, pidfile, state_file))
+    except AlreadyRunning as e:
+        # Not ours to touch: the running server's socket, pidfile and state file stay.
+        log.error("%s", e)
+        if log_file:
+            print(f"xvif-ovs xenstored: {e}", file=sys.stderr)
+        return 1
     finally:
         if pidfile:
-            Path(pidfile).unlink(missing_ok=True)
+            _unlink_own_pidfile(pidfile)
     return 0
+
+
+def _unlink_own_pidfile(pidfile: str) -> None:
+    """Only the pidfile that holds our own pid: a refused second instance given the same
+    --pidfile must leave the running one's in place."""
+    try:
+        if Path(pidfile).read_text().strip() == str(os.getpid()):
+            Path(pidfile).unlink()
+    except (OSError, ValueError):
+        pass
 
 
 async def _main(socket_path: str, pidfile: str | None, state_file: str | None) -> None:
@@ -61,4 +79,4 @@ async def _main(socket_path: str, pidfile: str | None, state_file: str | None) -
         Path(tmp).write_text(json.dumps(server.store.dump()))
         os.replace(tmp, state_file)
         log.info("saved %d nodes to %s", len(server.store), state_file)
-    Path(socket_path).unlink(missing_ok=True)
+    unlink_if_ours(socket_path, server.socket_inode)  # never a successor's socket

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..instance import bind_unix
 from . import paths
 from .protocol import HEADER, XENSTORE_PAYLOAD_MAX, Header, Op, XsError, encode, one_arg, split_strings
 from .store import Event, Store, Transaction, matches
@@ -64,6 +65,7 @@ class XenStoreServer:
         self._cids = itertools.count(1)
         self._txids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
+        self.socket_inode: int | None = None  # of the socket start() bound: ours to remove
         self._events: list[Event] = []  # raised by the request being handled
         self._handlers: dict[int, Callable[[Connection, Header, bytes, Transaction | None], bytes]] = {
             Op.READ: self._read,
@@ -91,10 +93,12 @@ class XenStoreServer:
     # -- socket ------------------------------------------------------------------
 
     async def start(self, socket_path: str) -> None:
-        if os.path.exists(socket_path):
-            os.unlink(socket_path)
-        self._server = await asyncio.start_unix_server(self._serve, path=socket_path)
-        os.chmod(socket_path, 0o600)
+        """Listen on ``socket_path``; AlreadyRunning if a live process serves it. A stale
+        socket (nobody listens) is replaced. The socket is bound here, not by asyncio,
+        which would unlink whatever is at the path, a live server's socket included."""
+        sock = bind_unix(socket_path, "XenStore server")
+        self.socket_inode = os.stat(socket_path).st_ino
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
         log.info("listening on %s", socket_path)
 
     async def serve_forever(self) -> None:
