@@ -54,7 +54,6 @@ class Runtime:
         self._of_ports_made: dict[str, tuple[Any, dict[str, OfPort]]] = {}
         # The incremental join and build keep their state here, bounded by what exists.
         self.joiner = Joiner()
-        self.builder = Builder()
         self.monitor: OvsdbMonitor | None = None
         self.refused_bridges: set[str] = set()  # named, but another controller's
         self._missing_reported: set[str] = set()
@@ -303,7 +302,6 @@ class Runtime:
                 self._stop.wait(1.0)
 
     def _reconcile_loop_once(self) -> None:
-        next_report = time.monotonic() + DROP_REPORT_INTERVAL
         next_names = time.monotonic() + NAMES_INTERVAL
         while not self._stop.is_set():
             try:
@@ -319,21 +317,10 @@ class Runtime:
             if any(k == "stop" for k, _ in items):
                 return
             for k, a in items:
-                if k == "dp_up":
-                    self._connect(a)
-                elif k == "ports":
+                if k in ("dp_up", "ports"):
                     s = self.sessions.get(a)
-                    if s:
-                        try:
-                            s.read_ports()
-                        except SwitchError as e:
-                            log.warning("%s", e)
-            # A switch whose first read failed, or a plan that failed, is retried on the
-            # next tick, not left until some unrelated change comes along.
-            for dpid, sess in list(self.sessions.items()):
-                if not sess.synced and kind == "tick":
-                    self._connect(dpid)
-                    self._retry |= sess.synced
+                    if s is not None:
+                        self._worker(s).post(connect=k == "dp_up", ports=k == "ports")
             if time.monotonic() >= next_names and self.xenstore_ready.is_set() and self._names_matter():
                 next_names = time.monotonic() + NAMES_INTERVAL
                 before = dict(self.names)
@@ -343,14 +330,16 @@ class Runtime:
             if any(k != "tick" for k, _ in items) or self._retry:
                 self._retry = False
                 self._reconcile_all()
-            if time.monotonic() >= next_report:
-                next_report = time.monotonic() + DROP_REPORT_INTERVAL
-                self._report_drops()
 
-    def _connect(self, dpid: int) -> None:
-        s = self.sessions.get(dpid)
-        if s is None:
-            return
+    def _worker(self, s: Session) -> SwitchWorker:
+        """The session's own thread: every request to one switch waits in it, so a switch
+        that hangs holds up nobody else (each request still times out, then is retried)."""
+        if s.worker is None:
+            s.worker = SwitchWorker(self, s)
+            s.worker.start()
+        return s.worker
+
+    def _connect(self, s: Session) -> None:
         try:
             s.read_ports()
             s.read_tables()
@@ -362,7 +351,7 @@ class Runtime:
                 len(s.installed_groups),
             )
         except SwitchError as e:
-            log.warning("switch %x: %s", dpid, e)
+            log.warning("switch %x: %s", s.dp.id, e)
 
     def _of_ports(self, bridge: str, s: Session) -> dict[str, OfPort]:
         """The session's ports as the model wants them, remade only when the session's
@@ -383,7 +372,6 @@ class Runtime:
         of_ports = {b: self._of_ports(b, s) for b, s in sessions.items()}
         for gone in self._of_ports_made.keys() - of_ports.keys():
             del self._of_ports_made[gone]
-        self.builder.forget({b for b in sessions if self.cfg.managed(b) and b not in self.refused_bridges})
         models, problems = self.joiner.bridge_models(self.ovsdb, of_ports, vifs, names, self.cfg)
         for p in problems:
             if p not in self._reported_problems:
@@ -392,17 +380,21 @@ class Runtime:
         for bname, model in models.items():
             if not self.cfg.managed(bname) or bname in self.refused_bridges:
                 continue
-            s = sessions[bname]
+            self._worker(sessions[bname]).post(model=model)
+
+    def _program(self, s: Session, bname: str, model: BridgeModel) -> bool:
+        """Bring one switch to ``model`` (in its worker); False if it must be retried."""
+        builder = s.worker.builder if s.worker else Builder()
+        t_build = time.monotonic()
+        if not s.installed_flows and not s.installed_groups:
+            return self._fill(s, bname, model, builder)  # a new or restarted switch: all of it, streamed
+        desired = builder.build_parts(model, self.cfg.learn_idle_timeout)
+        first = first_stage(desired, s.installed_flows)
+        for stage in (first, desired) if first is not None else (desired,):
+            if not self._apply(s, bname, stage, t_build):
+                return False
             t_build = time.monotonic()
-            if not s.installed_flows and not s.installed_groups:
-                self._fill(s, bname, model)  # a new or restarted switch: all of it, streamed
-                continue
-            desired = self.builder.build_parts(model, self.cfg.learn_idle_timeout)
-            first = first_stage(desired, s.installed_flows)
-            for stage in (first, desired) if first is not None else (desired,):
-                if not self._apply(s, bname, stage, t_build):
-                    break
-                t_build = time.monotonic()
+        return True
 
     def _apply(self, s: Session, bname: str, desired: Parts, t_build: float) -> bool:
         """Bring the switch to ``desired``; False (and a retry is due) if it refused."""
@@ -425,16 +417,16 @@ class Runtime:
         )
         return True
 
-    def _fill(self, s: Session, bname: str, model: BridgeModel) -> None:
+    def _fill(self, s: Session, bname: str, model: BridgeModel, builder: Builder) -> bool:
         """A switch with none of our flows gets the whole pipeline in one bundle that is
         sent while it is being built: at 1000 vifs the build takes half a second that
         ovs-vswitchd otherwise spent waiting."""
         t0 = time.monotonic()
         try:
-            desired = s.fill(lambda emit: self.builder.stream_parts(model, self.cfg.learn_idle_timeout, emit))
+            desired = s.fill(lambda emit: builder.stream_parts(model, self.cfg.learn_idle_timeout, emit))
         except SwitchError as e:
             self._failed(s, bname, e)
-            return
+            return False
         self._applied(s, desired)
         flows = sum(map(len, desired.flows.values()))
         log.info(
@@ -444,12 +436,12 @@ class Runtime:
             len(desired.groups),
             (time.monotonic() - t0) * 1000,
         )
+        return True
 
     def _failed(self, s: Session, bname: str, e: SwitchError) -> None:
         log.error("applying flows to %s failed, re-reading the switch and retrying: %s", bname, e)
         with contextlib.suppress(SwitchError):
             s.read_tables()
-        self._retry = True
 
     @staticmethod
     def _applied(s: Session, desired: Parts) -> None:
@@ -458,42 +450,106 @@ class Runtime:
         # rescanning them on every pass (it made some vif changes take 200 ms).
         gc.freeze()
 
-    def _report_drops(self) -> None:
+    def _report_drops(self, s: Session) -> None:
         """Rate-limited port-security summaries: one line per vif whose drops rose."""
         cookie, mask = COOKIE_MAGIC | P_DROP << 40, COOKIE_MASK | 0xFF << 40
-        for s in list(self.sessions.values()):
-            if not s.synced:
-                continue
+        if not s.synced:
+            return
+        try:
+            # The per-flow dump costs seconds at thousands of vifs; most intervals
+            # nothing was dropped, which one aggregate request tells.
+            total = s.packet_count(cookie, mask)
+            if total == self._drop_totals.get(s.bridge, 0):
+                return  # (0 at first: a switch with no drops at all needs no baseline read)
+            stats = s.flow_stats(cookie, mask)
+            self._drop_totals[s.bridge] = total
+        except SwitchError:
+            return
+        totals: dict[tuple[int, int], int] = {}
+        for st in stats:
+            d = decode_cookie(st.cookie)
+            if d and d[1] is not None:
+                totals[(d[1], d[2])] = totals.get((d[1], d[2]), 0) + st.packet_count
+        for key, total in sorted(totals.items()):
+            before = self._drops.get(key, 0)
+            if total > before:
+                name = self.names.get(key[0], "?")
+                log.warning(
+                    "port security on %s: dropped %d frame(s) from vif%d.%d (domain %s) in the last %.0f s (%d in all)",
+                    s.bridge,
+                    total - before,
+                    key[0],
+                    key[1],
+                    name,
+                    DROP_REPORT_INTERVAL,
+                    total,
+                )
+            self._drops[key] = total
+
+
+class SwitchWorker(threading.Thread):
+    """One switch's I/O, in a thread of its own: reading it at connect, re-reading its
+    ports, programming the latest model, and its drop reports. The reconciler only
+    computes models and posts them here (the latest wins), so a switch whose OpenFlow
+    connection hangs delays its own changes, never another bridge's. The incremental
+    build's state for this switch lives here too (one Builder per switch)."""
+
+    def __init__(self, runtime: Runtime, s: Session) -> None:
+        super().__init__(name=f"switch-{s.dp.id:x}", daemon=True)
+        self.runtime, self.session = runtime, s
+        self.builder = Builder()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._connect = self._ports = False
+        self._model: BridgeModel | None = None
+
+    def post(self, connect: bool = False, ports: bool = False, model: BridgeModel | None = None) -> None:
+        with self._lock:
+            self._connect |= connect
+            self._ports |= ports
+            if model is not None:
+                self._model = model
+        self._wake.set()
+
+    def _again(self, model: BridgeModel) -> None:
+        with self._lock:
+            if self._model is None:
+                self._model = model
+        self._wake.set()
+
+    def run(self) -> None:
+        rt, s = self.runtime, self.session
+        next_report = time.monotonic() + DROP_REPORT_INTERVAL
+        while not s.closed and not rt._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            with self._lock:
+                connect, ports, model = self._connect, self._ports, self._model
+                self._connect = self._ports = False
+                self._model = None
             try:
-                # The per-flow dump costs seconds at thousands of vifs; most intervals
-                # nothing was dropped, which one aggregate request tells.
-                total = s.packet_count(cookie, mask)
-                if total == self._drop_totals.get(s.bridge, 0):
-                    continue  # (0 at first: a switch with no drops at all needs no baseline read)
-                stats = s.flow_stats(cookie, mask)
-                self._drop_totals[s.bridge] = total
-            except SwitchError:
-                continue
-            totals: dict[tuple[int, int], int] = {}
-            for st in stats:
-                d = decode_cookie(st.cookie)
-                if d and d[1] is not None:
-                    totals[(d[1], d[2])] = totals.get((d[1], d[2]), 0) + st.packet_count
-            for key, total in sorted(totals.items()):
-                before = self._drops.get(key, 0)
-                if total > before:
-                    name = self.names.get(key[0], "?")
-                    log.warning(
-                        "port security on %s: dropped %d frame(s) from vif%d.%d (domain %s) in the last %.0f s (%d in all)",
-                        s.bridge,
-                        total - before,
-                        key[0],
-                        key[1],
-                        name,
-                        DROP_REPORT_INTERVAL,
-                        total,
-                    )
-                self._drops[key] = total
+                if connect or not s.synced:
+                    # A switch whose first read failed is retried every second.
+                    rt._connect(s)
+                    if s.synced:
+                        rt._queue.put(("model", None))  # now it has ports: models can include it
+                    continue
+                if ports:
+                    s.read_ports()
+                    rt._queue.put(("model", None))
+                if model is not None and s.bridge and not rt._program(s, s.bridge, model):
+                    rt._stop.wait(1.0)  # the switch refused: retry (unless a newer model came)
+                    self._again(model)
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + DROP_REPORT_INTERVAL
+                    rt._report_drops(s)
+            except SwitchError as e:
+                log.warning("%s", e)
+            except Exception:  # noqa: BLE001 - a bug must not stop this switch's thread
+                log.exception("switch %s: failed; retrying", s.bridge or hex(s.dp.id))
+                rt._stop.wait(1.0)
+                if model is not None:
+                    self._again(model)
 
 
 def _record_applied(s: Session, desired: Parts) -> None:

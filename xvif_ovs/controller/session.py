@@ -50,6 +50,7 @@ class Session:
         self._bundle_errors: list[Any] = []
         self._lock = threading.Lock()
         self.closed = False
+        self.worker: Any = None  # runtime.SwitchWorker: this switch's own thread
 
     # -- called from os-ken's thread --------------------------------------------------
 

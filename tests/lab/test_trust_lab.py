@@ -10,9 +10,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+from pyxs import Client
 
 from xvif_ovs.lab.host import BridgeArg
 
@@ -218,3 +220,30 @@ def test_a_bond_is_one_uplink_and_survives_a_member_going_down(net):
         for dev in ("pbond0", "pbond1"):
             run("ip", "link", "del", dev, check=False)
         run("ip", "netns", "del", BOND_NS, check=False)
+
+
+def test_a_switch_that_hangs_holds_up_no_other_bridge(net, ctl):
+    """A switch that completes the handshake and then answers nothing: the controller's
+    requests to it wait for their timeout, in that switch's own thread; a vif change on
+    xenbr0 meanwhile reaches xenbr0 at once, long before that timeout is even logged."""
+    import socket
+
+    from fakeswitch import FakeSwitch
+
+    host, _ = ctl
+    net.guest("ts", 65, "mac=00:16:3e:00:41:01,ip=192.0.2.65")
+    wait_flows(net, 65)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(host.lab.dir / "xvif-ovs.sock"))
+    stuck = FakeSwitch(sock, 0xFEED, "brstuck")
+    try:
+        log_at = len(log_text(host))
+        stuck.handshake()  # then silence: the controller's next request gets no answer
+        threading.Thread(target=lambda: stuck.eof(30), daemon=True).start()  # reads, answers nothing
+        with Client(unix_socket_path=str(host.lab.xenstore_socket)) as c:
+            c.write(b"/local/domain/0/backend/vif/65/0/ip", b"192.0.2.65 198.51.100.65")
+        cookie = f"cookie=0x78760300{0x8000 | 65:04x}0000/-1"
+        wait_for(lambda: "198.51.100.65" in ofctl(net, "xenbr0", "dump-flows", cookie), "the change on xenbr0")
+        assert "no answer from" not in log_text(host)[log_at:], log_text(host)[log_at:]  # still waited for
+    finally:
+        sock.close()
