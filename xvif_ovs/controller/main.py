@@ -9,7 +9,6 @@ import logging.handlers
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 from ..errors import XvifError
@@ -99,7 +98,7 @@ def run(cfg: Config, verbose: bool = False, use_syslog: bool = True) -> int:
         ", ".join(cfg.bridges) or "no bridge",
     )
 
-    done = threading.Event()
+    done = runtime.done  # set by a signal, or by a thread of the runtime that died
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: shutting down (flows stay in the switch)", signum)
@@ -115,6 +114,12 @@ def run(cfg: Config, verbose: bool = False, use_syslog: bool = True) -> int:
     with contextlib.suppress(Exception):  # os-ken 4.2.2's native hub lacks kill(); we are exiting anyway
         mgr.close()
     del services
+    if runtime.failed:
+        # A dead thread would leave the controller half-working (no OVSDB changes, or no
+        # XenStore ones) while systemd sees it running: exit, and Restart= brings a new
+        # one, which by design changes nothing in the switch.
+        log.critical("exiting: %s", runtime.failed)
+        return _exit(listener, lock, 1)
     return _exit(listener, lock, 0)
 
 

@@ -77,6 +77,7 @@ class OvsdbMonitor:
         remote: str | None,
         on_change: Callable[[dict[str, BridgeInfo]], None],
         declared: Callable[[str], frozenset[str]] = lambda bridge: frozenset(),
+        die: Callable[[str], None] | None = None,
     ) -> None:
         import ovs.db.idl  # python-ovs; heavy imports belong to the long-lived controller only
 
@@ -100,6 +101,7 @@ class OvsdbMonitor:
         self.idl = ovs.db.idl.Idl(self.remote, helper)
         self.on_change = on_change
         self.declared = declared
+        self.die = die
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._requests: list[Callable[[], None]] = []
@@ -119,6 +121,14 @@ class OvsdbMonitor:
             self._requests.append(fn)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # noqa: BLE001 - a dead monitor would leave the controller blind
+            log.exception("OVSDB monitor failed")
+            if self.die and not self._stop.is_set():
+                self.die(f"the OVSDB monitor failed: {type(e).__name__}: {e}")
+
+    def _loop(self) -> None:
         import ovs.poller
 
         seqno = None

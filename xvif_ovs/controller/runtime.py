@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pyxs import Client
@@ -46,6 +47,8 @@ class Runtime:
         self.ovsdb_ready = threading.Event()
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
+        self.done = threading.Event()  # main waits on it: a signal, or a thread that died
+        self.failed: str | None = None
         self._threads: list[threading.Thread] = []
         self._reported_problems: set[str] = set()
         self._drops: dict[tuple[int, int], int] = {}
@@ -68,12 +71,30 @@ class Runtime:
     def start(self) -> None:
         if not self.cfg.bridges:
             log.warning("no bridges named in the configuration ([controller] bridges): managing none")
-        self.monitor = OvsdbMonitor(self.cfg.ovsdb, self._on_ovsdb, self.cfg.declared_uplinks)
+        self.monitor = OvsdbMonitor(self.cfg.ovsdb, self._on_ovsdb, self.cfg.declared_uplinks, self.die)
         self.monitor.start()
         for target, name in ((self._xenstore_loop, "xenstore"), (self._reconcile_loop, "reconcile")):
-            t = threading.Thread(target=target, name=name, daemon=True)
+            t = threading.Thread(target=self.guarded(target, name), name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def die(self, why: str) -> None:
+        """A thread the controller cannot work without has died: end the process (main
+        exits non-zero) rather than run on half-blind."""
+        if self.failed is None:
+            self.failed = why
+        log.critical("%s", why)
+        self.done.set()
+
+    def guarded(self, target: Callable[[], None], name: str) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as e:  # noqa: BLE001 - whatever it was, the thread is gone
+                log.exception("thread %s died", name)
+                self.die(f"thread {name} died: {type(e).__name__}: {e}")
+
+        return run
 
     def stop(self) -> None:
         self._stop.set()
@@ -174,7 +195,7 @@ class Runtime:
         name = p.name.decode() if isinstance(p.name, bytes) else p.name
         live = not (p.state & ofp.OFPPS_LINK_DOWN) and not (p.config & ofp.OFPPC_PORT_DOWN)
         reason = {ofp.OFPPR_ADD: "added", ofp.OFPPR_DELETE: "removed", ofp.OFPPR_MODIFY: "changed"}.get(msg.reason, "?")
-        bridge = s.bridge if s else hex(dp.id)
+        bridge = (s.bridge if s else None) or f"switch {dp.id:x}"  # not yet known right after a (re)connect
         if msg.reason == ofp.OFPPR_MODIFY and s and name in s.ports and s.ports[name][1] != live:
             log.info("interface %s on %s: link %s", name, bridge, "up" if live else "down")
         elif msg.reason != ofp.OFPPR_MODIFY:
