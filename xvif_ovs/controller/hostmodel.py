@@ -66,6 +66,10 @@ class Joiner:
         addresses took 250 ms, and an unchanged object is what lets the pipeline's per-vif
         state and the per-owner diff skip the vif at once."""
         v, e = backends.get("vif"), backends.get("emu")
+        if v is not None and e is None and not v.live:
+            # A PV vif's link state decides nothing (its frames go to it either way; only an
+            # HVM pair chooses by it): a flapping link must not remake its model and flows.
+            v = OfPort(v.number, True)
         ports = (v, e)
         last = self._vifs.get((domid, devid))
         if last is not None and last[0] is keys and last[1] == name and last[2] is cfg and last[3] == ports:
