@@ -190,6 +190,27 @@ def adversarial(d: dict) -> list[str]:
     return out
 
 
+def soak(d: dict) -> list[str]:
+    r = d["results"]
+    out = ["## Memory soak (dummy datapath)", ""] + header(d)
+    out += [
+        f"{r['vifs']} vifs; {r['events']:,} events (ip= rewritten with a new address each time, and link flaps "
+        "of every port), after a warm-up of a fifth as many. Target: RSS grows less than 10%.",
+        "",
+        "| RSS when first programmed | after the warm-up | at the end | max | growth over the events | "
+        "growth from first programmed |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {r['rss_programmed_mib']:.1f} MiB | {r['rss_start_mib']:.1f} MiB | {r['rss_end_mib']:.1f} MiB | "
+        f"{r['rss_max_mib']:.1f} MiB | {r['growth'] * 100:+.1f}% | {r['growth_from_programmed'] * 100:+.1f}% |",
+        "",
+        "RSS after each step of events (MiB): "
+        + ", ".join(f"{s['rss_mib']:.1f}" for s in r["samples"])
+        + f". Controller still running at the end: {r['controller_alive']}.",
+        "",
+    ]
+    return out
+
+
 def _plots() -> list:
     try:
         import plots
@@ -214,6 +235,7 @@ def main() -> int:
         ("dataplane", dataplane),
         ("drills", drills),
         ("adversarial", adversarial),
+        ("soak", soak),
     ):
         d = load(name)
         if d:
