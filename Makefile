@@ -1,13 +1,15 @@
 # Developer shortcuts; the README's deploy/setup.sh is the one way to set a machine up.
 VENV ?= .venv
 
-.PHONY: setup demo test unit lint fmt bench
+.PHONY: setup demo test unit lint fmt bench xen-test
 setup:
 	bash deploy/setup.sh
 demo:
 	$(VENV)/bin/xvif-ovs lab demo
 test:
 	$(VENV)/bin/python -m pytest -ra
+xen-test:  # boots Xen 4.17 in QEMU and runs tests/realxen inside dom0 (deploy/xen-vm/run.sh)
+	XVIF_REALXEN=1 $(VENV)/bin/python -m pytest -ra --confcutdir=tests/realxen tests/realxen
 unit:
 	$(VENV)/bin/python -m pytest -q tests/unit tests/xenstore
 lint:
@@ -24,4 +26,5 @@ bench:
 	cd bench && ../$(VENV)/bin/python dataplane.py
 	cd bench && ../$(VENV)/bin/python drills.py
 	cd bench && ../$(VENV)/bin/python adversarial.py
+	cd bench && ../$(VENV)/bin/python soak.py --vifs 1000 --events 100000
 	cd bench && ../$(VENV)/bin/python report.py

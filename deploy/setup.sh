@@ -2,7 +2,9 @@
 # Set up a Debian 12 machine (as root) for xvif-ovs, then run the demo or the tests.
 #
 #   deploy/setup.sh demo   packages, virtualenv, package; then the main job on the lab
-#   deploy/setup.sh test   the same set-up; then lint and every test
+#   deploy/setup.sh test   the same set-up; then lint and every test, the real-Xen suite included
+#   deploy/setup.sh xen-test   the same set-up; then the real-Xen suite (tests/realxen):
+#                          Xen 4.17 booted in QEMU, the suite run inside dom0 (deploy/xen-vm/)
 #   deploy/setup.sh        set-up only
 #
 # Everything it needs comes from Debian and PyPI; nothing has to be running before.
@@ -41,11 +43,22 @@ case "${1:-}" in
         echo "== ruff"
         .venv/bin/ruff check xvif_ovs tests bench
         .venv/bin/ruff format --check xvif_ovs tests bench
-        echo "== pytest"
+        echo "== pytest (the lab's tests, then the real-Xen suite: Xen 4.17 booted in QEMU)"
         rc=0
-        .venv/bin/python -m pytest -ra "${@:2}" || rc=$?
+        # XVIF_REALXEN=0 leaves the real-Xen suite out, and the last lines of the output say so.
+        XVIF_REALXEN="${XVIF_REALXEN:-1}" .venv/bin/python -m pytest -ra "${@:2}" || rc=$?
         if [ "$rc" -eq 5 ]; then
             echo "pytest collected no tests: that is a failure" >&2
+            exit 1
+        fi
+        exit "$rc"
+        ;;
+    xen-test)
+        echo "== the real-Xen suite: a Xen 4.17 host in QEMU (deploy/xen-vm/run.sh)"
+        rc=0
+        XVIF_REALXEN=1 .venv/bin/python -m pytest -ra --confcutdir=tests/realxen tests/realxen "${@:2}" || rc=$?
+        if [ "$rc" -eq 5 ]; then
+            echo "pytest collected no real-Xen tests: that is a failure" >&2
             exit 1
         fi
         exit "$rc"
@@ -54,7 +67,7 @@ case "${1:-}" in
         echo "set up; next: .venv/bin/xvif-ovs lab demo"
         ;;
     *)
-        echo "usage: deploy/setup.sh [demo|test]" >&2
+        echo "usage: deploy/setup.sh [demo|test|xen-test]" >&2
         exit 2
         ;;
 esac

@@ -1,0 +1,241 @@
+"""The real-Xen suite: runs inside dom0 of a real Xen 4.17 host booted in QEMU, reported on
+the host as if it had run here.
+
+On the host (the normal `pytest`), the tests in this directory are collected and marked
+`realxen`. They run only when asked (`make xen-test`, `deploy/setup.sh xen-test`, or
+XVIF_REALXEN=1): then the first of them boots the VM once for the session through
+deploy/xen-vm/run.sh, which runs this same directory with pytest inside dom0, and each host
+item takes the result its twin had inside (pass, fail with the failure text from dom0,
+skip). When not asked, or when the VM cannot run, the last lines of the output say that
+the real-Xen suite did not run and why: it is never skipped silently.
+
+Inside dom0 (XVIF_REALXEN_INSIDE=1, set by deploy/xen-vm/inside.sh), the fixtures below
+drive the real host: `xl create` of PV guests with busybox initramfs, OVSDB, XenStore and
+the xvif-ovs controller as installed by deploy/install-host.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+INSIDE = os.environ.get("XVIF_REALXEN_INSIDE") == "1"
+REQUESTED = os.environ.get("XVIF_REALXEN", "") not in ("", "0")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "realxen: runs inside dom0 of a real Xen host booted in QEMU (make xen-test)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    mine = [i for i in items if Path(str(i.fspath)).resolve().is_relative_to(HERE)]
+    for item in mine:
+        item.add_marker(pytest.mark.realxen)
+    if INSIDE or not mine:
+        return
+    state = config.stash.setdefault(_STATE, {})
+    state["count"] = len(mine)
+    if not REQUESTED:
+        # Not asked for: deselected here, and said so in the last lines (never silent).
+        config.hook.pytest_deselected(items=mine)
+        items[:] = [i for i in items if i not in mine]
+        state["not_run"] = "not requested (run `make xen-test`, or set XVIF_REALXEN=1)"
+
+
+_STATE = pytest.StashKey[dict]()
+
+
+# -- on the host: one VM run per session, each item gets its twin's result ----------
+
+
+def _host_run(config) -> dict:
+    state = config.stash.setdefault(_STATE, {})
+    if "results" in state:
+        return state
+    state["results"] = {}
+    out = Path(os.environ.get("XVIF_REALXEN_OUT", f"/tmp/xvif-realxen/{time.strftime('%Y%m%d-%H%M%S')}"))
+    state["out"] = out
+    runner = os.environ.get("XVIF_REALXEN_RUNNER", str(REPO / "deploy/xen-vm/run.sh"))  # another: to test this
+    args = [runner, "--out", str(out), "--"]
+    args += state.get("inside_args", [])
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr:
+        tr.write_line("")
+        tr.write_line(f"real-Xen: booting Xen 4.17 in QEMU and running tests/realxen inside dom0 (results in {out})")
+    start = time.monotonic()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if tr and (line.startswith("xen-vm:") or line.startswith("build-image:")):
+            tr.write_line(f"real-Xen: {line.rstrip()}")
+    rc = proc.wait()
+    state["seconds"] = time.monotonic() - start
+    results = {}
+    try:
+        for line in (out / "results.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            results.setdefault(r["nodeid"], []).append(r)
+    except (OSError, ValueError):
+        pass
+    state["results"] = results
+    if not results:
+        why = (
+            (out / "not-run").read_text().strip() if (out / "not-run").exists() else f"{Path(runner).name} exited {rc}"
+        )
+        state["not_run"] = why
+    state["rc"] = rc
+    return state
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    if INSIDE:
+        return None
+    state = _host_run(pyfuncitem.config)
+    if "not_run" in state:
+        pytest.fail(f"the real-Xen suite did not run: {state['not_run']}", pytrace=False)
+    phases = state["results"].get(pyfuncitem.nodeid)
+    if not phases:
+        pytest.fail(
+            f"no result from dom0 for {pyfuncitem.nodeid} (see {state['out']}/pytest.log, inside.log)", pytrace=False
+        )
+    for r in phases:
+        if r["outcome"] == "failed":
+            pytest.fail(f"in dom0 ({r['when']}):\n{r['longrepr']}", pytrace=False)
+    for r in phases:
+        if r["outcome"] == "skipped":
+            pytest.skip(f"in dom0: {r['longrepr']}")
+    return True
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # outermost: after pytest's short summary
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    yield
+    if INSIDE:
+        return
+    state = config.stash.get(_STATE, {})
+    if not state.get("count"):
+        return
+    tr = terminalreporter
+    tr.section("real-Xen suite (tests/realxen)")
+    if "not_run" in state:
+        tr.write_line(
+            f"the real-Xen suite ({state['count']} tests) did NOT run: {state['not_run']}", red=True, bold=True
+        )
+    elif "results" in state:
+        n = len(state["results"])
+        tr.write_line(
+            f"the real-Xen suite ran inside dom0 of Xen 4.17 in QEMU: {n} test(s) reported, "
+            f"VM run {state['seconds']:.0f} s, logs in {state['out']}"
+        )
+
+
+# -- inside dom0: results for the host, one JSON line per test phase -------------------
+
+
+def pytest_runtest_logreport(report):
+    path = os.environ.get("XVIF_REALXEN_RESULTS")
+    if not (INSIDE and path):
+        return
+    rec = {
+        "nodeid": report.nodeid,
+        "when": report.when,
+        "outcome": report.outcome,
+        "duration": report.duration,
+        "longrepr": report.longreprtext,
+    }
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    if report.failed:
+        # at once on dom0's console (the host's serial.log), not only in the summary at the end
+        try:
+            with open("/dev/console", "w") as con:
+                con.write(f"XVIF-REALXEN FAILED {report.nodeid} ({report.when}):\n{report.longreprtext[-3000:]}\n")
+        except OSError:
+            pass
+
+
+# -- fixtures: the real host inside dom0; None on the host (the item takes dom0's result) --
+
+
+@pytest.fixture(scope="session")
+def xenhost():
+    """dom0 ready for guests: xenbr0 on the kernel datapath, the guests' initramfs built."""
+    if not INSIDE:
+        yield None
+        return
+    import dom0
+
+    dom0.WORK.mkdir(parents=True, exist_ok=True)
+    dom0.ensure_bridge("xenbr0")
+    dom0.CONSOLE_DIR.mkdir(parents=True, exist_ok=True)  # xenconsoled does not make it
+    dom0.extract_vmlinux(dom0.KERNEL)
+    initrd = dom0.build_initramfs(dom0.WORK / "guest-initrd.gz")
+    yield initrd
+
+
+@pytest.fixture
+def guests(xenhost):
+    """Makes PV guests with `xl create` for one test; destroys them after it."""
+    if not INSIDE:
+        yield None
+        return
+    import dom0
+
+    g = dom0.Guests(xenhost)
+    yield g
+    g.cleanup()
+
+
+@pytest.fixture(scope="session")
+def session_guests(xenhost):
+    """Guests that live for the whole session (the peer every module talks to)."""
+    if not INSIDE:
+        yield None
+        return
+    import dom0
+
+    g = dom0.Guests(xenhost)
+    yield g
+    g.cleanup()
+
+
+@pytest.fixture(scope="session")
+def controller(xenhost):
+    """The xvif-ovs controller as its systemd unit runs it (installed by deploy/install-host.sh),
+    connected to xenbr0; from the first test that needs it to the end of the session (its
+    start costs tens of seconds under TCG)."""
+    if not INSIDE:
+        yield None
+        return
+    import dom0
+
+    dom0.sh(["systemctl", "start", "xvif-ovs-controller"])
+    try:
+        dom0.wait_for("the controller to connect to xenbr0", dom0.controller_connected, timeout=120)
+        yield "xvif-ovs-controller"
+    finally:
+        status = dom0.sh(["systemctl", "is-active", "xvif-ovs-controller"], check=False).stdout.strip()
+        dom0.sh(["systemctl", "stop", "xvif-ovs-controller"], check=False)
+        journal = dom0.sh(["journalctl", "-u", "xvif-ovs-controller", "--no-pager", "-n", "40"], check=False).stdout
+        assert status == "active", f"the controller was {status} at the end of the session:\n{journal}"
+
+
+@pytest.fixture(scope="session")
+def peer(controller, session_guests):
+    """A guest at 10.0.0.20 on xenbr0 (PEER_IP) that the other guests talk to."""
+    if not INSIDE:
+        return None
+    import dom0
+
+    g = session_guests.create(
+        "rxpeer", [dom0.vif_spec(dom0.mac(20), ip=dom0.PEER_IP)], dom0.up(dom0.PEER_IP) + "echo XR-READY\n"
+    )
+    g.wait_console("^XR-READY", 120)
+    return g
