@@ -43,12 +43,29 @@ case "${1:-}" in
         echo "== ruff"
         .venv/bin/ruff check xvif_ovs tests bench
         .venv/bin/ruff format --check xvif_ovs tests bench
-        echo "== pytest (the lab's tests, then the real-Xen suite: Xen 4.17 booted in QEMU)"
+        echo "== pytest: unit, XenStore conformance and the lab"
         rc=0
-        # XVIF_REALXEN=0 leaves the real-Xen suite out, and the last lines of the output say so.
-        XVIF_REALXEN="${XVIF_REALXEN:-1}" .venv/bin/python -m pytest -ra "${@:2}" || rc=$?
+        XVIF_REALXEN=0 .venv/bin/python -m pytest -ra "${@:2}" || rc=$?
         if [ "$rc" -eq 5 ]; then
             echo "pytest collected no tests: that is a failure" >&2
+            exit 1
+        fi
+        [ "$rc" -eq 0 ] || exit "$rc"
+        if [ "${XVIF_REALXEN:-1}" = 0 ]; then
+            echo "the real-Xen suite (tests/realxen) did NOT run: XVIF_REALXEN=0" >&2
+            exit 0
+        fi
+        echo "== pytest: the real-Xen suite (Xen 4.17 booted in QEMU, tests/realxen run inside dom0)"
+        # Software emulation of a Xen host very rarely corrupts a process in dom0 (see
+        # deploy/xen-vm/run.sh); a failed run is run once more, and both are printed.
+        for attempt in 1 2; do
+            rc=0
+            XVIF_REALXEN=1 .venv/bin/python -m pytest -ra --confcutdir=tests/realxen tests/realxen || rc=$?
+            [ "$rc" -eq 0 ] && break
+            [ "$attempt" -eq 1 ] && echo "== the real-Xen suite failed (exit $rc; logs above): running it once more" >&2
+        done
+        if [ "$rc" -eq 5 ]; then
+            echo "pytest collected no real-Xen tests: that is a failure" >&2
             exit 1
         fi
         exit "$rc"

@@ -100,5 +100,8 @@ def test_a_streamed_fill_whose_build_fails_half_way_commits_nothing(host, sessio
     whole = model(vif(5, "192.0.2.5"), vif(6, "192.0.2.6"))
     parts = session.fill(lambda emit: stream_parts(whole, 300, emit))
     flows, groups = switch_state(host)
-    assert count(flows, "cookie=") == sum(map(len, parts.flows.values()))
+    # Not table 4: once the pipeline is in, dom0's own frames (IPv6 router solicitations)
+    # may already have been learned there.
+    installed = "\n".join(line for line in flows.splitlines() if ", table=4, " not in line)
+    assert count(installed, "cookie=") == sum(map(len, parts.flows.values()))
     assert count(groups, "group_id=") == len(parts.groups)
