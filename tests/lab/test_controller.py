@@ -12,7 +12,7 @@ from frames import Capture
 from pyxs import Client
 
 from xvif_ovs.lab import daemons
-from xvif_ovs.lab.domain import del_domain
+from xvif_ovs.lab.domain import del_domain, migrate_domain
 from xvif_ovs.lab.host import BridgeArg
 from xvif_ovs.pipeline.build import P_ALLOW, P_DROP
 from xvif_ovs.pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, vif_owner
@@ -345,6 +345,41 @@ def test_controller_kill_and_restart_loses_no_packets(net):
     # counters and its age.
     for key, (packets, age) in stats_before.items():
         assert stats_after[key][0] >= packets and stats_after[key][1] >= age, key
+
+
+def test_a_guest_migrated_within_the_host_stays_reachable(net):
+    """`xl migrate` to localhost, as libxl orders it: the incoming domain's vif goes online
+    while the old one still runs with the same MAC, then the old one goes. A peer pinging
+    the guest every 5 ms through all of it loses next to nothing, and what is left
+    afterwards is exactly the pipeline of a guest booted at the new domid."""
+    net.guest("mover", 46, "mac=00:16:3e:00:2e:01,ip=192.0.2.46")
+    net.guest("watch", 47, "mac=00:16:3e:00:2f:01,ip=192.0.2.47")
+    wait_vif(net, 46)
+    wait_vif(net, 47)
+    assert ping(net, "watch", "192.0.2.46")
+    flood = subprocess.Popen(
+        ["ip", "netns", "exec", "xvl-watch", "ping", "-q", "-c", "600", "-i", "0.005", "-W", "1", "192.0.2.46"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    log_at = len(log_text(net))
+    dom = migrate_domain(net.lab, "mover", 48)
+    out, _ = flood.communicate(timeout=60)
+    assert (dom.name, dom.domid) == ("mover", 48)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    lost = int(m.group(1)) - int(m.group(2))
+    assert lost <= 20, f"{lost} of {m.group(1)} pings lost (5 ms apart) across the migration:\n{out}"
+    assert "MAC conflict" not in log_text(net)[log_at:]
+    assert "table=1" not in ofctl(net, "dump-flows", vif_cookie(P_ALLOW, 46))  # the old domain's flows went
+    assert ping(net, "watch", "192.0.2.46", 3)
+    assert (
+        subprocess.run(
+            ["ip", "netns", "exec", dom.netns, "ping", "-c", "1", "-W", "1", "192.0.2.47"], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_xenstore_lost_while_vifs_change_removes_no_flow(net):

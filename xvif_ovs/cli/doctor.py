@@ -99,7 +99,7 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
             problems.append(Problem("unmanaged ports", *unmanaged_problem(p.port or p.name, b.name)))
     check("invalid MACs")
     check("MAC conflicts")
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], tuple[str, tuple[str, int]]] = {}  # -> (device, (VM uuid, devid))
     for v in sorted(host.vifs.values(), key=lambda v: (v.domid, v.devid)):
         try:
             mac = parse_mac(v.mac)
@@ -117,15 +117,17 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
         except VifSpecError:
             bridge = v.keys.get("bridge", "?")
         other = seen.get((bridge, mac))
-        if other:
+        # One VM's NIC under two domids (a migration or restore in progress) is no conflict.
+        nic = (next((p.vm_uuid for p in v.ports if p.vm_uuid), ""), v.devid)
+        if other and not (nic[0] and other[1] == nic):
             problems.append(
                 Problem(
                     "MAC conflicts",
-                    f"{v.dev} and {other} both use {mac} on {bridge}",
+                    f"{v.dev} and {other[0]} both use {mac} on {bridge}",
                     "give one of them another mac= (xvif-ovs mac new)",
                 )
             )
-        seen[(bridge, mac)] = v.dev
+        seen[(bridge, mac)] = (v.dev, nic)
     check("missing ofports")
     for b in host.bridges.values():
         for p in b.ports:

@@ -16,9 +16,10 @@ import json
 
 from ..controller.config import Config, load_installed
 from ..controller.hostmodel import OfPort, bridge_models
-from ..controller.ovsdb_monitor import BridgeInfo, PortInfo
+from ..controller.ovsdb_monitor import BridgeInfo, PortInfo, port_vlans
 from ..inspect.hoststate import HostView, read_host
 from ..inspect.openflow import OfClient
+from ..model.host import ALL_VLANS
 from ..pipeline.build import P_DROP, PURPOSES, build
 from ..pipeline.diff import diff
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, FlowSet, decode_cookie
@@ -120,7 +121,21 @@ def desired(host: HostView, bridge: str, of_ports: dict[str, tuple[int, bool]], 
     bv = host.bridges[bridge]
     info = BridgeInfo(
         bridge,
-        tuple(PortInfo(p.name, p.ofport, p.kind, p.domid, p.devid, p.link != "down") for p in bv.ports),
+        tuple(
+            PortInfo(
+                p.name,
+                p.ofport,
+                p.kind,
+                p.domid,
+                p.devid,
+                p.link != "down",
+                port=p.port,
+                # an uplink's own tag/trunks/vlan_mode, as the controller reads them
+                vlans=ALL_VLANS if p.kind in ("vif", "emu") else port_vlans(p.tag, p.trunks, p.vlan_mode),
+                vm_uuid=p.vm_uuid,
+            )
+            for p in bv.ports
+        ),
         bv.fail_mode,
         tuple(c["target"] for c in bv.controllers),
         ("OpenFlow13",),

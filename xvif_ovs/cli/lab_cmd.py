@@ -100,6 +100,15 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
     rm = dcmds.add_parser("del", parents=[here], help="destroy a guest", epilog="example: xvif-ovs lab domain del web")
     rm.add_argument("name")
     rm.set_defaults(func=_domain_del)
+    mig = dcmds.add_parser(
+        "migrate",
+        parents=[here],
+        help="migrate a PV guest within the host as `xl migrate NAME localhost` does (new domid, same NICs)",
+        epilog="example: xvif-ovs lab domain migrate web --domid 6",
+    )
+    mig.add_argument("name")
+    mig.add_argument("--domid", type=int, required=True, help="the incoming domain's domid")
+    mig.set_defaults(func=_domain_migrate)
 
     demo = cmds.add_parser(
         "demo",
@@ -211,6 +220,15 @@ def _domain_add(args: argparse.Namespace) -> int:
         print(
             f"domain {dom.name} (domid {dom.domid}): {v.vifname or v.dev}{extra} mac {v.mac} on {v.bridge}: connected"
         )
+    return 0
+
+
+@_guarded
+def _domain_migrate(args: argparse.Namespace) -> int:
+    from ..lab.domain import migrate_domain
+
+    dom = migrate_domain(_lab(args), args.name, args.domid)
+    print(f"domain {dom.name} migrated: domid {dom.domid} ({', '.join(v.dev for v in dom.vifs)}), connected")
     return 0
 
 

@@ -184,6 +184,8 @@ def _patched(
         old = built[pos]
         if vif.mac != old.mac or vif.vlans.name != bname or old.vlans.name != bname:
             return None
+        if old.twin_ports or not old.forwards:
+            return None  # one of a migrating NIC's vifs: the pair is the bridge's to make
         built[pos] = vif
         inputs[key] = (keys, name, backends)
     model = dataclasses.replace(last.model, vifs=tuple(built))
@@ -218,6 +220,7 @@ def _join(
     position: dict[tuple[int, int], int] = {}
     uplinks: dict[str, list[tuple[int, PortInfo]]] = {}  # OVSDB Port name -> (ofport, interface)
     members: dict[tuple[int, int], dict[str, OfPort]] = {}
+    vm_uuids: dict[tuple[int, int], str] = {}  # the VM each vif belongs to (the hook's xen-vm-uuid)
     unmanaged: list[int] = []
     no_flows: dict[tuple[int, int], list[int]] = {}  # a vif's ports, until it is known to get flows
     taken: set[int] | None = None
@@ -239,12 +242,15 @@ def _join(
             uplinks.setdefault(p.port_name, []).append((of.number, p))
         elif p.kind in ("vif", "emu") and p.domid is not None and p.devid is not None:
             members.setdefault((p.domid, p.devid), {})[p.kind] = of
+            if p.vm_uuid:
+                vm_uuids[(p.domid, p.devid)] = p.vm_uuid
             no_flows.setdefault((p.domid, p.devid), []).append(of.number)
         elif p.kind == "unmanaged":
             unmanaged.append(of.number)
             problems.append(unmanaged_hint(p.port_name, bname))
     built: list[VifModel] = []
     seen_macs: dict[str, tuple[int, int]] = {}
+    twins: dict[tuple[int, int], list[tuple[int, int]]] = {}  # first of a migrating NIC's vifs -> all
     for (domid, devid), backends in sorted(members.items()):
         keys = vifs.get((domid, devid))
         inputs[(domid, devid)] = (keys, names.get(domid, ""), backends)
@@ -263,7 +269,10 @@ def _join(
                 f"vif{domid}.{devid} is on bridge {bname} but XenStore says bridge={keys.get('bridge')}: using {bname}"
             )
         other = seen_macs.get(vif.mac)
-        if other is not None:
+        if other is not None and _same_nic(vm_uuids, other, (domid, devid)):
+            twins.setdefault(other, [other]).append((domid, devid))
+            seen_macs[vif.mac] = (domid, devid)
+        elif other is not None:
             dev = f"vif{domid}.{devid}"
             problems.append(
                 f"MAC conflict on {bname}: {dev} and vif{other[0]}.{other[1]} both use {vif.mac}; {dev} gets no flows"
@@ -273,6 +282,8 @@ def _join(
         position[(domid, devid)] = len(built)
         built.append(vif)
         del no_flows[(domid, devid)]
+    for group in twins.values():
+        _pair_twins(built, position, group)
     plain, special = _uplinks(uplinks)
     policy = cfg.bridge_policy.get(bname)
     model = BridgeModel(
@@ -288,3 +299,21 @@ def _join(
         unmanaged=tuple(sorted({*unmanaged, *(n for ns in no_flows.values() for n in ns)})),
     )
     return _Joined(info, ports, cfg, model, problems, inputs, position)
+
+
+def _same_nic(vm_uuids: dict[tuple[int, int], str], a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Two domains' vifs that are one VM's one NIC: the hook names the VM in OVSDB, and
+    libxl gives the incoming domain of a migration or restore the old one's UUID."""
+    uuid = vm_uuids.get(a)
+    return bool(uuid) and uuid == vm_uuids.get(b) and a[1] == b[1] and a[0] != b[0]
+
+
+def _pair_twins(built: list[VifModel], position: dict[tuple[int, int], int], group: list[tuple[int, int]]) -> None:
+    """One migrating NIC's vifs (sorted by domid): the newest forwards the MAC to all."""
+    *older, newest = group
+    ports = {key: built[position[key]].active_port for key in group}
+    for key in older:
+        built[position[key]] = dataclasses.replace(built[position[key]], forwards=False)
+    built[position[newest]] = dataclasses.replace(
+        built[position[newest]], twin_ports=tuple(p for k in older if (p := ports[k]) is not None)
+    )

@@ -31,6 +31,7 @@ class PortInfo:
     ofport_request: int | None = None  # what the hook asked for, while the port is being created
     port: str = ""  # the OVSDB Port it belongs to (a bond has several interfaces); "" = same name
     vlans: PortVlans = ALL_VLANS  # a non-vif port's own tag/trunks/vlan_mode
+    vm_uuid: str = ""  # a vif's xen-vm-uuid as the hook wrote it: which VM's NIC this is
 
     @property
     def port_name(self) -> str:
@@ -186,6 +187,7 @@ class OvsdbMonitor:
                             req if isinstance(req, int) and req > 0 and ofport is None else None,
                             port.name if port.name != iface.name else "",
                             vlans if role.kind not in ("vif", "emu") else ALL_VLANS,
+                            dict(iface.external_ids).get("xen-vm-uuid", "") if role.kind in ("vif", "emu") else "",
                         )
                     )
             ours = {c.uuid for c in br.controller if dict(c.external_ids).get(CONTROLLER_MARK) == "true"}

@@ -104,6 +104,11 @@ def check(db: Ovsdb, snap: Snapshot, cfg: VifConfig, vif_exists: VifExists = lam
             continue  # this very port, online again
         if ids.get("xvif-domid") == str(cfg.domid) and ids.get("xvif-devid") == str(cfg.devid):
             continue  # the HVM twin: one NIC, two backends
+        if cfg.vm_uuid and ids.get("xen-vm-uuid") == cfg.vm_uuid and ids.get("xvif-devid") == str(cfg.devid):
+            # The same VM's same NIC under another domid: libxl makes the incoming domain of
+            # a migration or restore (same UUID) while the old one still runs, and destroys
+            # the old one after; both ports stay meanwhile (the controller pairs them).
+            continue
         other_port, other_bridge = _port_and_bridge_of_interface(db, row["_uuid"][1])
         if other_bridge != snap.bridge or other_port is None:
             continue  # another bridge is another L2 network

@@ -28,6 +28,7 @@ class PortView:
     attached_mac: str | None
     iface_type: str
     port: str = ""  # the OVSDB Port, when it is not named as the interface (a bond's member)
+    vm_uuid: str = ""  # xen-vm-uuid as the hook wrote it: a migrating NIC's vifs share it
 
 
 @dataclass
@@ -193,6 +194,7 @@ def read_ovsdb(
                         ids.get("attached-mac"),
                         iface["type"],
                         port["name"] if port["name"] != iface["name"] else "",
+                        ids.get("xen-vm-uuid", "") if role.kind in ("vif", "emu") else "",
                     )
                 )
         order = {"local": 0, "uplink": 1, "vif": 2, "emu": 2, "unmanaged": 3}

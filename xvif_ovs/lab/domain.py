@@ -1,4 +1,5 @@
-"""`lab domain add / del`: what libxl does when a guest boots or is destroyed.
+"""`lab domain add / del / migrate`: what libxl does when a guest boots, is destroyed or
+migrates within the host.
 
 The guest is a network namespace whose ethN is the vif's frontend; the backend is a
 veth end in dom0 named as Xen names it. XenStore gets libxl's keys, then the vif's
@@ -8,6 +9,7 @@ hotplug script runs with libxl's arguments and environment, and the lab waits fo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import random
@@ -88,19 +90,19 @@ def _check_unique(st: LabState, name: str, domid: int) -> None:
 def _plan_vifs(lab: Lab, specs: list[str], domid: int, hvm: bool, netbsd: bool) -> list[tuple[VifRec, VifSpec]]:
     """Check every vif before anything is made, so a bad one leaves the host untouched."""
     state = lab.state_file.load()
-    parsed: list[tuple[int, VifSpec]] = []
+    parsed: list[tuple[int, VifSpec, str]] = []
     for i, text in enumerate(specs):
         try:
             spec = parse_vif_spec(text)
         except VifSpecError as e:
             raise LabError(f"--vif {text!r}: {e}") from e
         devid = spec.devid if spec.devid is not None else i
-        parsed.append((devid, spec))
-    devids = [d for d, _ in parsed]
+        parsed.append((devid, spec, text))
+    devids = [d for d, _, _ in parsed]
     if len(set(devids)) != len(devids):
         raise LabError(f"two vifs of the domain have the same devid ({devids})")
     out = []
-    for devid, spec in parsed:
+    for devid, spec, text in parsed:
         if state.bridge(spec.bridge.name) is None:
             known = ", ".join(b.name for b in state.bridges) or "none"
             raise LabError(
@@ -122,6 +124,7 @@ def _plan_vifs(lab: Lab, specs: list[str], domid: int, hvm: bool, netbsd: bool) 
                 emu=f"{dev}-emu" if hvm else None,
                 emu_frontend=f"emu{devid}" if hvm else None,
                 vifname=spec.vifname,
+                spec=text,
             ),
             spec,
         )
@@ -155,12 +158,16 @@ def _make_nic(ns: str, dev: str, frontend: str, mac: str, spec: VifSpec, up: boo
         run(["ip", "link", "set", dev, "mtu", str(spec.mtu)])
         run(["ip", "link", "set", frontend, "mtu", str(spec.mtu)], netns=ns)
     run(["ip", "link", "set", frontend, "address", mac], netns=ns)
-    for ip in spec.ips if up else ():  # the emulated twin is idle: the guest's addresses are on the PV NIC
+    if up:  # the emulated twin is idle: the guest's addresses are on the PV NIC
+        _nic_up(ns, frontend, spec)
+
+
+def _nic_up(ns: str, frontend: str, spec: VifSpec) -> None:
+    for ip in spec.ips:
         iface = ip if ip.network.prefixlen != ip.max_prefixlen else f"{ip.ip}/{24 if ip.version == 4 else 64}"
         cmd = ["ip", "addr", "add", str(iface), "dev", frontend]
         run(cmd + (["nodad"] if ip.version == 6 else []), netns=ns)
-    if up:
-        run(["ip", "link", "set", frontend, "up"], netns=ns)
+    run(["ip", "link", "set", frontend, "up"], netns=ns)
 
 
 def _backend_path(domid: int, devid: int) -> str:
@@ -261,6 +268,72 @@ def _run_script(lab: Lab, dom: DomainRec, v: VifRec, action: str, tap: bool) -> 
         raise LabError(f"hotplug script {v.script} {action} for {dev} failed (hotplug-status {status!r}): {why}")
 
 
+def migrate_domain(lab: Lab, name: str, new_domid: int) -> DomainRec:
+    """`xl migrate NAME localhost`, as libxl does it to the network: the incoming domain
+    (NAME--incoming, a new domid, the same UUID and NICs) is made while the old one still
+    runs, its vifs go online (the hooks see the same VM's MAC already on the bridge); then
+    the old domain is suspended, the new one resumes (netfront announces itself with a
+    gratuitous ARP, as netfront_resume does), and the old one is destroyed (offline) and
+    the new one renamed NAME. The guest keeps its namespace: it is the same guest."""
+    state = lab.require_up()
+    old = state.domains.get(name)
+    if old is None:
+        raise LabError(f"no domain named {name} (domains: {', '.join(state.domains) or 'none'})")
+    if old.hvm:
+        raise LabError(f"{name} is an HVM guest: the lab migrates PV guests only")
+    named = [v.vifname for v in old.vifs if v.vifname]
+    if named:
+        # Xen has the same limit on one host: both domains' vifs would need that name.
+        raise LabError(f"{name} has vifname={named[0]}: a vif named in its spec cannot migrate within one host")
+    if any(not v.spec for v in old.vifs):
+        raise LabError(f"{name} was made by an older xvif-ovs lab: destroy it and add it again to migrate it")
+    if not 1 <= new_domid <= DOMID_MAX:
+        raise LabError(f"domid {new_domid} is out of range: guests have 1-{DOMID_MAX} (0 is dom0)")
+    incoming = f"{name}--incoming"
+    _check_unique(state, incoming, new_domid)
+    prefix = "xvif" if old.netbsd else "vif"
+    vifs = [dataclasses.replace(v, dev=f"{prefix}{new_domid}.{v.devid}") for v in old.vifs]
+    new = DomainRec(incoming, new_domid, old.uuid, old.hvm, old.netbsd, vifs)
+    specs = {v.devid: parse_vif_spec(v.spec) for v in vifs}
+    with lab.state_file.locked() as st:
+        _check_unique(st, incoming, new_domid)
+        st.domains[incoming] = new
+    try:
+        run(["ip", "netns", "add", new.netns])
+        run(["ip", "link", "set", "lo", "up"], netns=new.netns)
+        for v in vifs:  # paused: netfront has not connected yet
+            _make_nic(new.netns, v.dev, v.frontend, v.mac, specs[v.devid], up=False)
+            run(["sysctl", "-qw", f"net.ipv4.conf.{v.frontend}.arp_notify=1"], netns=new.netns)
+        _write_xenstore(lab, new, specs)
+        for v in vifs:
+            _run_script(lab, new, v, "online", tap=False)
+    except BaseException:
+        _teardown(lab, new, strict=False, keep_vm=True)  # the old domain runs on, untouched
+        with lab.state_file.locked() as st:
+            st.domains.pop(incoming, None)
+        raise
+    for v in old.vifs:  # suspended
+        run(["ip", "link", "set", v.frontend, "down"], netns=old.netns)
+    for v in vifs:  # resumed
+        _nic_up(new.netns, v.frontend, specs[v.devid])
+    try:
+        _teardown(lab, old, strict=True, keep_vm=True)
+    finally:
+        with connect(str(lab.xenstore_socket)) as xs:
+
+            def rename(c) -> None:  # noqa: ANN001
+                xs_write(c, f"/local/domain/{new_domid}/name", name)
+                xs_write(c, f"/vm/{new.uuid}/name", name)
+
+            in_transaction(xs, rename)
+        with lab.state_file.locked() as st:
+            st.domains.pop(name, None)
+            st.domains.pop(incoming, None)
+            new.ns, new.name = new.netns, name
+            st.domains[name] = new
+    return new
+
+
 def del_domain(lab: Lab, name: str) -> None:
     state = lab.require_up()
     dom = state.domains.get(name)
@@ -274,9 +347,10 @@ def del_domain(lab: Lab, name: str) -> None:
             st.domains.pop(name, None)
 
 
-def _teardown(lab: Lab, dom: DomainRec, strict: bool) -> None:
+def _teardown(lab: Lab, dom: DomainRec, strict: bool, keep_vm: bool = False) -> None:
     """Undo add_domain as far as it got; every step tolerates a missing piece.
-    ``strict``: report what failed (for `domain del`), after doing every step anyway."""
+    ``strict``: report what failed (for `domain del`), after doing every step anyway.
+    ``keep_vm``: leave /vm/UUID, which the other domain of a migration still uses."""
     errors: list[str] = []
     for v in dom.vifs:
         for action, tap in (("offline", False), ("remove", True)) if v.emu else (("offline", False),):
@@ -291,7 +365,8 @@ def _teardown(lab: Lab, dom: DomainRec, strict: bool) -> None:
         with connect(str(lab.xenstore_socket)) as xs:
 
             def rm(c) -> None:  # noqa: ANN001
-                for p in (f"/local/domain/0/backend/vif/{dom.domid}", f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}"):
+                vm = () if keep_vm else (f"/vm/{dom.uuid}",)
+                for p in (f"/local/domain/0/backend/vif/{dom.domid}", f"/local/domain/{dom.domid}", *vm):
                     if c.exists(p.encode()):
                         c.delete(p.encode())
 

@@ -35,6 +35,7 @@ class VifRec:
     emu: str | None = None  # vif5.0-emu for an HVM guest
     emu_frontend: str | None = None
     vifname: str | None = None
+    spec: str = ""  # the vif spec as given (`lab domain migrate` makes the same NIC again)
 
 
 @dataclass
@@ -45,10 +46,11 @@ class DomainRec:
     hvm: bool = False
     netbsd: bool = False
     vifs: list[VifRec] = field(default_factory=list)
+    ns: str = ""  # the namespace, when not named for the domain (it kept its own over a migration)
 
     @property
     def netns(self) -> str:
-        return netns_of(self.name)
+        return self.ns or netns_of(self.name)
 
 
 @dataclass

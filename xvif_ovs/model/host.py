@@ -32,6 +32,12 @@ class VifModel:
     trusted: bool = False  # may send DHCP server replies and router advertisements (a router VM)
     private: bool = False  # reaches the uplink but no other guest
     name: str = ""  # the domain's name, for logs and the CLI
+    # A NIC being migrated or restored: the same VM's same vif under another domid, live
+    # on the same bridge until libxl destroys the old domain. Frames for the MAC go to
+    # every one of them (a paused or unconnected backend drops them), and only one, the
+    # newest (`forwards`), holds the MAC's forwarding flows, with the others' ports here.
+    twin_ports: tuple[int, ...] = ()
+    forwards: bool = True
 
     @property
     def key(self) -> str:

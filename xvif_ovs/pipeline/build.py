@@ -412,20 +412,18 @@ def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
     port = vif.active_port
     owner = vif_owner(vif.domid, vif.devid)
     if port is not None:
-        for vlan in vif.access_vlans:
+        if vif.twin_ports:
+            # A migrating NIC: to each of its vifs in turn (table 5 tags each as it needs).
+            to = tuple(a for p in (port, *vif.twin_ports) for a in (SetReg("reg7", p), Resubmit(EGRESS)))
+        else:
+            to = (SetReg("reg7", port), Goto(EGRESS))
+        for vlan in vif.access_vlans if vif.forwards else ():
             dst = (F("reg6", vlan), F("dl_dst", vif.mac))
             allowed_from = PROMISCUOUS if private else F("reg5", 0, FROM_PRIVATE)
-            fs.flows.append(
-                Flow(
-                    FORWARD,
-                    100,
-                    match(*dst, allowed_from),
-                    (SetReg("reg7", port), Goto(EGRESS)),
-                    cookie(P_FORWARD, owner),
-                )
-            )
+            fs.flows.append(Flow(FORWARD, 100, match(*dst, allowed_from), to, cookie(P_FORWARD, owner)))
             # Its MAC from anyone else (a private vif, or anyone to a private vif): nowhere.
             fs.flows.append(Flow(FORWARD, 90, match(*dst), (), cookie(P_FORWARD, owner)))
+        for vlan in vif.access_vlans:
             out = (PushVlan(vlan), Output(port)) if vif.tagged_on_wire(vlan) else (Output(port),)
             fs.flows.append(Flow(EGRESS, 100, match(F("reg6", vlan), F("reg7", port)), out, cookie(P_EGRESS, owner)))
     for f in fs.flows:
