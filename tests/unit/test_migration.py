@@ -14,7 +14,7 @@ from xvif_ovs.hotplug.ovsport import MacConflict, Snapshot, check
 from xvif_ovs.hotplug.vifconfig import VifConfig
 from xvif_ovs.model.vifspec import parse_bridge
 from xvif_ovs.pipeline.build import build
-from xvif_ovs.pipeline.flow import decode_cookie
+from xvif_ovs.pipeline.flow import OFPP_LOCAL, decode_cookie
 from xvif_ovs.pipeline.sim import Switch
 from xvif_ovs.pipeline.tables import FORWARD
 
@@ -119,3 +119,20 @@ def test_the_hook_lets_the_incoming_domain_of_the_same_vm_on():
 def test_the_hook_still_refuses_anyone_else_with_the_mac(mine, theirs, devid):
     with pytest.raises(MacConflict, match="already used on bridge xenbr0 by vif5.0 of domain web"):
         check(_Db(), _snapshot(theirs, devid), _cfg(9, mine))
+
+
+def test_three_domains_of_one_nic_are_one_group():
+    """A restore of a checkpoint while a migration's copy still exists: still one NIC."""
+    ports = tuple(PortInfo(f"vif{d}.0", 10 + d, "vif", d, 0, vm_uuid=VM) for d in (5, 9, 11))
+    of = {"xenbr0": {p.name: OfPort(p.ofport, True) for p in ports}}
+    vifs = {(d, 0): {"mac": MAC, "bridge": "xenbr0"} for d in (5, 9, 11)}
+    info = {"xenbr0": BridgeInfo("xenbr0", ports, "secure", ("unix:x",), ("OpenFlow13",), True)}
+    models, problems = bridge_models(info, of, vifs, {}, load(None))
+    by = {v.key: v for v in models["xenbr0"].vifs}
+    assert not problems
+    assert [by[k].forwards for k in ("5.0", "9.0", "11.0")] == [False, False, True]
+    assert by["11.0"].twin_ports == (15, 19)
+    from_dom0 = Switch(build(models["xenbr0"])).send(
+        OFPP_LOCAL, _frame("00:16:3e:00:00:07", MAC, "192.0.2.7", "192.0.2.5")
+    )
+    assert from_dom0.ports == {15, 19, 21}

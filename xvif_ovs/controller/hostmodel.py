@@ -250,7 +250,7 @@ def _join(
             problems.append(unmanaged_hint(p.port_name, bname))
     built: list[VifModel] = []
     seen_macs: dict[str, tuple[int, int]] = {}
-    twins: dict[tuple[int, int], list[tuple[int, int]]] = {}  # first of a migrating NIC's vifs -> all
+    twins: dict[str, list[tuple[int, int]]] = {}  # MAC -> a migrating NIC's vifs, oldest first
     for (domid, devid), backends in sorted(members.items()):
         keys = vifs.get((domid, devid))
         inputs[(domid, devid)] = (keys, names.get(domid, ""), backends)
@@ -270,7 +270,7 @@ def _join(
             )
         other = seen_macs.get(vif.mac)
         if other is not None and _same_nic(vm_uuids, other, (domid, devid)):
-            twins.setdefault(other, [other]).append((domid, devid))
+            twins.setdefault(vif.mac, [other]).append((domid, devid))
             seen_macs[vif.mac] = (domid, devid)
         elif other is not None:
             dev = f"vif{domid}.{devid}"
