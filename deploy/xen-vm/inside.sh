@@ -37,10 +37,21 @@ if ! bash /opt/xvif-ovs/deploy/install-host.sh; then
 fi
 say "installed in $((SECONDS - start)) s: xvif-ovs $(/opt/xvif-ovs/.venv/bin/python -c "import xvif_ovs; print(xvif_ovs.__version__)" 2>&1)"
 
+if [ "$(cat "$run/mode" 2>/dev/null)" = bench ]; then
+    cd /opt/xvif-ovs
+    XVIF_REALXEN_GUEST_BIN=$run/guest-bin timeout 3000 /opt/xvif-ovs/.venv/bin/python bench/realxen_inside.py \
+        --out "$out/bench.json" 2>&1 | tee "$out/bench.log"
+    rc=${PIPESTATUS[0]}
+    say "benchmark exited $rc"
+    cp -a /var/log/xen "$out/logs/" 2>/dev/null
+    journalctl -b --no-pager >"$out/logs/journal.txt" 2>&1
+    exit "$rc"
+fi
+
 # -- the suite: Debian's pytest (python3-pytest), the tests from the checkout
 mapfile -t extra < <(grep -v '^$' "$run/pytest-args" 2>/dev/null)
 cd /opt/xvif-ovs
-XVIF_REALXEN_INSIDE=1 XVIF_REALXEN_RESULTS=$out/results.jsonl timeout 1800 \
+XVIF_REALXEN_INSIDE=1 XVIF_REALXEN_RESULTS=$out/results.jsonl XVIF_REALXEN_GUEST_BIN=$run/guest-bin timeout 1800 \
     python3 -m pytest tests/realxen --confcutdir=tests/realxen -p no:cacheprovider \
     -o addopts= -rA -v "${extra[@]}" 2>&1 | tee "$out/pytest.log"
 rc=${PIPESTATUS[0]}

@@ -216,6 +216,10 @@ def controller(xenhost):
         return
     import dom0
 
+    # The operator's config: xenbr0 managed, one guest name private (test_xen_controller).
+    Path("/etc/xvif-ovs/controller.toml").write_text(
+        '[controller]\nlisten = "unix"\nbridges = ["xenbr0"]\n\n[vifs]\nprivate = ["rxprivate"]\n'
+    )
     dom0.sh(["systemctl", "start", "xvif-ovs-controller"])
     try:
         dom0.wait_for("the controller to connect to xenbr0", dom0.controller_connected, timeout=120)
@@ -239,3 +243,25 @@ def peer(controller, session_guests):
     )
     g.wait_console("^XR-READY", 120)
     return g
+
+
+@pytest.fixture
+def lan(controller):
+    """A LAN behind xenbr0: a veth declared an uplink (Port external_ids:xvif-uplink=true,
+    as an operator declares a port that is not a physical NIC), its far end in a
+    namespace at 10.0.0.1."""
+    if not INSIDE:
+        yield None
+        return
+    import dom0
+
+    dom0.sh("ip netns add rxlan && ip link add xr-lan0 type veth peer name xr-lan1 netns rxlan")
+    dom0.sh("ip -n rxlan addr add 10.0.0.1/24 dev xr-lan1 && ip -n rxlan link set xr-lan1 up && ip link set xr-lan0 up")
+    dom0.sh(
+        ["ovs-vsctl", "add-port", "xenbr0", "xr-lan0", "--", "set", "Port", "xr-lan0", "external_ids:xvif-uplink=true"]
+    )
+    try:
+        yield "rxlan"
+    finally:
+        dom0.sh(["ovs-vsctl", "--if-exists", "del-port", "xenbr0", "xr-lan0"], check=False)
+        dom0.sh("ip link del xr-lan0; ip netns del rxlan", check=False)

@@ -2,7 +2,8 @@
 
 Guests are PV domUs: dom0's own kernel (Debian's vmlinuz, a PV-capable bzImage) with a
 busybox-static initramfs built here, whose /init loads netfront and runs the shell script
-passed base64-encoded on the kernel command line (xl's extra=, key xr_run). What the script
+passed gzipped and base64-encoded on the kernel command line (xl's extra=, key xr_run; Xen
+keeps 1024 bytes of a PV guest's command line). What the script
 prints comes back through xenconsoled's log of the guest's console
 (/var/log/xen/console/guest-NAME.log, XENCONSOLED_ARGS set in the image).
 Only the standard library: the host imports this module too (and uses none of it).
@@ -11,6 +12,7 @@ Only the standard library: the host imports this module too (and uses none of it
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import itertools
 import json
@@ -19,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +42,7 @@ while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 200 ]; do sleep 0.1; n=$((n+1)); 
 ip link set lo up
 run=$(sed -n 's/.*xr_run=\([^ ]*\).*/\1/p' /proc/cmdline)
 if [ -n "$run" ]; then
-    echo "$run" | base64 -d > /run.sh
+    echo "$run" | base64 -d | zcat > /run.sh
     sh /run.sh 2>&1
     echo "XR-DONE rc=$?"
 fi
@@ -147,6 +150,11 @@ def build_initramfs(dest: Path) -> Path:
     for d in ("proc", "sys", "dev", "tmp", "run"):
         (root / d).mkdir()
     shutil.copy("/bin/busybox", root / "bin/busybox")
+    # Tools built on the host for the guests (tests/realxen/guest: sendframe), if any.
+    tools = Path(os.environ.get("XVIF_REALXEN_GUEST_BIN", "/nonexistent"))
+    for tool in sorted(tools.glob("*")) if tools.is_dir() else ():
+        shutil.copy(tool, root / "bin" / tool.name)
+        (root / "bin" / tool.name).chmod(0o755)
     (root / "init").write_text(GUEST_INIT)
     (root / "init").chmod(0o755)
     kver = os.uname().release
@@ -263,7 +271,8 @@ class Guests:
     def config(self, name: str, vifs: list[str], script: str = "", memory: int = 96) -> str:
         extra = "console=hvc0 quiet loglevel=4"
         if script:
-            extra += " xr_run=" + base64.b64encode(script.encode()).decode()
+            extra += " xr_run=" + base64.b64encode(gzip.compress(script.encode(), 9, mtime=0)).decode()
+        assert len(extra) < 1000, f"the guest's command line is {len(extra)} bytes: Xen keeps 1024"
         vif_list = ", ".join(f"'{v}'" for v in vifs)
         return (
             f'name = "{name}"\ntype = "pv"\nkernel = "{kernel_path()}"\nramdisk = "{self.initrd}"\n'
@@ -271,9 +280,10 @@ class Guests:
             f"vif = [ {vif_list} ]\n"
         )
 
-    def create(self, prefix: str, vifs: list[str], script: str = "", memory: int = 96) -> Guest:
-        """`xl create`; raises XlError (with xl's output) when it fails."""
-        name = f"{prefix}{next(_names)}"
+    def create(self, prefix: str, vifs: list[str], script: str = "", memory: int = 96, name: str = "") -> Guest:
+        """`xl create` of a guest named prefix + a number (or exactly ``name``); raises
+        XlError (with xl's output) when it fails."""
+        name = name or f"{prefix}{next(_names)}"
         cfg = WORK / f"{name}.cfg"
         cfg.write_text(self.config(name, vifs, script, memory))
         g = Guest(name, cfg)
@@ -343,3 +353,116 @@ def reach(peer: str, tries: int = 40) -> str:
         f"n=0; until ping -c 1 -W 1 {peer} >/dev/null 2>&1; do n=$((n+1)); [ $n -ge {tries} ] && break; done\n"
         f'[ $n -lt {tries} ] && echo "XR-REACHED {peer} after $n" || echo "XR-UNREACHABLE {peer}"\n'
     )
+
+
+# -- migration within the host -------------------------------------------------------------
+#
+# `xl migrate` of a PV guest cannot run on this host: live migration tracks the pages the
+# guest dirties with shadow paging's log-dirty mode, and Debian 12's Xen 4.17 is built
+# without it (CONFIG_SHADOW_PAGING is not set in /boot/xen-4.17-amd64.config: "Failed to
+# enable logdirty: 95"); HVM and PVH guests, which use HAP instead, need the hardware
+# virtualisation this emulated host does not have. What a migration does to the network
+# is done here with xl's own commands instead, in libxl's order: the guest is
+# checkpointed (`xl save -c`, it runs on), restored paused as NAME--incoming with the
+# same VM UUID and NICs while the original still runs (its vifs go online with the MAC
+# already on the bridge), then the original is destroyed, the copy unpaused (netfront
+# reconnects and announces itself) and renamed NAME.
+
+
+def switch_over(g: Guest, timeout: float = 600) -> float:
+    """Moves g to a new domain of the same VM as a local migration would; returns the
+    wall-clock time at which the original was destroyed. g.domid is the new one's after."""
+    uuid = (xs_read(f"/local/domain/{g.domid}/vm") or "").rsplit("/", 1)[-1]
+    assert uuid, f"no /local/domain/{g.domid}/vm"
+    incoming = f"{g.name}--incoming"
+    cfg = WORK / f"{incoming}.cfg"
+    cfg.write_text(
+        re.sub(r'^name = ".*"$', f'name = "{incoming}"', g.cfg.read_text(), flags=re.M) + f'uuid = "{uuid}"\n'
+    )
+    state = WORK / f"{g.name}.checkpoint"
+    sh(["xl", "save", "-c", g.name, str(state)], timeout=timeout)
+    try:
+        p = sh(["xl", "restore", "-p", str(cfg), str(state)], check=False, timeout=timeout)
+        if p.returncode != 0:
+            raise XlError(f"xl restore -p {cfg} {state}", p)
+    finally:
+        state.unlink(missing_ok=True)
+    new = int(sh(["xl", "domid", incoming]).stdout.strip())
+    at = time.time()
+    sh(["xl", "destroy", g.name], timeout=120)
+    sh(["xl", "unpause", incoming], timeout=120)
+    sh(["xl", "rename", incoming, g.name], timeout=120)
+    g.domid = new
+    return at
+
+
+class ReplyGaps:
+    """tcpdump on a (fixed) vif in dom0, timing the echo replies that come from ``ip``:
+    the longest gap between two of them is how long that guest's traffic stopped."""
+
+    def __init__(self, dev: str, ip: str) -> None:
+        self.proc = subprocess.Popen(
+            ["tcpdump", "-i", dev, "-nn", "-l", "-tt", "-U", f"icmp[icmptype] == icmp-echoreply and src host {ip}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.times: list[float] = []
+        self.err: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True).start()
+        wait_for(f"tcpdump on {dev}", lambda: self.proc.poll() is not None or any("listening" in e for e in self.err))
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError, IndexError):  # tcpdump's own notes
+                self.times.append(float(line.split()[0]))
+
+    def replies_after(self, t: float) -> int:
+        return sum(1 for x in self.times if x > t)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest silence between replies that touches [start, end] (wall clock)."""
+        ts = sorted(self.times)
+        gaps = [(b - a) for a, b in zip(ts, ts[1:], strict=False) if b >= start and a <= end]
+        assert gaps, f"no replies around the migration ({len(ts)} replies in all)"
+        return max(gaps)
+
+
+def pinger(guests: Guests, n: int, bridge: str, script: str, target: str) -> Guest:
+    """A guest at 10.0.0.N pinging ``target`` every 100 ms for as long as a test needs."""
+    ip = f"10.0.0.{n}"
+    g = guests.create(
+        "rxpgr",
+        [vif_spec(mac(n), bridge, ip=ip).replace("script=vif-xvif-ovs", f"script={script}")],
+        up(ip) + reach(target, 120) + f"echo XR-PINGING\nping -q -i 0.1 -c 100000 {target}\n",
+    )
+    g.wait_console("^XR-(PINGING|UNREACHABLE)", 240)
+    assert "XR-PINGING" in g.console() and f"XR-REACHED {target}" in g.console(), g.console()[-2000:]
+    return g
+
+
+def migration_gap(guests: Guests, bridge: str, script: str, n: int = 50) -> dict:
+    """A guest (10.0.0.N) moved to a new domain (switch_over) while another one pings it
+    every 100 ms: the longest silence between its replies around the switch."""
+    ip = f"10.0.0.{n}"
+    spec = vif_spec(mac(n), bridge, ip=ip).replace("script=vif-xvif-ovs", f"script={script}")
+    mover = guests.create("rxmig", [spec], up(ip) + "echo XR-READY\n")
+    mover.wait_console("^XR-READY", 120)
+    old = mover.domid
+    watch = pinger(guests, n + 1, bridge, script, ip)
+    gaps = ReplyGaps(watch.vif(), ip)
+    try:
+        wait_for("replies before the switch", lambda: len(gaps.times) >= 5, 120)
+        t0 = time.monotonic()
+        at = switch_over(mover)
+        took = time.monotonic() - t0
+        wait_for("replies after the switch", lambda: gaps.replies_after(at) >= 5, 120)
+    finally:
+        gaps.stop()
+    watch.destroy()
+    return {"old_domid": old, "guest": mover, "switch_s": took, "gap_s": gaps.longest_gap(at, at)}

@@ -99,6 +99,74 @@ def test_foreign_arp_sender_dropped_and_counted(peer, guests):
     assert re.search(r"Received 0 response", out), f"arping got an answer:\n{out[-2000:]}"
 
 
+def _frames_hex(*frames) -> str:
+    return " ".join(bytes(f).hex() for f in frames)
+
+
+def _server_frames(n: int) -> tuple[str, str]:
+    """A DHCP offer and an IPv6 router advertisement from guest n, made with scapy here
+    (the guest sends them with sendframe: no busybox applet makes either)."""
+    from scapy.layers.dhcp import BOOTP, DHCP
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import ICMPv6ND_RA, ICMPv6NDOptPrefixInfo, IPv6
+    from scapy.layers.l2 import Ether
+
+    src = mac(n)
+    offer = (
+        Ether(src=src, dst="ff:ff:ff:ff:ff:ff")
+        / IP(src=f"10.0.0.{n}", dst="255.255.255.255")
+        / UDP(sport=67, dport=68)
+        / BOOTP(op=2, yiaddr="10.0.0.199", siaddr=f"10.0.0.{n}", chaddr=bytes.fromhex("00163e5a0014"))
+        / DHCP(options=[("message-type", "offer"), ("server_id", f"10.0.0.{n}"), ("router", f"10.0.0.{n}"), "end"])
+    )
+    ra = (
+        Ether(src=src, dst="33:33:00:00:00:01")
+        / IPv6(src="fe80::216:3eff:fe5a:" + f"{n:x}", dst="ff02::1", hlim=255)
+        / ICMPv6ND_RA()
+        / ICMPv6NDOptPrefixInfo(prefix="2001:db8:66::", prefixlen=64)
+    )
+    return _frames_hex(offer), _frames_hex(ra)
+
+
+def test_rogue_dhcp_offer_and_router_advertisement_dropped_and_counted(peer, guests):
+    """A guest that answers DHCP and advertises itself as the IPv6 router: neither frame
+    reaches the peer, both are counted as the guest's drops."""
+    n = 26
+    offer, ra = _server_frames(n)
+    sniff = Sniffer(peer.vif(), "(udp and src port 67) or (icmp6 and ip6[40] == 134)")
+    try:
+        g = guests.create(
+            "rxsrv",
+            [vif_spec(mac(n), ip=f"10.0.0.{n}")],
+            up(f"10.0.0.{n}") + reach(PEER_IP) + f"echo XR-SEND\nsendframe eth0 5 {offer} {ra}\n",
+        )
+        out = g.done()
+        counted = drops(g.vif())
+    finally:
+        seen = sniff.stop()
+    assert f"XR-REACHED {PEER_IP}" in out, out[-2000:]
+    assert "sendframe: 10 frames sent on eth0" in out, out[-2000:]
+    assert not seen.strip(), "a guest's DHCP offer or router advertisement reached the peer:\n" + seen[-2000:]
+    assert counted >= 10, f"{counted} drops counted for {g.vif()}, after 10 server frames"
+
+
+PRIVATE = "rxprivate"  # named private in the controller's config (conftest: controller)
+LAN_IP = "10.0.0.1"
+
+
+def test_private_guest_reaches_the_uplink_and_no_guest(peer, guests, lan):
+    ip = "10.0.0.28"
+    g = guests.create(
+        "",
+        [vif_spec(mac(28), ip=ip)],
+        up(ip) + reach(LAN_IP) + f"echo XR-GUEST\nping -c 3 -W 1 {PEER_IP}\n",
+        name=PRIVATE,
+    )
+    out = g.done()
+    assert f"XR-REACHED {LAN_IP}" in out, f"the private guest did not reach the LAN:\n{out[-2000:]}"
+    assert received(out, "GUEST") == 0, out[-2000:]
+
+
 def test_nothing_crosses_vlans(controller, guests):
     vlan10 = "ip link set eth0 up\nip addr add 10.1.0.{}/24 dev eth0\necho XR-READY\n"
     b = guests.create("rxv10b", [vif_spec(mac(31), "xenbr0.10", ip="10.1.0.31")], vlan10.format(31))
