@@ -22,7 +22,7 @@ MAC = "00:16:3e:00:00:05"
 VM = "6f1b1c9e-0d5a-4c0e-9a53-1b2c3d4e5f60"
 
 
-def _join(uuid_old: str, uuid_new: str, devid_new: int = 0):
+def _join(uuid_old: str, uuid_new: str, devid_new: int = 0, new_name: str = "web--incoming", cfg=None):
     ports = (
         PortInfo("peth0", 1, "uplink"),
         PortInfo("vif5.0", 10, "vif", 5, 0, vm_uuid=uuid_old),
@@ -36,7 +36,7 @@ def _join(uuid_old: str, uuid_new: str, devid_new: int = 0):
         (7, 0): {"mac": "00:16:3e:00:00:07", "bridge": "xenbr0", "ip": "192.0.2.7"},
     }
     info = {"xenbr0": BridgeInfo("xenbr0", ports, "secure", ("unix:x",), ("OpenFlow13",), True)}
-    models, problems = bridge_models(info, of, vifs, {5: "web", 9: "web--incoming", 7: "db"}, load(None))
+    models, problems = bridge_models(info, of, vifs, {5: "web", 9: new_name, 7: "db"}, cfg or load(None))
     return models["xenbr0"], problems
 
 
@@ -50,12 +50,18 @@ def test_the_same_vms_nic_under_two_domids_is_a_pair_not_a_conflict():
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "devid"),
-    [("", "", 0), (VM, "someone-else", 0), (VM, VM, 1)],
-    ids=["no-uuid", "another-vm", "another-nic"],
+    ("old", "new", "devid", "name"),
+    [
+        ("", "", 0, "web--incoming"),
+        (VM, "someone-else", 0, "web--incoming"),
+        (VM, VM, 1, "web--incoming"),
+        (VM, VM, 0, "web2"),
+    ],
+    ids=["no-uuid", "another-vm", "another-nic", "no-migration-name"],
 )
-def test_anything_else_with_the_mac_is_still_a_conflict(old, new, devid):
-    m, problems = _join(old, new, devid)
+def test_anything_else_with_the_mac_is_still_a_conflict(old, new, devid, name):
+    """A domain given a running VM's UUID by hand, outside a migration, gets no pass."""
+    m, problems = _join(old, new, devid, name)
     assert any(f"MAC conflict on xenbr0: vif9.{devid} and vif5.0" in p for p in problems), problems
     assert [v.key for v in m.vifs] == ["5.0", "7.0"] and 11 in m.unmanaged
 
@@ -82,9 +88,11 @@ def test_frames_for_the_mac_reach_both_and_each_sends_only_as_itself():
     assert (9, 0) in holders and (5, 0) not in holders
 
 
-def _cfg(domid: int, vm_uuid: str, devid: int = 0) -> VifConfig:
+def _cfg(domid: int, vm_uuid: str, devid: int = 0, name: str = "web--incoming") -> VifConfig:
     be = f"/local/domain/0/backend/vif/{domid}/{devid}"
-    return VifConfig(domid=domid, devid=devid, backend=be, mac=MAC, bridge=parse_bridge("xenbr0"), vm_uuid=vm_uuid)
+    return VifConfig(
+        domid=domid, devid=devid, backend=be, mac=MAC, bridge=parse_bridge("xenbr0"), vm_uuid=vm_uuid, domain_name=name
+    )
 
 
 def _snapshot(other_uuid: str, other_devid: int = 0) -> Snapshot:
@@ -115,10 +123,33 @@ def test_the_hook_lets_the_incoming_domain_of_the_same_vm_on():
     assert check(_Db(), _snapshot(VM), _cfg(9, VM)) == []
 
 
-@pytest.mark.parametrize(("mine", "theirs", "devid"), [(VM, "other", 0), ("", "", 0), (VM, VM, 1)])
-def test_the_hook_still_refuses_anyone_else_with_the_mac(mine, theirs, devid):
+@pytest.mark.parametrize(
+    ("mine", "theirs", "devid", "name"),
+    [(VM, "other", 0, "web--incoming"), ("", "", 0, "web--incoming"), (VM, VM, 1, "web--incoming"), (VM, VM, 0, "web")],
+)
+def test_the_hook_still_refuses_anyone_else_with_the_mac(mine, theirs, devid, name):
     with pytest.raises(MacConflict, match="already used on bridge xenbr0 by vif5.0 of domain web"):
-        check(_Db(), _snapshot(theirs, devid), _cfg(9, mine))
+        check(_Db(), _snapshot(theirs, devid), _cfg(9, mine, name=name))
+
+
+def test_the_hook_still_replaces_the_stale_port_of_the_same_vm():
+    """A crashed domain's leftover port (no backend in XenStore) is replaced on restore."""
+    assert check(_Db(), _snapshot(VM), _cfg(9, VM), vif_exists=lambda d, n: False) == ["p-1"]
+
+
+@pytest.mark.parametrize("listed", ["web", "web--incoming"])
+def test_private_and_trusted_hold_for_the_whole_pair(tmp_path, listed):
+    """The config names domains; the incoming one has another name. Private must not lapse
+    while the newest forwards to the old port too, and a trusted router stays trusted."""
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[vifs]\nprivate = ["{listed}"]\ntrusted = ["{listed}"]\n')
+    m, problems = _join(VM, VM, cfg=load(str(conf)))
+    assert not problems
+    by = {v.key: v for v in m.vifs}
+    assert all(by[k].private and by[k].trusted for k in ("5.0", "9.0"))
+    assert not by["7.0"].private
+    other = "00:16:3e:00:00:07"
+    assert Switch(build(m)).send(12, _frame(other, MAC, "192.0.2.7", "192.0.2.5")).ports == set()
 
 
 def test_three_domains_of_one_nic_are_one_group():
@@ -127,7 +158,8 @@ def test_three_domains_of_one_nic_are_one_group():
     of = {"xenbr0": {p.name: OfPort(p.ofport, True) for p in ports}}
     vifs = {(d, 0): {"mac": MAC, "bridge": "xenbr0"} for d in (5, 9, 11)}
     info = {"xenbr0": BridgeInfo("xenbr0", ports, "secure", ("unix:x",), ("OpenFlow13",), True)}
-    models, problems = bridge_models(info, of, vifs, {}, load(None))
+    names = {5: "web", 9: "web--migratedaway", 11: "web--incoming"}
+    models, problems = bridge_models(info, of, vifs, names, load(None))
     by = {v.key: v for v in models["xenbr0"].vifs}
     assert not problems
     assert [by[k].forwards for k in ("5.0", "9.0", "11.0")] == [False, False, True]

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import VifSpecError
 from ..inspect.hoststate import HostView, read_host
 from ..inspect.openflow import OpenFlowUnavailable
+from ..model.host import migrating
 from ..model.ports import unmanaged_problem
 from ..model.vifspec import parse_bridge, parse_mac
 from .flows import controller_config, drift, drops
@@ -99,7 +100,7 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
             problems.append(Problem("unmanaged ports", *unmanaged_problem(p.port or p.name, b.name)))
     check("invalid MACs")
     check("MAC conflicts")
-    seen: dict[tuple[str, str], tuple[str, tuple[str, int]]] = {}  # -> (device, (VM uuid, devid))
+    seen: dict[tuple[str, str], tuple[str, tuple[str, int], str]] = {}  # -> (device, (VM uuid, devid), domain)
     for v in sorted(host.vifs.values(), key=lambda v: (v.domid, v.devid)):
         try:
             mac = parse_mac(v.mac)
@@ -117,9 +118,16 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
         except VifSpecError:
             bridge = v.keys.get("bridge", "?")
         other = seen.get((bridge, mac))
-        # One VM's NIC under two domids (a migration or restore in progress) is no conflict.
+        # One VM's NIC under two domids, one of them named as libxl names a migration's
+        # domains (a migration or restore in progress), is no conflict.
         nic = (next((p.vm_uuid for p in v.ports if p.vm_uuid), ""), v.devid)
-        if other and not (nic[0] and other[1] == nic):
+        twins = (
+            bool(nic[0])
+            and other is not None
+            and other[1] == nic
+            and (migrating(other[2]) or migrating(v.domain or ""))
+        )
+        if other and not twins:
             problems.append(
                 Problem(
                     "MAC conflicts",
@@ -127,7 +135,7 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
                     "give one of them another mac= (xvif-ovs mac new)",
                 )
             )
-        seen[(bridge, mac)] = (v.dev, nic)
+        seen[(bridge, mac)] = (v.dev, nic, v.domain or "")
     check("missing ofports")
     for b in host.bridges.values():
         for p in b.ports:

@@ -8,7 +8,7 @@ import dataclasses
 from typing import NamedTuple
 
 from ..errors import VifSpecError
-from ..model.host import ALL_VLANS, BridgeModel, Uplink, VifModel
+from ..model.host import ALL_VLANS, BridgeModel, Uplink, VifModel, migrating
 from ..model.ports import unmanaged_hint
 from ..model.vifspec import parse_ips, parse_mac, vif_vlans
 from .config import Config
@@ -269,7 +269,7 @@ def _join(
                 f"vif{domid}.{devid} is on bridge {bname} but XenStore says bridge={keys.get('bridge')}: using {bname}"
             )
         other = seen_macs.get(vif.mac)
-        if other is not None and _same_nic(vm_uuids, other, (domid, devid)):
+        if other is not None and _same_nic(vm_uuids, names, other, (domid, devid)):
             twins.setdefault(vif.mac, [other]).append((domid, devid))
             seen_macs[vif.mac] = (domid, devid)
         elif other is not None:
@@ -301,19 +301,39 @@ def _join(
     return _Joined(info, ports, cfg, model, problems, inputs, position)
 
 
-def _same_nic(vm_uuids: dict[tuple[int, int], str], a: tuple[int, int], b: tuple[int, int]) -> bool:
-    """Two domains' vifs that are one VM's one NIC: the hook names the VM in OVSDB, and
-    libxl gives the incoming domain of a migration or restore the old one's UUID."""
+def _same_nic(
+    vm_uuids: dict[tuple[int, int], str], names: dict[int, str], a: tuple[int, int], b: tuple[int, int]
+) -> bool:
+    """Two domains' vifs that are one VM's one NIC in the middle of a migration or a
+    restore: the hook names the VM in OVSDB, libxl gives the incoming domain the old one's
+    UUID, and one of the two carries libxl's migration name (NAME--incoming until the
+    switch, then the old one NAME--migratedaway until it is destroyed). Two domains that
+    share a UUID outside of that are a MAC conflict, as any others are."""
     uuid = vm_uuids.get(a)
-    return bool(uuid) and uuid == vm_uuids.get(b) and a[1] == b[1] and a[0] != b[0]
+    if not uuid or uuid != vm_uuids.get(b) or a[1] != b[1] or a[0] == b[0]:
+        return False
+    return any(migrating(names.get(d, "")) for d in (a[0], b[0]))
 
 
 def _pair_twins(built: list[VifModel], position: dict[tuple[int, int], int], group: list[tuple[int, int]]) -> None:
-    """One migrating NIC's vifs (sorted by domid): the newest forwards the MAC to all."""
+    """One migrating NIC's vifs (sorted by domid): the newest forwards the MAC to all.
+
+    The config's private and trusted lists name domains, and the incoming domain has a
+    name and a domid of its own: the group is private if any of its vifs is (the newest
+    forwards to the old port too, which must not open a private guest to the others) and
+    trusted if any is (the same VM keeps its rights while it moves)."""
     *older, newest = group
+    members = [built[position[key]] for key in group]
+    private = any(v.private for v in members)
+    trusted = any(v.trusted for v in members)
     ports = {key: built[position[key]].active_port for key in group}
     for key in older:
-        built[position[key]] = dataclasses.replace(built[position[key]], forwards=False)
+        built[position[key]] = dataclasses.replace(
+            built[position[key]], forwards=False, private=private, trusted=trusted
+        )
     built[position[newest]] = dataclasses.replace(
-        built[position[newest]], twin_ports=tuple(p for k in older if (p := ports[k]) is not None)
+        built[position[newest]],
+        twin_ports=tuple(p for k in older if (p := ports[k]) is not None),
+        private=private,
+        trusted=trusted,
     )

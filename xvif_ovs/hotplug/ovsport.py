@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import XvifError
+from ..model.host import INCOMING_SUFFIX
 from ..ovsdb.client import ConditionFailed, Ovsdb, from_map, from_set, ovs_map, ovs_set
 from .vifconfig import VifConfig
 
@@ -104,11 +105,6 @@ def check(db: Ovsdb, snap: Snapshot, cfg: VifConfig, vif_exists: VifExists = lam
             continue  # this very port, online again
         if ids.get("xvif-domid") == str(cfg.domid) and ids.get("xvif-devid") == str(cfg.devid):
             continue  # the HVM twin: one NIC, two backends
-        if cfg.vm_uuid and ids.get("xen-vm-uuid") == cfg.vm_uuid and ids.get("xvif-devid") == str(cfg.devid):
-            # The same VM's same NIC under another domid: libxl makes the incoming domain of
-            # a migration or restore (same UUID) while the old one still runs, and destroys
-            # the old one after; both ports stay meanwhile (the controller pairs them).
-            continue
         other_port, other_bridge = _port_and_bridge_of_interface(db, row["_uuid"][1])
         if other_bridge != snap.bridge or other_port is None:
             continue  # another bridge is another L2 network
@@ -116,6 +112,8 @@ def check(db: Ovsdb, snap: Snapshot, cfg: VifConfig, vif_exists: VifExists = lam
         if dom.isdigit() and dev.isdigit() and not vif_exists(int(dom), int(dev)):
             stale.append(other_port)
             continue
+        if is_incoming_twin(cfg, ids):
+            continue  # both ports stay until libxl destroys the old domain; the controller pairs them
         who = ids.get("xen-vm-name") or "?"
         owner = f"domain {who}" + (f" (domid {dom})" if dom else "")
         raise MacConflict(
@@ -123,6 +121,22 @@ def check(db: Ovsdb, snap: Snapshot, cfg: VifConfig, vif_exists: VifExists = lam
             f"{row['name']} of {owner}: give one of them another mac= (a free one in Xen's OUI 00:16:3e)"
         )
     return stale
+
+
+def is_incoming_twin(cfg: VifConfig, ids: dict[str, str]) -> bool:
+    """Whether the port holding our MAC is the same VM's same NIC, and we are the incoming
+    domain of a migration (libxl names it NAME--incoming while the old one still runs).
+
+    What it trusts: the VM UUID in XenStore (written by the toolstack, read-only to guests)
+    and the port's external ids (root only). A second domain given a running VM's UUID by
+    hand, outside a migration, is still refused: it has no --incoming name."""
+    return (
+        bool(cfg.vm_uuid)
+        and cfg.domain_name.endswith(INCOMING_SUFFIX)
+        and ids.get("xen-vm-uuid") == cfg.vm_uuid
+        and ids.get("xvif-devid") == str(cfg.devid)
+        and ids.get("xvif-domid") != str(cfg.domid)
+    )
 
 
 def _port_and_bridge_of_interface(db: Ovsdb, iface_uuid: str) -> tuple[str | None, str | None]:

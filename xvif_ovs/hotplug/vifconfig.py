@@ -32,6 +32,7 @@ class VifConfig:
     mtu: int | None = None
     vm_name: str = ""
     vm_uuid: str = ""
+    domain_name: str = ""  # /local/domain/DOMID/name now: libxl's NAME--incoming during a migration
     xapi: dict[str, str] = field(default_factory=dict)  # xs-vif-uuid, xs-network-uuid when XAPI runs the host
 
     def device_name(self, tap: bool, created: str) -> str:
@@ -76,7 +77,8 @@ def read_vif(xs: Client, backend: str, domid: int, devid: int) -> VifConfig:
     except VifSpecError as e:
         raise VifSpecError(f"vif {domid}.{devid} ({backend}): {e}") from None
     vm = read_str(xs, f"/local/domain/{domid}/vm")
-    vm_name = (read_str(xs, f"{vm}/name") if vm else None) or read_str(xs, f"/local/domain/{domid}/name") or ""
+    domain_name = read_str(xs, f"/local/domain/{domid}/name") or ""
+    vm_name = (read_str(xs, f"{vm}/name") if vm else None) or domain_name
     vm_uuid = (read_str(xs, f"{vm}/uuid") if vm else None) or ""
     xapi = {}
     if vm_uuid:
@@ -98,5 +100,6 @@ def read_vif(xs: Client, backend: str, domid: int, devid: int) -> VifConfig:
         mtu=parse_mtu(mtu) if mtu else None,
         vm_name=vm_name,
         vm_uuid=vm_uuid,
+        domain_name=domain_name,
         xapi=xapi,
     )

@@ -14,6 +14,15 @@ from .vifspec import BridgeSpec
 
 IP = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
+# libxl's names during a migration (tools/xl/xl_migrate.c): the new domain is NAME--incoming
+# until the switch, then the old one is NAME--migratedaway until it is destroyed. The same
+# VM's NIC under two domids is one NIC only while one of them carries such a name.
+INCOMING_SUFFIX, MIGRATED_AWAY_SUFFIX = "--incoming", "--migratedaway"
+
+
+def migrating(domain_name: str) -> bool:
+    return domain_name.endswith((INCOMING_SUFFIX, MIGRATED_AWAY_SUFFIX))
+
 
 @dataclass(frozen=True)
 class VifModel:
