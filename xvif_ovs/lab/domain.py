@@ -26,7 +26,7 @@ from ..xenstore.client import write as xs_write
 from ..xenstore.protocol import Op
 from .host import Lab
 from .sh import link_exists, run
-from .state import DomainRec, LabState, VifRec
+from .state import DomainRec, LabState, VifRec, netns_of
 
 XEN_SCRIPT_DIR = Path(os.environ.get("XEN_SCRIPT_DIR", "/etc/xen/scripts"))
 DEFAULT_SCRIPT = "vif-xvif-ovs"
@@ -274,7 +274,8 @@ def migrate_domain(lab: Lab, name: str, new_domid: int) -> DomainRec:
     runs, its vifs go online (the hooks see the same VM's MAC already on the bridge); then
     the old domain is suspended, the new one resumes (netfront announces itself with a
     gratuitous ARP, as netfront_resume does), and the old one is destroyed (offline) and
-    the new one renamed NAME. The guest keeps its namespace: it is the same guest."""
+    the new one renamed NAME. The guest's processes do not move: the new domain is a new
+    namespace (NAME@DOMID), as the new domain is a new guest kernel on Xen."""
     state = lab.require_up()
     old = state.domains.get(name)
     if old is None:
@@ -293,7 +294,11 @@ def migrate_domain(lab: Lab, name: str, new_domid: int) -> DomainRec:
     _check_unique(state, incoming, new_domid)
     prefix = "xvif" if old.netbsd else "vif"
     vifs = [dataclasses.replace(v, dev=f"{prefix}{new_domid}.{v.devid}") for v in old.vifs]
-    new = DomainRec(incoming, new_domid, old.uuid, old.hvm, old.netbsd, vifs)
+    # Its own namespace, named for the domid with a character no domain name has, so that
+    # it is never a namespace another domain (or an earlier migration of this one) holds.
+    new = DomainRec(incoming, new_domid, old.uuid, old.hvm, old.netbsd, vifs, ns=f"{netns_of(name)}@{new_domid}")
+    if Path(f"/run/netns/{new.netns}").exists():
+        raise LabError(f"namespace {new.netns} exists already: remove it (ip netns del {new.netns}) and try again")
     specs = {v.devid: parse_vif_spec(v.spec) for v in vifs}
     with lab.state_file.locked() as st:
         _check_unique(st, incoming, new_domid)
@@ -329,7 +334,7 @@ def migrate_domain(lab: Lab, name: str, new_domid: int) -> DomainRec:
         with lab.state_file.locked() as st:
             st.domains.pop(name, None)
             st.domains.pop(incoming, None)
-            new.ns, new.name = new.netns, name
+            new.name = name
             st.domains[name] = new
     return new
 
