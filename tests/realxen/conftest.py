@@ -134,31 +134,65 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"the real-Xen suite ran inside dom0 of Xen 4.17 in QEMU: {n} test(s) reported, "
             f"VM run {state['seconds']:.0f} s, logs in {state['out']}"
         )
+        reruns = [r for rs in state["results"].values() for r in rs if r["when"] == "rerun"]
+        for r in reruns:
+            tr.write_line(f"run again in dom0 after an emulation fault: {r['nodeid']}: {r['longrepr']}", yellow=True)
 
 
 # -- inside dom0: results for the host, one JSON line per test phase -------------------
 
+RERUNS = 2  # a test that failed on an emulation fault runs at most this many times more
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Inside dom0: a test that failed because the emulated host corrupted a process
+    (dom0.EMULATION_FAULTS: a segfault of busybox in a guest or of a program in dom0, ld.so
+    finding its own libraries inconsistent) runs again, up to RERUNS times; any other failure
+    stands at once. Each rerun is recorded and printed on the host, never hidden."""
+    if not INSIDE:
+        return None
+    import dom0
+    from _pytest.runner import runtestprotocol
+
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for attempt in range(1, RERUNS + 2):
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        failed = [r.longreprtext for r in reports if r.failed]
+        fault = next((sig for text in failed for sig in dom0.EMULATION_FAULTS if sig in text), None)
+        if fault is None or attempt > RERUNS:
+            break
+        _record(item.nodeid, "rerun", "rerun", 0.0, f"attempt {attempt} failed on {fault!r}")
+        _to_console(f"XVIF-REALXEN RERUN {item.nodeid}: attempt {attempt} failed on {fault!r}:\n{failed[0][-2000:]}\n")
+    for r in reports:
+        item.ihook.pytest_runtest_logreport(report=r)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def _record(nodeid: str, when: str, outcome: str, duration: float, text: str) -> None:
+    path = os.environ.get("XVIF_REALXEN_RESULTS")
+    if path:
+        rec = {"nodeid": nodeid, "when": when, "outcome": outcome, "duration": duration, "longrepr": text}
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def _to_console(text: str) -> None:
+    """At once on dom0's console (the host's serial.log), not only in the summary at the end."""
+    try:
+        with open("/dev/console", "w") as con:
+            con.write(text)
+    except OSError:
+        pass
+
 
 def pytest_runtest_logreport(report):
-    path = os.environ.get("XVIF_REALXEN_RESULTS")
-    if not (INSIDE and path):
+    if not INSIDE:
         return
-    rec = {
-        "nodeid": report.nodeid,
-        "when": report.when,
-        "outcome": report.outcome,
-        "duration": report.duration,
-        "longrepr": report.longreprtext,
-    }
-    with open(path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    _record(report.nodeid, report.when, report.outcome, report.duration, report.longreprtext)
     if report.failed:
-        # at once on dom0's console (the host's serial.log), not only in the summary at the end
-        try:
-            with open("/dev/console", "w") as con:
-                con.write(f"XVIF-REALXEN FAILED {report.nodeid} ({report.when}):\n{report.longreprtext[-3000:]}\n")
-        except OSError:
-            pass
+        _to_console(f"XVIF-REALXEN FAILED {report.nodeid} ({report.when}):\n{report.longreprtext[-3000:]}\n")
 
 
 # -- fixtures: the real host inside dom0; None on the host (the item takes dom0's result) --

@@ -1,7 +1,8 @@
 """A guest moved to a new domain of the same VM, as a migration within the host does it
 (dom0.switch_over: `xl save -c`, `xl restore -p` as NAME--incoming with the same UUID while
-the original runs, destroy, unpause, rename; `xl migrate` itself cannot run a PV guest on
-Debian's Xen, see dom0.py), and a guest saved and restored. The incoming domain's vif
+the original runs, then xl migrate's switch: pause and rename the original
+NAME--migratedaway, rename and unpause the new one, destroy the original; `xl migrate`
+itself cannot run a PV guest on Debian's Xen, see dom0.py), and a guest saved and restored. The incoming domain's vif
 comes online with the guest's MAC already on the bridge, so the hook and the controller
 see two vifs of one NIC. The guest must come out reachable under its new domid, with its
 port security, and nothing of the old domain left. How long its replies stopped is
