@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,12 @@ VARIANTS = {"xvif-ovs": ("xenbr0", "vif-xvif-ovs"), "vif-openvswitch": ("xenbr1"
 def spec(n: int, variant: str, **kw) -> str:
     bridge, script = VARIANTS[variant]
     return vif_spec(mac(n), bridge, **kw).replace("script=vif-xvif-ovs", f"script={script}")
+
+
+def in_turn(r: int) -> list[tuple[int, str]]:
+    """(index, variant) in the order of repeat r: ABBA, so that neither always goes first."""
+    order = list(enumerate(VARIANTS))
+    return order if r % 2 == 0 else order[::-1]
 
 
 def stats(xs: list[float]) -> dict:
@@ -139,13 +146,19 @@ def bench_create(guests: Guests, idle: int, repeats: int) -> list[dict]:
     out = []
     for size in (0, idle):
         have = len([g for g in guests.made if g.name.startswith("rxbi")]) // len(VARIANTS)
+        idle_guests = []
         for k in range(have, size):
             for i, v in enumerate(VARIANTS):
                 n = 130 + k * 2 + i
-                guests.create("", [spec(n, v, ip=f"10.0.0.{n}")], up(f"10.0.0.{n}"), memory=64, name=f"rxbi{n}")
+                script = up(f"10.0.0.{n}") + "echo XR-READY\n"
+                idle_guests.append(
+                    guests.create("", [spec(n, v, ip=f"10.0.0.{n}")], script, memory=IDLE_MIB, name=f"rxbi{n}")
+                )
+        for g in idle_guests:  # booted and idle before anything is measured
+            g.wait_console("^XR-READY", 600)
         row: dict = {"other_guests": size, **{v: [] for v in VARIANTS}}
         for r in range(repeats):
-            for i, v in enumerate(VARIANTS):
+            for i, v in in_turn(r):
                 row[v].append(one_create(guests, 110 + r * 2 + i, v, peers[v]))
                 print(f"create, {size} idle guests, {v}: {row[v][-1]}", flush=True)
         out.append(
@@ -165,8 +178,8 @@ SERVER = (
     "httpd -h /www -p 80 && echo XR-SERVING\n"
 )
 CLIENT = (
-    "for i in $(seq {count}); do t0=$(cut -d' ' -f1 /proc/uptime); wget -q -O /dev/null http://{server}/f; "
-    "t1=$(cut -d' ' -f1 /proc/uptime); echo \"XR-TPUT $t0 $t1\"; done\n"
+    "for i in $(seq {count}); do t0=$(cut -d' ' -f1 /proc/uptime); wget -q -O /dev/null http://{server}/f && "
+    "t1=$(cut -d' ' -f1 /proc/uptime) && echo \"XR-TPUT $t0 $t1\"; done\n"
 )
 
 
@@ -180,7 +193,7 @@ def bench_throughput(guests: Guests, rounds: int, mb: int = 32, count: int = 2) 
         g.wait_console("^XR-SERVING", 240)
     res: dict = {v: [] for v in VARIANTS}
     for r in range(rounds):
-        for i, v in enumerate(VARIANTS):
+        for i, v in in_turn(r):
             n = 170 + r * 2 + i
             ip = f"10.0.0.{n}"
             server = servers[v][1]
@@ -188,10 +201,11 @@ def bench_throughput(guests: Guests, rounds: int, mb: int = 32, count: int = 2) 
                 "rxhc", [spec(n, v, ip=ip)], up(ip) + reach(server, 120) + CLIENT.format(count=count, server=server)
             )
             out = c.done(timeout=600)
-            for line in out.splitlines():
-                if line.startswith("XR-TPUT"):
-                    _, t0, t1 = line.split()
-                    res[v].append(mb * 2**20 * 8 / (float(t1) - float(t0)) / 1e6)  # Mbit/s
+            assert f"XR-REACHED {server}" in out, f"{v}: the client never reached the server:\n{out[-2000:]}"
+            got = [line.split() for line in out.splitlines() if line.startswith("XR-TPUT")]
+            assert len(got) == count, f"{v}: {count - len(got)} of {count} downloads failed:\n{out[-2000:]}"
+            for _, t0, t1 in got:  # /proc/uptime has 10 ms steps: a transfer takes seconds here
+                res[v].append(mb * 2**20 * 8 / max(float(t1) - float(t0), 0.01) / 1e6)  # Mbit/s
             c.destroy()
             print(f"throughput {v}: {res[v]}", flush=True)
     for g, _ in servers.values():
@@ -202,7 +216,7 @@ def bench_throughput(guests: Guests, rounds: int, mb: int = 32, count: int = 2) 
 def bench_migration(guests: Guests, repeats: int) -> dict:
     res: dict = {v: {"gap_s": [], "switch_s": []} for v in VARIANTS}
     for r in range(repeats):
-        for i, v in enumerate(VARIANTS):
+        for i, v in in_turn(r):
             bridge, script = VARIANTS[v]
             m = migration_gap(guests, bridge, script, 180 + r * 4 + i * 2)
             m["guest"].destroy()
@@ -212,11 +226,23 @@ def bench_migration(guests: Guests, repeats: int) -> dict:
     return {v: {k: stats(xs) for k, xs in d.items()} for v, d in res.items()}
 
 
+IDLE_MIB = 64  # an idle guest's memory (its kernel and busybox need about 40)
+
+
+def idle_that_fit() -> int:
+    """As many idle guests per bridge as Xen's free memory holds, leaving room for the
+    measured guest and its peer (96 MiB each) and Xen's own overhead per domain."""
+    free = int(sh("xl info | awk '/^free_memory/ {print $3}'").stdout.strip())
+    return max(1, min(40, (free - 3 * 96) // (IDLE_MIB + 4) // len(VARIANTS)))  # 40: addresses .130-.209
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--idle", type=int, default=5, help="idle guests per bridge for the second create row")
+    ap.add_argument(
+        "--idle", type=int, default=0, help="idle guests per bridge for the second create row (0: as many as fit)"
+    )
     args = ap.parse_args()
     dom0.WORK.mkdir(parents=True, exist_ok=True)
     dom0.CONSOLE_DIR.mkdir(parents=True, exist_ok=True)
@@ -234,13 +260,21 @@ def main() -> int:
     }
     guests = Guests(initrd)
     results: dict = {"info": info}
+    out = Path(args.out)
+    # inside.sh's timeout sends SIGTERM: end through `finally`, keeping what was measured.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("SIGTERM: the benchmark ran out of time"))
+    sections = {
+        "migration": lambda: bench_migration(guests, max(2, args.repeats - 1)),
+        "throughput": lambda: bench_throughput(guests, rounds=2),
+        "create": lambda: bench_create(guests, args.idle or idle_that_fit(), args.repeats),
+    }
     try:
-        results["migration"] = bench_migration(guests, max(2, args.repeats - 1))
-        results["throughput"] = bench_throughput(guests, rounds=2)
-        results["create"] = bench_create(guests, args.idle, args.repeats)
+        for section, measure in sections.items():
+            results[section] = measure()
+            out.write_text(json.dumps(results, indent=2) + "\n")  # each section as soon as it is done
     finally:
         guests.cleanup()
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        out.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

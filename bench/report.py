@@ -220,9 +220,11 @@ def realxen(d: dict) -> list[str]:
         "made by `xl create` (busybox initramfs, netfront/netback). The VM runs in QEMU with software emulation",
         "(this machine cannot give Xen hardware virtualisation), so every time here is many times a real",
         "host's; xvif-ovs (its hook, the controller's pipeline on xenbr0) and Xen's vif-openvswitch (NORMAL on",
-        f"xenbr1, no controller) ran in the same VM, alternating. Whole VM run: {r['vm_run_s'] / 60:.0f} min.",
+        "xenbr1, no controller) ran in the same VM, alternating (ABBA). The whole command took "
+        f"{r['vm_run_s'] / 60:.0f} min (the dom0 image, the wheels, booting and the measures).",
         "",
-        "| other guests on the bridge | measure | xvif-ovs (s) min/median/max | vif-openvswitch (s) min/median/max | ratio (medians) |",
+        "| idle guests per bridge | measure | xvif-ovs (s) min/median/max | vif-openvswitch (s) min/median/max | "
+        "xvif-ovs / vif-openvswitch (medians; below 1: xvif-ovs faster) |",
         "|---:|---|---|---|---:|",
     ]
     names = {
@@ -243,7 +245,8 @@ def realxen(d: dict) -> list[str]:
             "",
             f"Guest-to-guest throughput through netback (busybox httpd -> wget of {t['megabytes']} MiB, Mbit/s):",
             "",
-            "| pipeline (xvif-ovs) min/median/max | NORMAL (vif-openvswitch) min/median/max | ratio (medians) |",
+            "| pipeline (xvif-ovs) min/median/max | NORMAL (vif-openvswitch) min/median/max | "
+            "pipeline / NORMAL (medians; above 1: the pipeline faster) |",
             "|---|---|---:|",
             f"| {mmm(x, 1, '.0f')} | {mmm(v, 1, '.0f')} | {x['median'] / v['median']:.2f} |",
         ]
@@ -251,12 +254,15 @@ def realxen(d: dict) -> list[str]:
         x, v = m["xvif-ovs"], m["vif-openvswitch"]
         out += [
             "",
-            "A guest moved to a new domain of the same VM as a migration within the host does it (`xl save -c`,",
-            "`xl restore -p` of the copy with the same UUID while the original runs, destroy, unpause: `xl migrate`",
+            "A guest moved to a new domain of the same VM in `xl migrate`'s order (`xl save -c` for the copy,",
+            "`xl restore -p` of it as NAME--incoming with the same UUID while the original runs; then the original",
+            "paused and renamed NAME--migratedaway, the copy renamed and unpaused, the original destroyed: `xl migrate`",
             "of a PV guest cannot run on Debian's Xen, built without shadow paging), while another guest pings it",
-            "every 100 ms: the longest silence between its replies around the switch, and the switch-over's time:",
+            "every 100 ms: the silence between the original's last reply and the new domain's first, and the",
+            "whole move's time (save, restore, switch):",
             "",
-            "| measure | xvif-ovs (s) min/median/max | vif-openvswitch (s) min/median/max | ratio (medians) |",
+            "| measure | xvif-ovs (s) min/median/max | vif-openvswitch (s) min/median/max | "
+            "xvif-ovs / vif-openvswitch (medians; below 1: xvif-ovs faster) |",
             "|---|---|---|---:|",
         ]
         for key, label in (("gap_s", "replies stopped"), ("switch_s", "save, restore and switch took")):
