@@ -9,20 +9,25 @@ from __future__ import annotations
 from typing import Any
 
 from ..pipeline.flow import (
+    OFPP_IN_PORT,
     OFPP_LOCAL,
     OFPVID_PRESENT,
+    SET_FIELDS,
     Action,
     Bucket,
+    DecTtl,
     F,
     Flow,
     Goto,
     Group,
     GroupEntry,
     LearnSource,
+    Move,
     Output,
     PopVlan,
     PushVlan,
     Resubmit,
+    SetField,
     SetReg,
     match,
 )
@@ -40,6 +45,8 @@ _TO_OXM = {
     "arp_op": "arp_op",
     "arp_spa": "arp_spa",
     "arp_sha": "arp_sha",
+    "arp_tpa": "arp_tpa",
+    "arp_tha": "arp_tha",
     "nw_src": "ipv4_src",
     "nw_dst": "ipv4_dst",
     "nw_proto": "ip_proto",
@@ -52,6 +59,27 @@ _TO_OXM = {
     "nd_tll": "ipv6_nd_tll",
 }
 _FROM_OXM = {v: k for k, v in _TO_OXM.items()}
+# os-ken's names of the Nicira (NXM) fields a reg_move names, by our match names: what we
+# send, and what OVS reports back (it may name a field by its NXM or its OXM header).
+_NXM = {
+    "dl_src": "eth_src_nxm",
+    "dl_dst": "eth_dst_nxm",
+    "arp_op": "arp_op_nxm",
+    "arp_sha": "arp_sha_nxm",
+    "arp_tha": "arp_tha_nxm",
+    "arp_spa": "arp_spa_nxm",
+    "arp_tpa": "arp_tpa_nxm",
+    "nw_src": "ipv4_src_nxm",
+    "nw_dst": "ipv4_dst_nxm",
+    "ipv6_src": "ipv6_src_nxm",
+    "ipv6_dst": "ipv6_dst_nxm",
+    "icmpv6_type": "icmpv6_type_nxm",
+    "nd_target": "nd_target",
+    "nd_sll": "nd_sll",
+    "nd_tll": "nd_tll",
+}
+_FROM_MOVE = {**{v: k for k, v in _NXM.items()}, **{_TO_OXM[k]: k for k in SET_FIELDS if k in _TO_OXM}}
+_PORTS_IN = {OFPP_LOCAL: "OFPP_LOCAL", OFPP_IN_PORT: "OFPP_IN_PORT"}
 _L4 = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
@@ -119,7 +147,18 @@ def actions_to_os_ken(parser: Any, ofp: Any, actions: tuple[Action, ...]) -> tup
     goto = None
     for a in actions:
         if isinstance(a, Output):
-            out.append(parser.OFPActionOutput(ofp.OFPP_LOCAL if a.port == OFPP_LOCAL else a.port, 0xFFFF))
+            port = getattr(ofp, _PORTS_IN[a.port]) if a.port in _PORTS_IN else a.port
+            out.append(parser.OFPActionOutput(port, 0xFFFF))
+        elif isinstance(a, SetField):
+            out.append(parser.OFPActionSetField(**{_TO_OXM[a.field]: a.value}))
+        elif isinstance(a, Move):
+            out.append(
+                parser.NXActionRegMove(
+                    src_field=_NXM[a.src], dst_field=_NXM[a.dst], n_bits=a.n_bits, src_ofs=0, dst_ofs=0
+                )
+            )
+        elif isinstance(a, DecTtl):
+            out.append(parser.OFPActionDecNwTtl())
         elif isinstance(a, Group):
             out.append(parser.OFPActionGroup(a.group_id))
         elif isinstance(a, SetReg):
@@ -200,7 +239,16 @@ def actions_from_os_ken(ofp: Any, actions: list) -> list[Action | Unknown]:
         a = actions[i]
         name = type(a).__name__
         if name == "OFPActionOutput":
-            out.append(Output(OFPP_LOCAL if a.port == ofp.OFPP_LOCAL else a.port))
+            special = {ofp.OFPP_LOCAL: OFPP_LOCAL, ofp.OFPP_IN_PORT: OFPP_IN_PORT}
+            out.append(Output(special.get(a.port, a.port)))
+        elif name == "OFPActionSetField" and a.key in _FROM_OXM and _FROM_OXM[a.key] in SET_FIELDS:
+            out.append(SetField(_FROM_OXM[a.key], _norm(a.value)))
+        elif name == "NXActionRegMove":
+            src, dst = _FROM_MOVE.get(a.src_field), _FROM_MOVE.get(a.dst_field)
+            whole = src and dst and a.src_ofs == 0 and a.dst_ofs == 0 and a.n_bits == SET_FIELDS[src]
+            out.append(Move(src, dst) if whole and SET_FIELDS[src] == SET_FIELDS[dst] else Unknown("reg_move"))
+        elif name == "OFPActionDecNwTtl":
+            out.append(DecTtl())
         elif name == "OFPActionGroup":
             out.append(Group(a.group_id))
         elif name == "OFPActionSetField" and a.key in ("reg4", "reg5", "reg6", "reg7"):

@@ -21,16 +21,19 @@ from ..pipeline.flow import (
     OFPVID_PRESENT,
     OWNER_MASK,
     Action,
+    DecTtl,
     F,
     Flow,
     Goto,
     Group,
     GroupEntry,
     LearnSource,
+    Move,
     Output,
     PopVlan,
     PushVlan,
     Resubmit,
+    SetField,
     SetReg,
 )
 
@@ -58,6 +61,8 @@ _OXM = {
     "arp_op": (0x8000, 21, 2),
     "arp_spa": (0x8000, 22, 4),
     "arp_sha": (0x8000, 24, 6),
+    "arp_tpa": (0x8000, 23, 4),
+    "arp_tha": (0x8000, 25, 6),
     "ipv6_src": (0x8000, 26, 16),
     "ipv6_dst": (0x8000, 27, 16),
     "icmpv6_type": (0x8000, 29, 1),
@@ -111,8 +116,10 @@ def match_bytes(fields: tuple[F, ...]) -> bytes:
     return _pad8(struct.pack("!HH", 1, 4 + len(body)) + body)
 
 
-@functools.lru_cache(maxsize=16)
-def _learn_bytes(a: LearnSource) -> bytes:
+@functools.lru_cache(maxsize=64)
+def _os_ken_bytes(a: LearnSource | Move) -> bytes:
+    """The Nicira actions with a layout of their own (learn, reg_move), from os-ken's own
+    encoder: few distinct ones per pipeline, each encoded once."""
     from ..compat import quiet_eventlet
 
     quiet_eventlet()
@@ -141,8 +148,14 @@ def action_bytes(a: Action) -> bytes:
         return struct.pack("!HH4x", 18, 8)
     if isinstance(a, Resubmit):
         return struct.pack("!HHIHHB3x", 0xFFFF, 16, NX_VENDOR, NXAST_RESUBMIT_TABLE, 0xFFF8, a.table)
-    if isinstance(a, LearnSource):
-        return _learn_bytes(a)
+    if isinstance(a, SetField):
+        cls, field, length = _OXM[a.field]
+        oxm = _oxm(cls, field, length, _value(a.field, a.value, length), None)
+        return _pad8(struct.pack("!HH", 25, len(_pad8(b"\0" * 4 + oxm))) + oxm)
+    if isinstance(a, DecTtl):
+        return struct.pack("!HH4x", 24, 8)
+    if isinstance(a, LearnSource | Move):
+        return _os_ken_bytes(a)
     raise TypeError(f"not a pipeline action: {a!r}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 OFPP_LOCAL = 0xFFFFFFFE
+OFPP_IN_PORT = 0xFFFFFFF8  # output back where the frame came in (an ARP or ND reply)
 OFPVID_PRESENT = 0x1000
 
 # ovs-ofctl field names in the order they are rendered.
@@ -26,6 +27,8 @@ FIELDS = (
     "arp_op",
     "arp_spa",
     "arp_sha",
+    "arp_tpa",
+    "arp_tha",
     "nw_src",
     "nw_dst",
     "nw_proto",
@@ -120,7 +123,7 @@ class Output:
     port: int
 
     def render(self) -> str:
-        return "LOCAL" if self.port == OFPP_LOCAL else f"output:{self.port}"
+        return {OFPP_LOCAL: "LOCAL", OFPP_IN_PORT: "IN_PORT"}.get(self.port, f"output:{self.port}")
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,94 @@ class LearnSource:
         )
 
 
-Action = Output | Group | SetReg | PushVlan | PopVlan | Resubmit | Goto | LearnSource
+# Header fields an action may rewrite, by our match names, and the widths of those a Move
+# may copy between (whole fields only): what answering ARP and ND, and routing, need.
+SET_FIELDS = {
+    "dl_src": 48,
+    "dl_dst": 48,
+    "arp_op": 16,
+    "arp_sha": 48,
+    "arp_tha": 48,
+    "arp_spa": 32,
+    "arp_tpa": 32,
+    "nw_src": 32,
+    "nw_dst": 32,
+    "ipv6_src": 128,
+    "ipv6_dst": 128,
+    "icmpv6_type": 8,
+    "nd_target": 128,
+    "nd_sll": 48,
+    "nd_tll": 48,
+}
+# ovs-ofctl's names in set_field, and the NXM names its move: action takes.
+_SET_NAME = {"dl_src": "eth_src", "dl_dst": "eth_dst", "nw_src": "ip_src", "nw_dst": "ip_dst"}
+NXM_NAMES = {
+    "dl_src": "NXM_OF_ETH_SRC",
+    "dl_dst": "NXM_OF_ETH_DST",
+    "arp_op": "NXM_OF_ARP_OP",
+    "arp_sha": "NXM_NX_ARP_SHA",
+    "arp_tha": "NXM_NX_ARP_THA",
+    "arp_spa": "NXM_OF_ARP_SPA",
+    "arp_tpa": "NXM_OF_ARP_TPA",
+    "nw_src": "NXM_OF_IP_SRC",
+    "nw_dst": "NXM_OF_IP_DST",
+    "ipv6_src": "NXM_NX_IPV6_SRC",
+    "ipv6_dst": "NXM_NX_IPV6_DST",
+    "icmpv6_type": "NXM_NX_ICMPV6_TYPE",
+    "nd_target": "NXM_NX_ND_TARGET",
+    "nd_sll": "NXM_NX_ND_SLL",
+    "nd_tll": "NXM_NX_ND_TLL",
+}
+
+
+@dataclass(frozen=True)
+class SetField:
+    """Rewrite one header field (by its match name) to a value: a MAC or an address as
+    text, a number as an int."""
+
+    field: str
+    value: int | str
+
+    def __post_init__(self) -> None:
+        if self.field not in SET_FIELDS:
+            raise ValueError(f"set_field of {self.field!r}: the pipeline rewrites only {sorted(SET_FIELDS)}")
+
+    def render(self) -> str:
+        return f"set_field:{self.value}->{_SET_NAME.get(self.field, self.field)}"
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy one whole header field into another of the same width (Nicira reg_move)."""
+
+    src: str
+    dst: str
+
+    def __post_init__(self) -> None:
+        for f in (self.src, self.dst):
+            if f not in SET_FIELDS:
+                raise ValueError(f"move of {f!r}: the pipeline moves only {sorted(SET_FIELDS)}")
+        if SET_FIELDS[self.src] != SET_FIELDS[self.dst]:
+            raise ValueError(f"move {self.src} -> {self.dst}: the fields differ in width")
+
+    @property
+    def n_bits(self) -> int:
+        return SET_FIELDS[self.src]
+
+    def render(self) -> str:
+        return f"move:{NXM_NAMES[self.src]}[]->{NXM_NAMES[self.dst]}[]"
+
+
+@dataclass(frozen=True)
+class DecTtl:
+    """Decrement the IPv4 TTL or the IPv6 hop limit; a packet whose TTL would reach zero is
+    dropped (OVS sends no packet-in for it unless a controller asked for invalid-TTL ones)."""
+
+    def render(self) -> str:
+        return "dec_ttl"
+
+
+Action = Output | Group | SetReg | PushVlan | PopVlan | Resubmit | Goto | LearnSource | SetField | Move | DecTtl
 
 
 @dataclass(frozen=True)

@@ -15,23 +15,27 @@ from typing import Any
 
 from ..model.vifspec import mac_to_int
 from .flow import (
+    OFPP_IN_PORT,
     OFPVID_PRESENT,
+    DecTtl,
     F,
     Flow,
     FlowSet,
     Goto,
     Group,
     LearnSource,
+    Move,
     Output,
     PopVlan,
     PushVlan,
     Resubmit,
+    SetField,
     SetReg,
     match,
 )
 
-IP_FIELDS = {"nw_src", "nw_dst", "arp_spa", "ipv6_src", "ipv6_dst", "nd_target"}
-MAC_FIELDS = {"dl_src", "dl_dst", "arp_sha", "nd_sll", "nd_tll"}
+IP_FIELDS = {"nw_src", "nw_dst", "arp_spa", "arp_tpa", "ipv6_src", "ipv6_dst", "nd_target"}
+MAC_FIELDS = {"dl_src", "dl_dst", "arp_sha", "arp_tha", "nd_sll", "nd_tll"}
 
 
 @dataclass
@@ -72,6 +76,9 @@ def field_matches(f: F, pkt: Packet) -> bool:
 class Delivery:
     port: int
     vlan: int | None
+    # The headers as they leave (after any rewrite); not part of equality, so tests that
+    # compare deliveries by port and tag stay as they are.
+    fields: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass
@@ -128,8 +135,21 @@ class Switch:
             elif isinstance(a, PushVlan):
                 pkt.vlan = a.vid
             elif isinstance(a, Output):
-                if a.port != pkt.fields["in_port"]:  # OpenFlow never outputs to the ingress port
-                    trace.deliveries.append(Delivery(a.port, pkt.vlan))
+                if a.port == OFPP_IN_PORT:  # the one way back out of the ingress port
+                    trace.deliveries.append(Delivery(pkt.fields["in_port"], pkt.vlan, dict(pkt.fields)))
+                elif a.port != pkt.fields["in_port"]:  # OpenFlow never outputs to the ingress port
+                    trace.deliveries.append(Delivery(a.port, pkt.vlan, dict(pkt.fields)))
+            elif isinstance(a, SetField):
+                pkt.fields[a.field] = a.value
+            elif isinstance(a, Move):
+                if pkt.fields.get(a.src) is None:
+                    raise RuntimeError(f"move from {a.src}, which this packet does not have")
+                pkt.fields[a.dst] = pkt.fields[a.src]
+            elif isinstance(a, DecTtl):
+                ttl = pkt.fields.get("nw_ttl", 64)  # the TTL or hop limit; 64 unless the test says
+                if ttl <= 1:
+                    return  # dropped where the TTL would reach zero
+                pkt.fields["nw_ttl"] = ttl - 1
             elif isinstance(a, Group):
                 group = self.groups[a.group_id]
                 buckets = group.buckets
