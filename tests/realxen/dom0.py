@@ -289,6 +289,23 @@ class Guests:
             f"vif = [ {vif_list} ]\n"
         )
 
+    def create_ready(self, prefix: str, vifs: list[str], script: str, ready: str, timeout: float = 120) -> Guest:
+        """A guest whose script has printed ``ready`` (a regex) on its console. One that
+        died of an emulation fault on the way (EMULATION_FAULTS on its console) is
+        destroyed and made again, twice at most: for guests a whole session relies on."""
+        for attempt in range(3):
+            g = self.create(prefix, vifs, script)
+            try:
+                g.wait_console(ready, timeout)
+                return g
+            except AssertionError as e:
+                fault = next((sig for sig in EMULATION_FAULTS if sig in str(e)), None)
+                if fault is None or attempt == 2:
+                    raise
+                print(f"{g.name}: an emulation fault ({fault!r}) before {ready!r}: made again")
+                g.destroy()
+        raise AssertionError("unreachable")
+
     def create(self, prefix: str, vifs: list[str], script: str = "", memory: int = 96, name: str = "") -> Guest:
         """`xl create` of a guest named prefix + a number (or exactly ``name``); raises
         XlError (with xl's output) when it fails."""

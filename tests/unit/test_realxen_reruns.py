@@ -17,6 +17,21 @@ REALXEN = Path(__file__).resolve().parents[1] / "realxen"
 TESTS = """
 from pathlib import Path
 
+import pytest
+
+@pytest.fixture(scope="session")
+def peer():
+    # like the suite's peer guest: its first boot dies of an emulation fault
+    if _attempt("peer") == 1:
+        raise AssertionError("timed out waiting for XR-READY: zcat: short read")
+    return "peer"
+
+def test_a_uses_the_peer(peer):
+    _attempt("uses_peer")
+
+def test_b_uses_the_peer_too(peer):
+    _attempt("uses_peer_too")
+
 def _attempt(name):
     f = Path(__file__).parent / (name + ".count")
     n = int(f.read_text()) + 1 if f.exists() else 1
@@ -53,17 +68,20 @@ def test_only_emulation_faults_are_run_again(tmp_path):
     )
     assert p.returncode == 1, p.stdout + p.stderr
     counts = {f.stem: int(f.read_text()) for f in tmp_path.glob("*.count")}
-    assert counts == {"crashed_once": 2, "always": 3, "plain": 1}, p.stdout
-    assert "2 failed, 1 passed" in p.stdout, p.stdout
+    assert counts == {"peer": 2, "uses_peer": 1, "uses_peer_too": 1, "crashed_once": 2, "always": 3, "plain": 1}
+    assert "2 failed, 3 passed" in p.stdout, p.stdout
     recs = [json.loads(line) for line in results.read_text().splitlines()]
     reruns = [(r["nodeid"].split("::")[1], r["longrepr"]) for r in recs if r["when"] == "rerun"]
     assert reruns == [
+        ("test_a_uses_the_peer", "attempt 1 failed on 'zcat: short read'"),
         ("test_guest_crashed_once", "attempt 1 failed on 'Segmentation fault'"),
         ("test_always_crashes", "attempt 1 failed on 'died due to fatal signal'"),
         ("test_always_crashes", "attempt 2 failed on 'died due to fatal signal'"),
     ]
     final = {(r["nodeid"].split("::")[1], r["when"]): r["outcome"] for r in recs if r["when"] == "call"}
     assert final == {
+        ("test_a_uses_the_peer", "call"): "passed",
+        ("test_b_uses_the_peer_too", "call"): "passed",
         ("test_guest_crashed_once", "call"): "passed",
         ("test_always_crashes", "call"): "failed",
         ("test_plain_failure", "call"): "failed",
