@@ -51,7 +51,7 @@ fi
 # -- the suite: Debian's pytest (python3-pytest), the tests from the checkout
 mapfile -t extra < <(grep -v '^$' "$run/pytest-args" 2>/dev/null)
 cd /opt/xvif-ovs
-XVIF_REALXEN_INSIDE=1 XVIF_REALXEN_RESULTS=$out/results.jsonl XVIF_REALXEN_GUEST_BIN=$run/guest-bin timeout 1800 \
+XVIF_REALXEN_INSIDE=1 XVIF_REALXEN_RESULTS=$out/results.jsonl XVIF_REALXEN_GUEST_BIN=$run/guest-bin timeout 2400 \
     python3 -m pytest tests/realxen --confcutdir=tests/realxen -p no:cacheprovider \
     -o addopts= -rA -v "${extra[@]}" 2>&1 | tee "$out/pytest.log"
 rc=${PIPESTATUS[0]}
