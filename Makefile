@@ -28,6 +28,7 @@ bench:
 	cd bench && ../$(VENV)/bin/python adversarial.py
 	cd bench && ../$(VENV)/bin/python soak.py --vifs 1000 --events 100000
 	cd bench && ../$(VENV)/bin/python report.py
-bench-xen:  # Xen 4.17 in QEMU: xvif-ovs against vif-openvswitch on a real dom0 (about 25 min)
+bench-xen:  # Xen 4.17 in QEMU: xvif-ovs against vif-openvswitch on a real dom0 (about 40 min)
+	$(VENV)/bin/pip install -q 'matplotlib>=3.6'  # report.py's plots of the other sections
 	cd bench && ../$(VENV)/bin/python realxen.py
 	cd bench && ../$(VENV)/bin/python report.py
