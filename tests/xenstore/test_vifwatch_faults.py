@@ -122,3 +122,35 @@ def test_a_request_pending_when_the_connection_dies_fails_instead_of_waiting_for
     t.join(10)
     assert not t.is_alive(), "the request is still waiting for a reply that cannot come"
     assert result and isinstance(result[0], XsConnectionError)
+
+
+def test_a_connection_that_dies_between_header_and_payload_fails_with_connection_error(tmp_path):
+    """pyxs writes a request's header and payload separately; when the router thread
+    closes the connection in between (the server hung up after the header), the payload's
+    write used to meet a transport of None and raise AttributeError (CI saw it once)."""
+    import socket
+
+    import xvif_ovs.xenstore.client  # noqa: F401 - the patch
+
+    path = str(tmp_path / "mute.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    client = Client(unix_socket_path=path)
+    client.connect()
+    try:
+        connection = client.router.connection
+        transport = connection.transport
+        real_send = transport.send
+
+        def send_then_lose(data: bytes) -> None:
+            real_send(data)
+            connection.close()  # what the router thread's finally does when the peer hangs up
+
+        transport.send = send_then_lose
+        with pytest.raises(XsConnectionError):
+            client.read(b"/local/domain/0/name")
+        assert client.router.rvars == {}, "the failed request's reply slot is left behind"
+    finally:
+        server.close()
+        client.close()

@@ -144,7 +144,16 @@ def _fail_requests_of_a_dead_connection() -> None:
     def guarded_send(self, packet):  # noqa: ANN001, ANN202
         if getattr(self, "xvif_dead", False):
             raise pyxs.exceptions.ConnectionError(lost)
-        rvar = send(self, packet)
+        try:
+            rvar = send(self, packet)
+        except (AttributeError, OSError) as e:
+            # pyxs writes the header and the payload separately; if the router thread
+            # closes the connection between them, the payload's write meets a transport
+            # of None (AttributeError) or a closed descriptor (OSError).
+            if self.connection.is_connected and not getattr(self, "xvif_dead", False):
+                raise
+            self.rvars.pop(packet.rq_id, None)
+            raise pyxs.exceptions.ConnectionError(lost) from e
         if getattr(self, "xvif_dead", False):  # it died while we were sending
             rvar.set(_Lost(lost))
         return rvar
