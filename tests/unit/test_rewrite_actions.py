@@ -19,6 +19,7 @@ from xvif_ovs.pipeline.flow import (
     Flow,
     FlowSet,
     Goto,
+    LearnNeighbour,
     Move,
     Output,
     Resubmit,
@@ -27,6 +28,7 @@ from xvif_ovs.pipeline.flow import (
     cookie,
     match,
 )
+from xvif_ovs.pipeline.build import arp_reply
 from xvif_ovs.pipeline.sim import Switch
 
 quiet_eventlet()
@@ -78,7 +80,31 @@ ECHO_V6 = Flow(  # an ICMPv6 echo request answered (address and type rewritten, 
     ),
     C,
 )
-FLOWS = [ARP_REPLY, ROUTE_V4, ROUTE_V6, ECHO_V6]
+ARP_ANY = Flow(  # the routed model's responder: any target, swapped through reg8
+    3,
+    110,
+    match(F("in_port", 5), F("dl_type", 0x0806), F("arp_op", 1)),
+    arp_reply(GW_MAC),
+    C,
+)
+LEARN_NEIGHBOUR = Flow(
+    2,
+    110,
+    match(F("reg5", 1, 1), F("reg6", 0), F("dl_type", 0x0806)),
+    (LearnNeighbour(6, 300, 100, cookie(15)), Goto(3)),
+    C,
+)
+NEXT_HOP = Flow(  # what the learn makes, as the controller reads it back
+    6, 100, match(F("reg8", 0xC0000232)), (SetField("dl_dst", "00:16:3e:00:00:32"), SetReg("reg7", 1)), C
+)
+ROUTE_LOOKUP = Flow(
+    3,
+    60,
+    match(F("in_port", 5), F("dl_type", 0x0800), F("dl_dst", GW_MAC)),
+    (Move("nw_dst", "reg8"), Resubmit(6), Resubmit(7)),
+    C,
+)
+FLOWS = [ARP_REPLY, ROUTE_V4, ROUTE_V6, ECHO_V6, ARP_ANY, LEARN_NEIGHBOUR, NEXT_HOP, ROUTE_LOOKUP]
 
 
 def decode(buf: bytes):

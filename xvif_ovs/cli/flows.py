@@ -140,6 +140,7 @@ def desired(host: HostView, bridge: str, of_ports: dict[str, tuple[int, bool]], 
         tuple(c["target"] for c in bv.controllers),
         ("OpenFlow13",),
         bv.connected,
+        local_mac=bv.local_mac,
     )
     vifs = {k: v.keys for k, v in host.vifs.items()}
     names = {v.domid: v.domain for v in host.vifs.values()}

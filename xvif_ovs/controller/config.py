@@ -10,6 +10,7 @@ learn_idle_timeout = 300     # seconds a MAC learned behind an uplink is kept un
 uplinks = ["eth1", "bond0"]  # ports (or bonds) trusted as uplinks, besides physical NICs
 private = true               # every guest reaches the uplink, no other guest
 reserved_for = ["router", "12"]   # only these domains (names or domids) may use it
+mode = "bridged"             # or "routed": Xen's vif-route, in flows (flows/PIPELINE.md, "Routed")
 
 [vifs]
 private = ["web"]            # domain names, domids or DOMID.DEVID
@@ -55,6 +56,7 @@ from pathlib import Path
 
 from ..errors import XvifError
 
+MODES = ("bridged", "routed")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 
 
@@ -67,6 +69,7 @@ class BridgePolicy:
     private: bool = False
     reserved_for: frozenset[str] | None = None
     uplinks: frozenset[str] = frozenset()  # OVSDB Port names declared as uplinks
+    mode: str = "bridged"  # Xen's network model: bridged (vif-bridge) or routed (vif-route)
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,10 @@ class Config:
         """Only a bridge the configuration names is ours: never "every bridge"."""
         return bridge in self.bridges
 
+    def mode(self, bridge: str) -> str:
+        policy = self.bridge_policy.get(bridge)
+        return policy.mode if policy else "bridged"
+
     def declared_uplinks(self, bridge: str) -> frozenset[str]:
         policy = self.bridge_policy.get(bridge)
         return policy.uplinks if policy else frozenset()
@@ -197,7 +204,7 @@ def load(path: str | None, **overrides: object) -> Config:
         raise ConfigError(f"bridges = {bridges!r}: a list of OVS bridge names, e.g. ['xenbr0']")
     policies = {}
     for name, b in raw.get("bridges", {}).items():
-        _only(b, {"private", "reserved_for", "uplinks"}, f"{path} [bridges.{name}]")
+        _only(b, {"private", "reserved_for", "uplinks", "mode"}, f"{path} [bridges.{name}]")
         if name not in bridges:
             raise ConfigError(
                 f"[bridges.{name}] configures a bridge that [controller] bridges does not name; "
@@ -211,10 +218,19 @@ def load(path: str | None, **overrides: object) -> Config:
         uplinks = b.get("uplinks", [])
         if not isinstance(uplinks, list) or not all(isinstance(u, str) and _IFNAME.match(u) for u in uplinks):
             raise ConfigError(f"[bridges.{name}] uplinks = {uplinks!r}: a list of port names, e.g. ['eth1', 'bond0']")
+        mode = b.get("mode", "bridged")
+        if mode == "nat":
+            raise ConfigError(
+                f'[bridges.{name}] mode = "nat": this version does not do NAT yet; use "bridged" or "routed" '
+                "(or Xen's vif-nat for this bridge's guests)"
+            )
+        if mode not in MODES:
+            raise ConfigError(f'[bridges.{name}] mode = {mode!r}: one of "bridged" (the default) or "routed"')
         policies[name] = BridgePolicy(
             bool(b.get("private", False)),
             frozenset(map(str, reserved)) if reserved is not None else None,
             frozenset(uplinks),
+            mode,
         )
     vifs = raw.get("vifs", {})
     _only(vifs, {"private", "trusted"}, f"{path} [vifs]")

@@ -159,8 +159,8 @@ def _patched(
     """``last`` with the vifs whose keys changed redone, or None where a full join is
     needed: OVSDB or the ports changed, a vif appeared, vanished or became a problem, a
     MAC or a bridge changed (conflicts and problems are bridge-wide)."""
-    if info is not last.info or ports is not last.ports or cfg is not last.cfg:
-        return None
+    if info is not last.info or ports is not last.ports or cfg is not last.cfg or last.model.routed:
+        return None  # (a routed bridge's problems depend on each vif's addresses: join it all)
     changed = []
     for key, (keys, name, _backends) in last.inputs.items():
         if vifs.get(key) is not keys or names.get(key[0], "") != name:
@@ -286,6 +286,9 @@ def _join(
         _pair_twins(built, position, group)
     plain, special = _uplinks(uplinks)
     policy = cfg.bridge_policy.get(bname)
+    mode = policy.mode if policy else "bridged"
+    if mode == "routed":
+        problems += _routed_problems(bname, info.local_mac, built)
     model = BridgeModel(
         bname,
         plain,
@@ -297,8 +300,32 @@ def _join(
         # A vif port that gets no flows (no XenStore vif, a bad one, a MAC conflict) is
         # dropped and counted like any port nobody vouches for.
         unmanaged=tuple(sorted({*unmanaged, *(n for ns in no_flows.values() for n in ns)})),
+        mode=mode,
+        router_mac=info.local_mac if mode == "routed" else "",
     )
     return _Joined(info, ports, cfg, model, problems, inputs, position)
+
+
+def _routed_problems(bname: str, router_mac: str, vifs: list[VifModel]) -> list[str]:
+    """What keeps a routed bridge or its guests from being routed, with what to fix."""
+    out = []
+    if not router_mac:
+        out.append(
+            f"routed bridge {bname}: OVS has not reported its LOCAL port's MAC yet; nothing is routed until it does"
+        )
+    for v in vifs:
+        dev = f"vif{v.domid}.{v.devid}"
+        if v.access_vlans != (0,):
+            out.append(
+                f"{dev} on routed bridge {bname} asks for a VLAN ({v.vlans.name}): a routed network is "
+                f"untagged; nothing is routed for it (use bridge={bname})"
+            )
+        elif not any(i.version == 4 for i in v.ips):
+            out.append(
+                f"{dev} on routed bridge {bname} has no IPv4 address in ip=: nothing is routed for it "
+                "(set ip= in its vif spec, as for vif-route)"
+            )
+    return out
 
 
 def _same_nic(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..pipeline.flow import (
+    MOVABLE,
     OFPP_IN_PORT,
     OFPP_LOCAL,
     OFPVID_PRESENT,
@@ -21,6 +22,7 @@ from ..pipeline.flow import (
     Goto,
     Group,
     GroupEntry,
+    LearnNeighbour,
     LearnSource,
     Move,
     Output,
@@ -39,6 +41,7 @@ _TO_OXM = {
     "reg5": "reg5",
     "reg6": "reg6",
     "reg7": "reg7",
+    "reg8": "reg8",
     "dl_src": "eth_src",
     "dl_dst": "eth_dst",
     "dl_type": "eth_type",
@@ -77,8 +80,9 @@ _NXM = {
     "nd_target": "nd_target",
     "nd_sll": "nd_sll",
     "nd_tll": "nd_tll",
+    "reg8": "reg8",
 }
-_FROM_MOVE = {**{v: k for k, v in _NXM.items()}, **{_TO_OXM[k]: k for k in SET_FIELDS if k in _TO_OXM}}
+_FROM_MOVE = {**{v: k for k, v in _NXM.items()}, **{_TO_OXM[k]: k for k in MOVABLE if k in _TO_OXM}}
 _PORTS_IN = {OFPP_LOCAL: "OFPP_LOCAL", OFPP_IN_PORT: "OFPP_IN_PORT"}
 _L4 = {6: "tcp", 17: "udp", 132: "sctp"}
 
@@ -186,6 +190,20 @@ def actions_to_os_ken(parser: Any, ofp: Any, actions: tuple[Action, ...]) -> tup
                     cookie=a.cookie,
                 )
             )
+        elif isinstance(a, LearnNeighbour):
+            out.append(
+                parser.NXActionLearn(
+                    table_id=a.table,
+                    specs=[
+                        parser.NXFlowSpecMatch(src=("arp_spa_nxm", 0), dst=("reg8", 0), n_bits=32),
+                        parser.NXFlowSpecLoad(src=("arp_sha_nxm", 0), dst=("eth_dst_nxm", 0), n_bits=48),
+                        parser.NXFlowSpecLoad(src=("in_port", 0), dst=("reg7", 0), n_bits=32),
+                    ],
+                    idle_timeout=a.idle_timeout,
+                    priority=a.priority,
+                    cookie=a.cookie,
+                )
+            )
         else:  # pragma: no cover
             raise TypeError(f"not a pipeline action: {a!r}")
     return out, goto
@@ -245,13 +263,13 @@ def actions_from_os_ken(ofp: Any, actions: list) -> list[Action | Unknown]:
             out.append(SetField(_FROM_OXM[a.key], _norm(a.value)))
         elif name == "NXActionRegMove":
             src, dst = _FROM_MOVE.get(a.src_field), _FROM_MOVE.get(a.dst_field)
-            whole = src and dst and a.src_ofs == 0 and a.dst_ofs == 0 and a.n_bits == SET_FIELDS[src]
-            out.append(Move(src, dst) if whole and SET_FIELDS[src] == SET_FIELDS[dst] else Unknown("reg_move"))
+            whole = src and dst and a.src_ofs == 0 and a.dst_ofs == 0 and a.n_bits == MOVABLE[src]
+            out.append(Move(src, dst) if whole and MOVABLE[src] == MOVABLE[dst] else Unknown("reg_move"))
         elif name == "OFPActionDecNwTtl":
             out.append(DecTtl())
         elif name == "OFPActionGroup":
             out.append(Group(a.group_id))
-        elif name == "OFPActionSetField" and a.key in ("reg4", "reg5", "reg6", "reg7"):
+        elif name == "OFPActionSetField" and a.key in ("reg4", "reg5", "reg6", "reg7", "reg8"):
             out.append(SetReg(a.key, a.value))
         elif name == "OFPActionPushVlan":
             nxt = actions[i + 1] if i + 1 < len(actions) else None
@@ -265,22 +283,32 @@ def actions_from_os_ken(ofp: Any, actions: list) -> list[Action | Unknown]:
         elif name == "NXActionResubmitTable":
             out.append(Resubmit(a.table_id))
         elif name == "NXActionLearn":
-            out.append(
-                LearnSource(a.table_id, a.idle_timeout, a.priority, a.cookie) if _our_learn(a) else Unknown("learn")
-            )
+            kind = _our_learn(a)
+            out.append(kind(a.table_id, a.idle_timeout, a.priority, a.cookie) if kind else Unknown("learn"))
         else:
             out.append(Unknown(name))
         i += 1
     return out
 
 
-def _our_learn(a: Any) -> bool:
-    specs = [(type(s).__name__, s.src, s.dst, s.n_bits) for s in a.specs]
-    return specs == [
+_LEARNS = {
+    LearnSource: [
         ("NXFlowSpecMatch", ("reg6", 0), ("reg6", 0), 12),
         ("NXFlowSpecMatch", ("eth_src_nxm", 0), ("eth_dst_nxm", 0), 48),
         ("NXFlowSpecLoad", ("in_port", 0), ("reg7", 0), 32),
-    ]
+    ],
+    LearnNeighbour: [
+        ("NXFlowSpecMatch", ("arp_spa_nxm", 0), ("reg8", 0), 32),
+        ("NXFlowSpecLoad", ("arp_sha_nxm", 0), ("eth_dst_nxm", 0), 48),
+        ("NXFlowSpecLoad", ("in_port", 0), ("reg7", 0), 32),
+    ],
+}
+
+
+def _our_learn(a: Any) -> type[LearnSource] | type[LearnNeighbour] | None:
+    """Which of our two learn actions this is (by its specs), or None for someone else's."""
+    specs = [(type(s).__name__, s.src, s.dst, s.n_bits) for s in a.specs]
+    return next((kind for kind, want in _LEARNS.items() if specs == want), None)
 
 
 def flow_from_stats(ofp: Any, stats: Any) -> Flow:

@@ -18,6 +18,8 @@ from ..ovsdb.stream_json import use_with_python_ovs
 log = logging.getLogger("xvif_ovs.controller.ovsdb")
 MAX_BACKOFF_MS = 1000  # OVS retries a lost controller every second, not up to every 8 s
 LEARNED_TABLE, LEARNED_LIMIT = 4, 65536  # MACs learned behind uplinks: bounded, oldest evicted
+NEIGHBOURS_TABLE = 6  # a routed bridge's IPv4 neighbours, learned from the LAN's ARP: bounded too
+BOUNDED_TABLES = {LEARNED_TABLE: "xvif-ovs-learned", NEIGHBOURS_TABLE: "xvif-ovs-neighbours"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class BridgeInfo:
     connected: bool
     fast_reconnect: bool = True  # every controller row has our max_backoff
     foreign_controllers: tuple[str, ...] = ()  # controller targets we did not set
+    local_mac: str = ""  # the MAC of the bridge's own (LOCAL) interface: a routed bridge's router MAC
 
 
 def port_vlans(tag: object, trunks: object, mode: object) -> PortVlans:
@@ -61,8 +64,13 @@ def port_vlans(tag: object, trunks: object, mode: object) -> PortVlans:
 
 
 def _learned_bounded(br) -> bool:  # noqa: ANN001 - an IDL row
-    ft = dict(br.flow_tables).get(LEARNED_TABLE)
-    return ft is not None and _one(ft.flow_limit) == LEARNED_LIMIT and _one(ft.overflow_policy) == "evict"
+    tables = dict(br.flow_tables)
+    return all(
+        (ft := tables.get(t)) is not None
+        and _one(ft.flow_limit) == LEARNED_LIMIT
+        and _one(ft.overflow_policy) == "evict"
+        for t in BOUNDED_TABLES
+    )
 
 
 def _one(value):  # noqa: ANN001, ANN202 - IDL optional columns are lists of 0 or 1
@@ -97,7 +105,9 @@ class OvsdbMonitor:
         )
         helper.register_columns("Flow_Table", ["name", "flow_limit", "overflow_policy"])
         helper.register_columns("Port", ["name", "interfaces", "external_ids", "tag", "trunks", "vlan_mode"])
-        helper.register_columns("Interface", ["name", "ofport", "ofport_request", "type", "external_ids", "link_state"])
+        helper.register_columns(
+            "Interface", ["name", "ofport", "ofport_request", "type", "external_ids", "link_state", "mac_in_use"]
+        )
         helper.register_columns("Controller", ["target", "is_connected", "max_backoff", "external_ids"])
         self.idl = ovs.db.idl.Idl(self.remote, helper)
         self.on_change = on_change
@@ -158,6 +168,7 @@ class OvsdbMonitor:
         for br in self.idl.tables["Bridge"].rows.values():
             ports = []
             declared = self.declared(br.name)
+            local_mac = ""
             for port in br.ports:
                 ifaces = list(port.interfaces)
                 roles = port_roles(
@@ -170,6 +181,8 @@ class OvsdbMonitor:
                 vlans = port_vlans(port.tag, port.trunks, port.vlan_mode)
                 for iface in ifaces:
                     role = roles[iface.name]
+                    if role.kind == "local":
+                        local_mac = str(_one(iface.mac_in_use) or "").lower()
                     ofport = _one(iface.ofport)
                     link = _one(iface.link_state)
                     req = _one(iface.ofport_request)
@@ -204,6 +217,7 @@ class OvsdbMonitor:
                 connected,
                 fast,
                 foreign,
+                local_mac,
             )
         return out
 
@@ -228,22 +242,29 @@ class OvsdbMonitor:
             ):
                 return
             txn = ovs.db.idl.Transaction(self.idl)
-            ctrl = txn.insert(self.idl.tables["Controller"])
-            ctrl.target = target
-            ctrl.max_backoff = [MAX_BACKOFF_MS]
-            ctrl.external_ids = {CONTROLLER_MARK: "true"}
-            br.controller = [ctrl]
-            br.fail_mode = ["secure"]
-            br.protocols = protocols
+            if not (
+                _one(br.fail_mode) == "secure"
+                and [(c.target, _one(c.max_backoff)) for c in br.controller] == [(target, MAX_BACKOFF_MS)]
+                and list(br.protocols) == protocols
+            ):
+                ctrl = txn.insert(self.idl.tables["Controller"])
+                ctrl.target = target
+                ctrl.max_backoff = [MAX_BACKOFF_MS]
+                ctrl.external_ids = {CONTROLLER_MARK: "true"}
+                br.controller = [ctrl]
+                br.fail_mode = ["secure"]
+                br.protocols = protocols
             if not _learned_bounded(br):
-                # A host behind the uplink sending from endless source MACs must not grow
-                # the learned table without end: cap it, evicting the flows idle longest.
-                ft = txn.insert(self.idl.tables["Flow_Table"])
-                ft.name = ["xvif-ovs-learned"]
-                ft.flow_limit = [LEARNED_LIMIT]
-                ft.overflow_policy = ["evict"]
+                # A host behind the uplink sending from endless source MACs (or, to a routed
+                # bridge, ARP from endless addresses) must not grow the learned tables
+                # without end: cap them, evicting the flows idle longest.
                 tables = dict(br.flow_tables)
-                tables[LEARNED_TABLE] = ft
+                for number, name in BOUNDED_TABLES.items():
+                    ft = txn.insert(self.idl.tables["Flow_Table"])
+                    ft.name = [name]
+                    ft.flow_limit = [LEARNED_LIMIT]
+                    ft.overflow_policy = ["evict"]
+                    tables[number] = ft
                 br.flow_tables = tables
             txn.add_comment(f"xvif-ovs controller: take over {bridge}")
             status = txn.commit_block()

@@ -27,6 +27,7 @@ from ..pipeline.flow import (
     Goto,
     Group,
     GroupEntry,
+    LearnNeighbour,
     LearnSource,
     Move,
     Output,
@@ -73,6 +74,7 @@ _OXM = {
     "reg5": (0x0001, 5, 4),
     "reg6": (0x0001, 6, 4),
     "reg7": (0x0001, 7, 4),
+    "reg8": (0x0001, 8, 4),
 }
 _TP = {(6, "tp_src"): 13, (6, "tp_dst"): 14, (17, "tp_src"): 15, (17, "tp_dst"): 16}
 
@@ -117,7 +119,7 @@ def match_bytes(fields: tuple[F, ...]) -> bytes:
 
 
 @functools.lru_cache(maxsize=64)
-def _os_ken_bytes(a: LearnSource | Move) -> bytes:
+def _os_ken_bytes(a: LearnSource | LearnNeighbour | Move) -> bytes:
     """The Nicira actions with a layout of their own (learn, reg_move), from os-ken's own
     encoder: few distinct ones per pipeline, each encoded once."""
     from ..compat import quiet_eventlet
@@ -154,7 +156,7 @@ def action_bytes(a: Action) -> bytes:
         return _pad8(struct.pack("!HH", 25, len(_pad8(b"\0" * 4 + oxm))) + oxm)
     if isinstance(a, DecTtl):
         return struct.pack("!HH4x", 24, 8)
-    if isinstance(a, LearnSource | Move):
+    if isinstance(a, LearnSource | LearnNeighbour | Move):
         return _os_ken_bytes(a)
     raise TypeError(f"not a pipeline action: {a!r}")
 

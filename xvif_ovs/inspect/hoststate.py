@@ -29,6 +29,7 @@ class PortView:
     iface_type: str
     port: str = ""  # the OVSDB Port, when it is not named as the interface (a bond's member)
     vm_uuid: str = ""  # xen-vm-uuid as the hook wrote it: a migrating NIC's vifs share it
+    mac: str = ""  # mac_in_use: for LOCAL, a routed bridge's router MAC
 
 
 @dataclass
@@ -47,6 +48,10 @@ class BridgeView:
             if p.kind == "uplink":
                 members.setdefault(p.port or p.name, []).append(p.name)
         return [n if m == [n] else f"{n}({','.join(m)})" for n, m in members.items()]
+
+    @property
+    def local_mac(self) -> str:
+        return next((p.mac for p in self.ports if p.kind == "local"), "")
 
     @property
     def unmanaged(self) -> list[PortView]:
@@ -129,7 +134,7 @@ def read_ovsdb(
                 "op": "select",
                 "table": "Interface",
                 "where": [],
-                "columns": ["_uuid", "name", "ofport", "type", "external_ids", "link_state"],
+                "columns": ["_uuid", "name", "ofport", "type", "external_ids", "link_state", "mac_in_use"],
             },
             {
                 "op": "select",
@@ -195,6 +200,7 @@ def read_ovsdb(
                         iface["type"],
                         port["name"] if port["name"] != iface["name"] else "",
                         ids.get("xen-vm-uuid", "") if role.kind in ("vif", "emu") else "",
+                        str((from_set(iface.get("mac_in_use", ["set", []])) or [""])[0]).lower(),
                     )
                 )
         order = {"local": 0, "uplink": 1, "vif": 2, "emu": 2, "unmanaged": 3}

@@ -160,6 +160,14 @@ class BridgeModel:
     special_uplinks: tuple[Uplink, ...] = ()
     # Ports that are neither a vif with flows nor an uplink nor LOCAL: dropped and counted.
     unmanaged: tuple[int, ...] = ()
+    # Xen's network model: "bridged" (vifs on the LAN) or "routed" (only the guests' IP
+    # addresses are, answered for and routed by the bridge with router_mac, dom0's MAC).
+    mode: str = "bridged"
+    router_mac: str = ""  # the bridge's LOCAL port's MAC ("" while OVS has not said it)
+
+    @property
+    def routed(self) -> bool:
+        return self.mode == "routed"
 
     def all_uplinks(self) -> tuple[Uplink, ...]:
         return tuple(Uplink(str(p), (p,)) for p in self.uplinks) + self.special_uplinks

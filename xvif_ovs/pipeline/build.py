@@ -16,26 +16,31 @@ from ..model.host import BridgeModel, Uplink, VifModel
 from ..model.vifspec import int_to_mac, mac_to_int
 from .flow import (
     GROUP_BASE,
+    OFPP_IN_PORT,
     OFPP_LOCAL,
     OFPVID_PRESENT,
     Bucket,
+    DecTtl,
     F,
     Flow,
     FlowSet,
     Goto,
     Group,
     GroupEntry,
+    LearnNeighbour,
     LearnSource,
+    Move,
     Output,
     PopVlan,
     PushVlan,
     Resubmit,
+    SetField,
     SetReg,
     cookie,
     match,
     vif_owner,
 )
-from .tables import CLASSIFY, EGRESS, FORWARD, LEARN, LEARNED, PORT_SECURITY, check_flow
+from .tables import CLASSIFY, EGRESS, FORWARD, LEARN, LEARNED, NEIGHBOURS, PORT_SECURITY, ROUTED, check_flow
 
 # Ingress classes in reg5. Bit 0: promiscuous (dom0 or an uplink: may reach private vifs);
 # bit 2: private; bit 3: an uplink (never flooded back to another uplink).
@@ -58,7 +63,10 @@ PROMISCUOUS = F("reg5", 1, 1)
     P_GUARD,
     P_UNMANAGED,
     P_PRIORITY_TAG,
-) = range(1, 14)
+    P_ARP_REPLY,
+    P_ROUTE,
+    P_NEIGHBOUR,
+) = range(1, 17)
 PURPOSES = {
     P_DEFAULT: "default",
     P_CLASSIFY: "classify",
@@ -73,6 +81,9 @@ PURPOSES = {
     P_GUARD: "source-MAC guard",
     P_UNMANAGED: "unmanaged port (no forwarding)",
     P_PRIORITY_TAG: "priority tag (VLAN 0) removed",
+    P_ARP_REPLY: "ARP answered (routed)",
+    P_ROUTE: "routed",
+    P_NEIGHBOUR: "neighbour (routed)",
 }
 
 ETH_ARP, ETH_IP, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
@@ -165,6 +176,7 @@ class _VifEntry:
     refused: bool
     flows: tuple[Flow, ...]
     membership: tuple
+    router: str | None = None  # on a routed bridge, its router MAC ("" unknown); None: bridged
 
 
 @dataclass
@@ -218,14 +230,24 @@ class Builder:
 
     # -- per vif ----------------------------------------------------------------------------
 
-    def _entry(self, st: _BridgeState, vif: VifModel, private: bool, refused: bool = False) -> _VifEntry:
+    def _entry(
+        self, st: _BridgeState, vif: VifModel, private: bool, refused: bool = False, router: str | None = None
+    ) -> _VifEntry:
         key = (vif.domid, vif.devid)
         e = st.vifs.get(key)
-        if e is not None and e.private == private and e.refused == refused and (e.vif is vif or e.vif == vif):
+        if (
+            e is not None
+            and e.private == private
+            and e.refused == refused
+            and e.router == router
+            and (e.vif is vif or e.vif == vif)
+        ):
             e.vif = vif
             return e
         if refused:
             e = _VifEntry(vif, private, True, _refused_flows(vif), ())
+        elif router is not None:
+            e = _VifEntry(vif, private, False, _routed_vif_flows(vif, private, router), (), router)
         else:
             e = _VifEntry(vif, private, False, _vif_flows(vif, private), _membership(vif, private))
         st.vifs[key] = e
@@ -234,7 +256,17 @@ class Builder:
     def _patched(self, st: _BridgeState, new: BridgeModel) -> Parts | None:
         """The last result updated for ``new``, or None where that is not safe."""
         old = st.model
-        if (old.uplinks, old.special_uplinks, old.unmanaged, old.local, old.private, old.reserved_for, old.refused) != (
+        if (
+            old.uplinks,
+            old.special_uplinks,
+            old.unmanaged,
+            old.local,
+            old.private,
+            old.reserved_for,
+            old.refused,
+            old.mode,
+            old.router_mac,
+        ) != (
             new.uplinks,
             new.special_uplinks,
             new.unmanaged,
@@ -242,6 +274,8 @@ class Builder:
             new.private,
             new.reserved_for,
             new.refused,
+            new.mode,
+            new.router_mac,
         ) or len(old.vifs) != len(new.vifs):
             return None
         changed = []
@@ -255,10 +289,12 @@ class Builder:
             if (o.domid, o.devid) != (n.domid, n.devid) or not (new.admits(o) and new.admits(n)):
                 return None
             private = new.is_private(n)
+            router = new.router_mac if new.routed else None
+            membership = () if router is not None else _membership(n, private)
             before = st.vifs.get((o.domid, o.devid))
-            if before is None or o.access_vlans != n.access_vlans or before.membership != _membership(n, private):
+            if before is None or o.access_vlans != n.access_vlans or before.membership != membership:
                 return None  # flood groups (or the bridge's VLANs) change: build it all
-            out.flows[vif_owner(n.domid, n.devid)] = self._entry(st, n, private).flows
+            out.flows[vif_owner(n.domid, n.devid)] = self._entry(st, n, private, router=router).flows
         return out
 
     # -- the whole bridge ---------------------------------------------------------------------
@@ -277,7 +313,8 @@ class Builder:
         vlans = bridge.vlans()
         admitted = [v for v in bridge.vifs if bridge.admits(v)]
         refused = [v for v in bridge.vifs if not bridge.admits(v)] + list(bridge.refused)
-        entries = {(v.domid, v.devid): self._entry(st, v, bridge.is_private(v)) for v in admitted}
+        router = bridge.router_mac if bridge.routed else None
+        entries = {(v.domid, v.devid): self._entry(st, v, bridge.is_private(v), router=router) for v in admitted}
         parts.groups = self._flood_groups(st, bridge, vlans, [entries[(v.domid, v.devid)] for v in admitted])
         emit(parts.groups)
         for vif in refused:
@@ -288,7 +325,9 @@ class Builder:
         for vif in admitted:
             flows = parts.flows[vif_owner(vif.domid, vif.devid)] = entries[(vif.domid, vif.devid)].flows
             emit(flows)
-        parts.flows[0] = _bridge_flows(bridge.all_uplinks(), bridge.local, vlans, learn_idle_timeout, bridge.unmanaged)
+        parts.flows[0] = _bridge_flows(
+            bridge.all_uplinks(), bridge.local, vlans, learn_idle_timeout, bridge.unmanaged, router or ""
+        )
         emit(parts.flows[0])
         st.vifs = {k: st.vifs[k] for k in entries}  # bounded by the vifs that exist
         self._bridges[bridge.name] = st
@@ -343,6 +382,7 @@ def _bridge_flows(
     vlans: tuple[int, ...],
     learn_idle_timeout: int,
     unmanaged: tuple[int, ...] = (),
+    router_mac: str = "",
 ) -> tuple[Flow, ...]:
     flows: list[Flow] = []
     bridge_cookie = cookie(P_DEFAULT)
@@ -394,9 +434,95 @@ def _bridge_flows(
                 Flow(EGRESS, 100, match(F("reg6", 0), F("reg7", OFPP_LOCAL)), (Output(OFPP_LOCAL),), cookie(P_EGRESS))
             )
     flows.append(Flow(FORWARD, 10, (), (Resubmit(LEARNED), Resubmit(EGRESS)), cookie(P_FORWARD)))
+    if router_mac:
+        flows += _router_flows(router_mac, learn, learn_idle_timeout)
     for f in flows:
         check_flow(f)
     return tuple(flows)
+
+
+def _router_flows(router_mac: str, learn: LearnSource, learn_idle_timeout: int) -> list[Flow]:
+    """A routed bridge's own flows: the neighbour table learned from ARP, and where a
+    routed guest's packet goes after the lookup."""
+    neighbour = LearnNeighbour(NEIGHBOURS, learn_idle_timeout, 100, cookie(P_NEIGHBOUR))
+    arp_in = match(PROMISCUOUS, F("reg6", 0), F("dl_type", ETH_ARP))
+    return [
+        Flow(LEARN, 110, arp_in, (learn, neighbour, Goto(FORWARD)), cookie(P_LEARN)),
+        # No next hop known: dom0 routes it (the frame is already addressed to its MAC), and
+        # its ARP for the next hop teaches table 6, so the next packet stays in the datapath.
+        Flow(ROUTED, 100, match(F("reg7", 0)), (Output(OFPP_LOCAL),), cookie(P_ROUTE)),
+        Flow(ROUTED, 50, (), (SetField("dl_src", router_mac), DecTtl(), Goto(EGRESS)), cookie(P_ROUTE)),
+    ]
+
+
+def arp_reply(mac: str) -> tuple:
+    """Turn an ARP request into the reply "its target address is at ``mac``", back out of
+    the port it came in on (OVN's ARP responder, with the target taken from the request so
+    that one flow answers for any address)."""
+    return (
+        Move("dl_src", "dl_dst"),
+        SetField("dl_src", mac),
+        SetField("arp_op", 2),
+        Move("arp_sha", "arp_tha"),
+        SetField("arp_sha", mac),
+        Move("arp_tpa", "reg8"),
+        Move("arp_spa", "arp_tpa"),
+        Move("reg8", "arp_spa"),
+        Output(OFPP_IN_PORT),
+    )
+
+
+def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str) -> tuple[Flow, ...]:
+    """A vif on a routed bridge (Xen's vif-route): its port security as on a bridged one,
+    and no layer 2 at all. Its IPv4 addresses are answered for with dom0's MAC on the LAN
+    and routed to it; what it sends to dom0's MAC is routed; everything else it sends is
+    dropped and counted. With no router MAC known yet, or no IPv4 address, or a VLAN (a
+    routed network is untagged), nothing is routed to or from it."""
+    fs = FlowSet()
+    _vif_ingress(fs, FROM_PRIVATE if private else FROM_VIF, vif)
+    _port_security(fs, vif)
+    port = vif.active_port
+    owner = vif_owner(vif.domid, vif.devid)
+    drop, route, answer = cookie(P_DROP, owner), cookie(P_ROUTE, owner), cookie(P_ARP_REPLY, owner)
+    v4 = [i for i in dict.fromkeys(vif.ips) if i.version == 4]
+    for p in vif.ports:
+        # Above the flood (50) and the lookup (10): nothing it sends is switched.
+        fs.flows.append(Flow(FORWARD, 55, match(F("in_port", p)), (), drop))
+    if port is None or not router_mac or not v4 or vif.access_vlans != (0,) or not vif.forwards:
+        return _checked(fs)
+    if vif.twin_ports:
+        to = tuple(a for p in (port, *vif.twin_ports) for a in (SetReg("reg7", p), Resubmit(EGRESS)))
+    else:
+        to = (SetReg("reg7", port), Goto(EGRESS))
+    allowed_from = PROMISCUOUS if private else F("reg5", 0, FROM_PRIVATE)
+    for ip in v4:
+        dst = _addr("nw_dst", ip)
+        to_guest = (F("reg6", 0), F("dl_type", ETH_IP), F("dl_dst", router_mac), dst)
+        acts = (SetField("dl_src", router_mac), SetField("dl_dst", vif.mac), DecTtl(), *to)
+        fs.flows.append(Flow(FORWARD, 120, match(*to_guest, allowed_from), acts, route))
+        fs.flows.append(Flow(FORWARD, 119, match(*to_guest), (), drop))  # from a guest it may not reach
+        who_has = (F("reg6", 0), F("dl_type", ETH_ARP), F("arp_op", 1), _addr("arp_tpa", ip))
+        # The LAN learns dom0's MAC for it; dom0 its own MAC, and reaches it directly.
+        fs.flows.append(Flow(FORWARD, 110, match(*who_has, F("reg5", FROM_UPLINK)), arp_reply(router_mac), answer))
+        fs.flows.append(Flow(FORWARD, 110, match(*who_has, F("reg5", FROM_LOCAL)), arp_reply(vif.mac), answer))
+        for p in vif.ports:  # its own address (a gratuitous ARP, a probe): nobody else has it
+            fs.flows.append(Flow(FORWARD, 115, match(F("in_port", p), *who_has[1:]), (), drop))
+    fs.flows.append(Flow(FORWARD, 125, match(F("reg5", FROM_LOCAL), F("reg6", 0), F("dl_dst", vif.mac)), to, route))
+    for p in vif.ports:
+        arp_req = (F("in_port", p), F("dl_type", ETH_ARP), F("arp_op", 1))
+        fs.flows.append(Flow(FORWARD, 110, match(*arp_req), arp_reply(router_mac), answer))
+        routed = (Move("nw_dst", "reg8"), Resubmit(NEIGHBOURS), Resubmit(ROUTED))
+        ip_in = (F("in_port", p), F("dl_type", ETH_IP), F("dl_dst", router_mac))
+        fs.flows.append(Flow(FORWARD, 60, match(*ip_in), routed, route))
+    out = (Output(port),)
+    fs.flows.append(Flow(EGRESS, 100, match(F("reg6", 0), F("reg7", port)), out, cookie(P_EGRESS, owner)))
+    return _checked(fs)
+
+
+def _checked(fs: FlowSet) -> tuple[Flow, ...]:
+    for f in fs.flows:
+        check_flow(f)
+    return tuple(fs.flows)
 
 
 def _refused_flows(vif: VifModel) -> tuple[Flow, ...]:

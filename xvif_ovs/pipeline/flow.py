@@ -20,6 +20,7 @@ FIELDS = (
     "reg5",
     "reg6",
     "reg7",
+    "reg8",
     "dl_src",
     "dl_dst",
     "vlan_tci",
@@ -43,7 +44,7 @@ FIELDS = (
     "nd_tll",
 )
 _ORDER = {f: i for i, f in enumerate(FIELDS)}
-HEX_FIELDS = {"reg4", "reg5", "reg6", "reg7", "vlan_tci", "dl_type"}
+HEX_FIELDS = {"reg4", "reg5", "reg6", "reg7", "reg8", "vlan_tci", "dl_type"}
 # ip_frag (value, mask) -> ovs-ofctl's word: bit 0 "is a fragment", bit 1 "not the first".
 IP_FRAG_WORDS = {(0, 1): "no", (1, 1): "yes", (1, 3): "first", (3, 3): "later", (1, 2): "not_later"}
 
@@ -136,7 +137,7 @@ class Group:
 
 @dataclass(frozen=True)
 class SetReg:
-    reg: str  # reg5..reg7
+    reg: str  # reg4..reg8
     value: int
 
     def render(self) -> str:
@@ -191,6 +192,28 @@ class LearnSource:
         )
 
 
+@dataclass(frozen=True)
+class LearnNeighbour:
+    """Learn an ARP sender's address as a flow in ``table`` that matches the IPv4 address
+    in reg8 and loads the sender's MAC into eth_dst and its ingress port into reg7: the
+    routed model's neighbour table, filled in the datapath from the ARP the LAN sends, with
+    no packet-in (OVN's MAC_Binding, without a controller in the path)."""
+
+    table: int
+    idle_timeout: int
+    priority: int
+    cookie: int
+
+    def render(self) -> str:
+        return (
+            f"learn(table={self.table},idle_timeout={self.idle_timeout},priority={self.priority},"
+            f"cookie={self.cookie:#x},NXM_NX_REG8[]=NXM_OF_ARP_SPA[],load:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[],"
+            f"load:OXM_OF_IN_PORT[]->NXM_NX_REG7[])"
+        )
+
+
+# Registers a Move may copy to and from (scratch space: a swap, a next hop's address).
+MOVE_REGS = {"reg8": 32}
 # Header fields an action may rewrite, by our match names, and the widths of those a Move
 # may copy between (whole fields only): what answering ARP and ND, and routing, need.
 SET_FIELDS = {
@@ -210,6 +233,7 @@ SET_FIELDS = {
     "nd_sll": 48,
     "nd_tll": 48,
 }
+MOVABLE = {**SET_FIELDS, **MOVE_REGS}
 # ovs-ofctl's names in set_field, and the NXM names its move: action takes.
 _SET_NAME = {"dl_src": "eth_src", "dl_dst": "eth_dst", "nw_src": "ip_src", "nw_dst": "ip_dst"}
 NXM_NAMES = {
@@ -228,6 +252,7 @@ NXM_NAMES = {
     "nd_target": "NXM_NX_ND_TARGET",
     "nd_sll": "NXM_NX_ND_SLL",
     "nd_tll": "NXM_NX_ND_TLL",
+    "reg8": "NXM_NX_REG8",
 }
 
 
@@ -256,14 +281,14 @@ class Move:
 
     def __post_init__(self) -> None:
         for f in (self.src, self.dst):
-            if f not in SET_FIELDS:
-                raise ValueError(f"move of {f!r}: the pipeline moves only {sorted(SET_FIELDS)}")
-        if SET_FIELDS[self.src] != SET_FIELDS[self.dst]:
+            if f not in MOVABLE:
+                raise ValueError(f"move of {f!r}: the pipeline moves only {sorted(MOVABLE)}")
+        if MOVABLE[self.src] != MOVABLE[self.dst]:
             raise ValueError(f"move {self.src} -> {self.dst}: the fields differ in width")
 
     @property
     def n_bits(self) -> int:
-        return SET_FIELDS[self.src]
+        return MOVABLE[self.src]
 
     def render(self) -> str:
         return f"move:{NXM_NAMES[self.src]}[]->{NXM_NAMES[self.dst]}[]"
@@ -278,7 +303,20 @@ class DecTtl:
         return "dec_ttl"
 
 
-Action = Output | Group | SetReg | PushVlan | PopVlan | Resubmit | Goto | LearnSource | SetField | Move | DecTtl
+Action = (
+    Output
+    | Group
+    | SetReg
+    | PushVlan
+    | PopVlan
+    | Resubmit
+    | Goto
+    | LearnSource
+    | LearnNeighbour
+    | SetField
+    | Move
+    | DecTtl
+)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from .flow import (
     FlowSet,
     Goto,
     Group,
+    LearnNeighbour,
     LearnSource,
     Move,
     Output,
@@ -142,9 +143,15 @@ class Switch:
             elif isinstance(a, SetField):
                 pkt.fields[a.field] = a.value
             elif isinstance(a, Move):
-                if pkt.fields.get(a.src) is None:
+                value = pkt.get(a.src)
+                if value is None:
                     raise RuntimeError(f"move from {a.src}, which this packet does not have")
-                pkt.fields[a.dst] = pkt.fields[a.src]
+                if a.dst.startswith("reg"):
+                    pkt.regs[a.dst] = int(ipaddress.ip_address(value)) if isinstance(value, str) else value
+                elif a.src.startswith("reg") and a.dst in IP_FIELDS:
+                    pkt.fields[a.dst] = str(ipaddress.ip_address(value))
+                else:
+                    pkt.fields[a.dst] = value
             elif isinstance(a, DecTtl):
                 ttl = pkt.fields.get("nw_ttl", 64)  # the TTL or hop limit; 64 unless the test says
                 if ttl <= 1:
@@ -164,12 +171,22 @@ class Switch:
                 return
             elif isinstance(a, LearnSource):
                 self._learn(a, pkt)
+            elif isinstance(a, LearnNeighbour):
+                self._learn_neighbour(a, pkt)
             else:  # the pipeline uses no other action
                 raise TypeError(f"not a pipeline action: {a!r}")
 
     def _learn(self, a: LearnSource, pkt: Packet) -> None:
         m = match(F("reg6", pkt.regs.get("reg6", 0) & 0xFFF), F("dl_dst", pkt.fields["dl_src"]))
-        learned = Flow(a.table, a.priority, m, (SetReg("reg7", pkt.fields["in_port"]),), a.cookie)
+        self._install(Flow(a.table, a.priority, m, (SetReg("reg7", pkt.fields["in_port"]),), a.cookie))
+
+    def _learn_neighbour(self, a: LearnNeighbour, pkt: Packet) -> None:
+        m = match(F("reg8", int(ipaddress.ip_address(pkt.fields["arp_spa"]))))
+        acts = (SetField("dl_dst", pkt.fields["arp_sha"]), SetReg("reg7", pkt.fields["in_port"]))
+        self._install(Flow(a.table, a.priority, m, acts, a.cookie))
+
+    def _install(self, learned: Flow) -> None:
+        a = learned
         flows = [f for f in self.tables.get(a.table, []) if f.key != learned.key]
         flows.append(learned)
         flows.sort(key=lambda f: -f.priority)

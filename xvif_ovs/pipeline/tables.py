@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .flow import Flow, Goto, LearnSource, Resubmit
+from .flow import Flow, Goto, LearnNeighbour, LearnSource, Resubmit
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Table:
     next_tables: frozenset[int]
 
 
-CLASSIFY, PORT_SECURITY, LEARN, FORWARD, LEARNED, EGRESS = 0, 1, 2, 3, 4, 5
+CLASSIFY, PORT_SECURITY, LEARN, FORWARD, LEARNED, EGRESS, NEIGHBOURS, ROUTED = 0, 1, 2, 3, 4, 5, 6, 7
 
 TABLES = {
     t.id: t
@@ -72,8 +72,9 @@ TABLES = {
             LEARN,
             "learn",
             "frames from an uplink or dom0: learn their source MAC per VLAN into table 4 with the "
-            "learn action (in the datapath: no packet-in), then forward.",
-            frozenset({"reg5"}),
+            "learn action (in the datapath: no packet-in), then forward. On a routed bridge an ARP "
+            "frame from them also teaches table 6 its sender's IPv4 address -> MAC and port.",
+            frozenset({"reg5", "reg6", "dl_type"}),
             frozenset({FORWARD}),
         ),
         Table(
@@ -83,9 +84,13 @@ TABLES = {
             "not learned), allowed unless private mode forbids; broadcast and multicast to the VLAN's "
             "flood group for the ingress class; anything else is looked up in table 4 and egresses "
             "through table 5. First of all, a frame table 1's source-MAC guard marked (reg4=1) is "
-            "dropped and counted for its port.",
-            frozenset({"reg4", "in_port", "reg5", "reg6", "dl_dst"}),
-            frozenset({LEARNED, EGRESS}),
+            'dropped and counted for its port. On a routed bridge (flows/PIPELINE.md, "Routed"): '
+            "ARP for a guest's address from the LAN is answered with dom0's MAC, and from dom0 with the "
+            "guest's; a guest's ARP requests are answered with dom0's MAC; IPv4 to dom0's MAC for a "
+            "guest's address is routed to it (MACs rewritten, TTL decremented); a guest's other IPv4 "
+            "to dom0's MAC goes to tables 6 and 7; nothing else from a routed guest goes anywhere.",
+            frozenset({"reg4", "in_port", "reg5", "reg6", "dl_dst", "dl_type", "arp_op", "arp_tpa", "nw_dst"}),
+            frozenset({LEARNED, EGRESS, NEIGHBOURS, ROUTED}),
         ),
         Table(
             LEARNED,
@@ -101,6 +106,23 @@ TABLES = {
             "(unknown unicast): the VLAN's flood group for the ingress class.",
             frozenset({"reg5", "reg6", "reg7"}),
             frozenset(),
+        ),
+        Table(
+            NEIGHBOURS,
+            "neighbours",
+            "only flows the learn action made (routed bridges): IPv4 address in reg8 -> eth_dst = its MAC, "
+            "reg7 = the port it is behind, learned from the ARP the LAN and dom0 send. Idle ones expire.",
+            frozenset({"reg8"}),
+            frozenset(),
+        ),
+        Table(
+            ROUTED,
+            "routed",
+            "a routed guest's packet after the neighbour lookup: a known next hop (reg7 set) gets "
+            "dom0's MAC as its source and a decremented TTL and egresses through table 5; an unknown "
+            "one goes to dom0, whose kernel routes it (and whose ARP for it fills table 6).",
+            frozenset({"reg7"}),
+            frozenset({EGRESS}),
         ),
     )
 }
@@ -119,10 +141,10 @@ def check_flow(flow: Flow) -> None:
         raise PipelineError(f"table {table.name} may not match {sorted(extra)}: {flow.render()}")
     for a in flow.actions:
         target = a.table if isinstance(a, Goto | Resubmit) else None
-        if isinstance(a, LearnSource):
-            target = a.table
-            if target != LEARNED:
-                raise PipelineError(f"learn writes only into table {LEARNED}: {flow.render()}")
+        if isinstance(a, LearnSource | LearnNeighbour):
+            want = LEARNED if isinstance(a, LearnSource) else NEIGHBOURS
+            if a.table != want:
+                raise PipelineError(f"this learn writes only into table {want}: {flow.render()}")
             continue
         if target is not None and target not in table.next_tables:
             raise PipelineError(f"table {table.name} may not go to table {target}: {flow.render()}")
