@@ -12,6 +12,7 @@ import pytest
 
 from xvif_ovs.compat import quiet_eventlet
 from xvif_ovs.controller import ofmsg, wire
+from xvif_ovs.pipeline.build import arp_reply
 from xvif_ovs.pipeline.flow import (
     OFPP_IN_PORT,
     DecTtl,
@@ -28,7 +29,6 @@ from xvif_ovs.pipeline.flow import (
     cookie,
     match,
 )
-from xvif_ovs.pipeline.build import arp_reply
 from xvif_ovs.pipeline.sim import Switch
 
 quiet_eventlet()

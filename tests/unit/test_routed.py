@@ -176,7 +176,9 @@ def test_the_incremental_build_agrees_with_the_full_one_through_changes():
     models = [
         routed(A, B, C),
         routed(dataclasses.replace(A, ips=parse_ips("192.0.2.20")), B, C),
-        routed(dataclasses.replace(A, ips=parse_ips("192.0.2.20")), B, dataclasses.replace(C, ips=parse_ips("192.0.2.12"))),
+        routed(
+            dataclasses.replace(A, ips=parse_ips("192.0.2.20")), B, dataclasses.replace(C, ips=parse_ips("192.0.2.12"))
+        ),
         routed(A, B, C, router="02:00:00:00:00:fd"),
         dataclasses.replace(routed(A, B, C), mode="bridged", router_mac=""),
         routed(A, B, C),
