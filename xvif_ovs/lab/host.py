@@ -31,17 +31,26 @@ REQUIRED_TOOLS = ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool", "ov
 class BridgeArg:
     name: str
     uplink: str | None
+    mode: str = "bridged"  # or "routed": the controller routes its guests (Xen's vif-route)
+
+
+LAB_MODES = ("bridged", "routed")
 
 
 def parse_bridge_arg(text: str) -> BridgeArg:
-    """``xenbr1:peth1`` (with an uplink) or ``xenbr1`` for --internal."""
-    name, _, uplink = text.partition(":")
+    """``xenbr1:peth1`` (with an uplink), ``xenbr1:peth1:routed``, or ``xenbr1`` for --internal."""
+    name, _, rest = text.partition(":")
+    uplink, _, mode = rest.partition(":")
     for part, what in ((name, "bridge"), (uplink, "uplink")):
         if part and not _IFNAME.match(part):
             raise LabError(f"{what} name {part!r} in {text!r} is not an interface name (1-15 of A-Z a-z 0-9 _ -)")
     if not name:
         raise LabError(f"{text!r}: write BRIDGE:UPLINK, e.g. xenbr1:peth1")
-    return BridgeArg(name, uplink or None)
+    if mode and mode not in LAB_MODES:
+        raise LabError(f"{text!r}: the network model is one of {', '.join(LAB_MODES)} (BRIDGE:UPLINK:routed)")
+    if mode == "routed" and not uplink:
+        raise LabError(f"{text!r}: a routed bridge needs an uplink (BRIDGE:UPLINK:routed): it routes to a LAN")
+    return BridgeArg(name, uplink or None, mode or "bridged")
 
 
 class Lab:
@@ -89,9 +98,10 @@ class Lab:
 
     def _write_config(self, bridges: list[BridgeArg]) -> None:
         names = ", ".join(f'"{b.name}"' for b in bridges)
+        modes = "".join(f'\n[bridges.{b.name}]\nmode = "{b.mode}"\n' for b in bridges if b.mode != "bridged")
         self.config.write_text(
             "# Written by `xvif-ovs lab up`: the controller manages the lab's bridges, and only them.\n"
-            f"[controller]\nbridges = [{names}]\n"
+            f"[controller]\nbridges = [{names}]\n{modes}"
         )
 
     def stop_controller(self, kill: bool = False) -> None:
@@ -173,7 +183,15 @@ class Lab:
         run(["ip", "link", "set", b.uplink, "up"])
         # Declared as an operator would (a veth is no NIC: nothing else makes it an uplink).
         vsctl(self.dir, "add-port", b.name, b.uplink, "--", "set", "port", b.uplink, f"external_ids:{UPLINK_MARK}=true")
-        return BridgeRec(b.name, b.uplink, lan, v4, v6)
+        dom0 = None
+        if b.mode == "routed":
+            # dom0 as vif-route wants it: an address on the LAN, and forwarding on this
+            # interface only (the next hops the bridge does not know yet go through it once).
+            dom0 = v4.rsplit(".", 1)[0] + ".254/24"
+            run(["ip", "addr", "add", dom0, "dev", b.name])
+            for key in ("forwarding", "send_redirects"):
+                Path(f"/proc/sys/net/ipv4/conf/{b.name}/{key}").write_text("1" if key == "forwarding" else "0")
+        return BridgeRec(b.name, b.uplink, lan, v4, v6, b.mode, dom0)
 
     def down(self) -> None:
         """Remove every process, namespace, interface and file the lab made. Never fails

@@ -22,6 +22,8 @@ class BridgeRec:
     lan: str | None = None  # lab name of the LAN namespace behind the uplink ("lan", "lan-xenbr1")
     lan_ipv4: str | None = None
     lan_ipv6: str | None = None
+    mode: str = "bridged"
+    dom0_ipv4: str | None = None  # a routed bridge's dom0 address (on its LOCAL port)
 
 
 @dataclass

@@ -121,7 +121,7 @@ TABLES = {
             "a routed guest's packet after the neighbour lookup: a known next hop (reg7 set) gets "
             "dom0's MAC as its source and a decremented TTL and egresses through table 5; an unknown "
             "one goes to dom0, whose kernel routes it (and whose ARP for it fills table 6).",
-            frozenset({"reg7"}),
+            frozenset({"reg7", "dl_type"}),
             frozenset({EGRESS}),
         ),
     )
@@ -146,5 +146,7 @@ def check_flow(flow: Flow) -> None:
             if a.table != want:
                 raise PipelineError(f"this learn writes only into table {want}: {flow.render()}")
             continue
+        if isinstance(a, Goto) and a.table <= flow.table:
+            raise PipelineError(f"goto_table only goes to a later table (OpenFlow refuses it): {flow.render()}")
         if target is not None and target not in table.next_tables:
             raise PipelineError(f"table {table.name} may not go to table {target}: {flow.render()}")

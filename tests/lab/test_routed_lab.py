@@ -1,0 +1,140 @@
+"""A routed bridge (Xen's vif-route, in flows) on the lab: real ovs-vswitchd, real Linux
+hosts on the LAN and as guests, dom0 the lab's own namespace. A bridged bridge beside it
+shows the two models coexist."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+from frames import Capture
+
+from xvif_ovs.lab.host import BridgeArg
+from xvif_ovs.pipeline.build import P_ALLOW, P_DROP, P_ROUTE
+from xvif_ovs.pipeline.flow import COOKIE_MAGIC, vif_owner
+
+CONFIG = """
+[controller]
+bridges = ["xenbr0", "xenbr1"]
+
+[bridges.xenbr1]
+mode = "routed"
+"""
+LAN = "lan-xenbr1"  # the LAN namespace behind peth1: 198.51.100.1
+LAN_IP, DOM0_IP = "198.51.100.1", "198.51.100.254"
+R1 = ("r1", 21, "00:16:3e:00:15:01", "198.51.100.21")
+R2 = ("r2", 22, "00:16:3e:00:16:01", "198.51.100.22")
+
+
+@pytest.fixture(scope="module")
+def lab_bridges():
+    return [BridgeArg("xenbr0", "peth0"), BridgeArg("xenbr1", "peth1", "routed")]
+
+
+def ofctl(host, *args: str, bridge: str = "xenbr1") -> str:
+    cmd = ["ovs-ofctl", "-O", "OpenFlow13", args[0], f"unix:{host.lab.dir}/{bridge}.mgmt", *args[1:]]
+    return subprocess.run(cmd, env=host.lab.env(), capture_output=True, text=True, check=True).stdout
+
+
+def wait_for(cond, what: str, timeout: float = 15.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def cookie_of(purpose: int, domid: int) -> str:
+    return f"cookie={COOKIE_MAGIC | purpose << 40 | vif_owner(domid, 0):#x}/-1"
+
+
+def packets(host, purpose: int, domid: int) -> int:
+    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", ofctl(host, "dump-flows", cookie_of(purpose, domid))))
+
+
+def router_mac(host) -> str:
+    return host.vsctl("get", "interface", "xenbr1", "mac_in_use").strip().strip('"')
+
+
+def ping(host, ns: str, addr: str, count: int = 1) -> subprocess.CompletedProcess[str]:
+    return host.exec(ns, "ping", "-c", str(count), "-i", "0.2", "-W", "1", addr, check=False)
+
+
+@pytest.fixture(scope="module")
+def routed(host):
+    cfg = host.lab.dir / "controller.toml"
+    cfg.write_text(CONFIG)
+    host.lab.start_controller(cfg)
+    wait_for(lambda: "connected" in (host.lab.dir / "controller.log").read_text(), "the controller to connect")
+    yield host
+    host.lab.stop_controller()
+
+
+@pytest.fixture
+def guests2(routed, guests):
+    for name, domid, mac, ip in (R1, R2):
+        guests.guest(name, domid, f"mac={mac},bridge=xenbr1,ip={ip}")
+    for domid in (R1[1], R2[1]):
+        wait_for(lambda d=domid: "table=3" in ofctl(guests, "dump-flows", cookie_of(P_ROUTE, d)), f"vif{domid}.0 routed")
+    return guests
+
+
+def test_the_lan_reaches_a_routed_guest_and_sees_only_dom0s_mac(guests2):
+    r = ping(guests2, LAN, R1[3], 3)
+    assert r.returncode == 0, r.stdout
+    neigh = guests2.exec(LAN, "ip", "neigh", "show", R1[3]).stdout
+    assert router_mac(guests2) in neigh and R1[2] not in neigh, neigh
+    assert re.search(r"ttl=63", r.stdout), r.stdout  # one routed hop
+
+
+def test_a_routed_guest_reaches_the_lan_dom0_and_another_guest(guests2):
+    for target in (LAN_IP, DOM0_IP, R2[3]):
+        r = ping(guests2, "r1", target, 2)
+        assert r.returncode == 0, (target, r.stdout)
+    neigh = guests2.exec("r1", "ip", "neigh", "show", R2[3]).stdout
+    assert router_mac(guests2) in neigh and R2[2] not in neigh, neigh
+
+
+def test_after_the_first_packet_the_lan_host_is_a_learned_neighbour_and_nothing_goes_to_the_controller(guests2):
+    assert ping(guests2, "r1", LAN_IP, 2).returncode == 0
+    table6 = ofctl(guests2, "dump-flows", "table=6")
+    assert "reg8=0xc6336401" in table6, table6  # 198.51.100.1 -> the LAN host's MAC, behind peth1
+    lan_mac = guests2.exec(LAN, "cat", "/sys/class/net/eth0/address").stdout.strip()
+    assert f"set_field:{lan_mac}->eth_dst" in table6 or f"load:0x{lan_mac.replace(':', '')}" in table6.lower(), table6
+    flows = ofctl(guests2, "dump-flows")
+    assert "CONTROLLER" not in flows and "NORMAL" not in flows
+    assert "packet-in" not in (guests2.lab.dir / "controller.log").read_text()
+
+
+def test_spoofs_from_a_routed_guest_are_dropped_and_counted(guests2):
+    rmac = router_mac(guests2)
+    before = packets(guests2, P_DROP, R1[1])
+    cap = Capture([LAN])
+    cap.send_frame("r1", f'Ether(src=MAC, dst="{rmac}")/IP(src="{R1[3]}", dst="{LAN_IP}")/UDP()/M')  # allowed
+    for spoof in (
+        f'Ether(src=MAC, dst="{rmac}")/IP(src="198.51.100.99", dst="{LAN_IP}")/UDP()/M',  # foreign address
+        f'Ether(src="00:16:3e:00:99:99", dst="{rmac}")/IP(src="{R1[3]}", dst="{LAN_IP}")/UDP()/M',  # foreign MAC
+        f'Ether(src=MAC, dst="{rmac}")/IP(src="{R2[3]}", dst="{LAN_IP}")/UDP()/M',  # the other guest's address
+        f'Ether(src=MAC)/ARP(op=1, hwsrc=MAC, psrc="{R2[3]}", pdst="{LAN_IP}")/M',  # ARP as the other guest
+    ):
+        cap.send_frame("r1", spoof)
+    got = cap.results()[LAN]
+    assert [f["src"] for f in got] == [rmac], got  # the allowed one, routed (from dom0's MAC); no spoof
+    assert packets(guests2, P_DROP, R1[1]) >= before + 4
+
+
+def test_a_routed_guest_without_an_address_gets_nothing(guests2):
+    guests2.guest("r3", 23, "mac=00:16:3e:00:17:01,bridge=xenbr1")
+    guests2.exec("r3", "ip", "addr", "add", "198.51.100.23/24", "dev", "eth0")
+    assert ping(guests2, "r3", LAN_IP).returncode != 0
+    assert ping(guests2, LAN, "198.51.100.23").returncode != 0
+
+
+def test_bridged_and_routed_bridges_coexist(guests2):
+    guests2.guest("b1", 31, "mac=00:16:3e:00:1f:01,ip=192.0.2.31")
+    wait_for(lambda: "table=1" in ofctl(guests2, "dump-flows", cookie_of(P_ALLOW, 31), bridge="xenbr0"), "vif31.0")
+    assert ping(guests2, "b1", "192.0.2.1").returncode == 0
+    neigh = guests2.exec("lan", "ip", "neigh", "show", "192.0.2.31").stdout
+    assert "00:16:3e:00:1f:01" in neigh  # bridged: the LAN sees the guest's own MAC
+    assert ping(guests2, LAN, R2[3]).returncode == 0
