@@ -76,7 +76,9 @@ def guests2(routed, guests):
     for name, domid, mac, ip in (R1, R2):
         guests.guest(name, domid, f"mac={mac},bridge=xenbr1,ip={ip}")
     for domid in (R1[1], R2[1]):
-        wait_for(lambda d=domid: "table=3" in ofctl(guests, "dump-flows", cookie_of(P_ROUTE, d)), f"vif{domid}.0 routed")
+        wait_for(
+            lambda d=domid: "table=3" in ofctl(guests, "dump-flows", cookie_of(P_ROUTE, d)), f"vif{domid}.0 routed"
+        )
     return guests
 
 
