@@ -451,8 +451,8 @@ def _router_flows(router_mac: str, learn: LearnSource, learn_idle_timeout: int) 
         # No next hop known: dom0 routes it (the frame is already addressed to its MAC), and
         # its ARP for the next hop teaches table 6, so the next packet stays in the datapath.
         Flow(ROUTED, 100, match(F("reg7", 0), F("dl_type", ETH_IP)), (Output(OFPP_LOCAL),), cookie(P_ROUTE)),
-        # (resubmit: OpenFlow's goto_table only goes forward, and egress is table 5)
-        # (dec_ttl needs the match to say IPv4: OVS checks each action's prerequisites)
+        # A known next hop. Resubmit: goto_table only goes forward, and egress is table 5;
+        # the IPv4 match: OVS refuses dec_ttl without it (each action's prerequisites).
         Flow(
             ROUTED,
             50,

@@ -92,6 +92,36 @@ def uplinks_and_strangers() -> str:
     return build(b).render()
 
 
+def routed_host() -> str:
+    """A routed bridge (Xen's vif-route): dom0's MAC 02:00:00:00:00:fe, two guests with
+    addresses and one without (nothing routed for it); then table 6 after the LAN host
+    198.51.100.1 sent ARP through the uplink."""
+    router = "02:00:00:00:00:fe"
+    b = BridgeModel(
+        "xenbr1",
+        (UPLINK,),
+        vifs=(
+            _vif(5, "xenbr1", "198.51.100.5"),
+            _vif(6, "xenbr1", "198.51.100.6 198.51.100.64/28"),
+            _vif(7, "xenbr1"),
+        ),
+        mode="routed",
+        router_mac=router,
+    )
+    fs = build(b)
+    sw = Switch(fs)
+    lan = "00:00:5e:00:53:01"
+    arp = {"dl_src": lan, "dl_dst": "ff:ff:ff:ff:ff:ff", "dl_type": 0x0806, "arp_op": 1, "arp_sha": lan}
+    sw.send(UPLINK, arp | {"arp_spa": "198.51.100.1", "arp_tha": "00:00:00:00:00:00", "arp_tpa": "198.51.100.254"})
+    learned = sorted(f.render() for f in sw.tables.get(6, []))
+    return (
+        fs.render()
+        + "# table 6 after ARP from 198.51.100.1 (00:00:5e:00:53:01) on the uplink:\n"
+        + "\n".join(learned)
+        + "\n"
+    )
+
+
 SCENARIOS: dict[str, Callable[[], str]] = {
     "two-guests-one-vlan": two_guests_one_vlan,
     "access-trunk-native": access_trunk_native,
@@ -99,6 +129,7 @@ SCENARIOS: dict[str, Callable[[], str]] = {
     "hvm-pair": hvm_pair,
     "uplink-learning": uplink_learning,
     "uplinks-and-strangers": uplinks_and_strangers,
+    "routed-host": routed_host,
 }
 
 
