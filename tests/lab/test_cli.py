@@ -72,6 +72,8 @@ def test_show_table_and_json(two):
     assert set(b) == {
         "name",
         "managed",
+        "mode",
+        "router_mac",
         "fail_mode",
         "datapath_type",
         "controllers",
@@ -81,6 +83,7 @@ def test_show_table_and_json(two):
         "vifs",
     }
     assert b["managed"] and b["unmanaged"] == [] and b["uplinks"] == ["peth0"]
+    assert (b["mode"], b["router_mac"]) == ("bridged", "")
     assert b["fail_mode"] == "secure" and b["uplinks"] == ["peth0"] and b["vlans"] == [10]
     web = next(v for v in b["vifs"] if v["domid"] == 51)
     assert set(web) == {
@@ -90,6 +93,7 @@ def test_show_table_and_json(two):
         "device",
         "mac",
         "ips",
+        "visible",
         "bridge_spec",
         "hotplug_status",
         "hotplug_error",

@@ -4,9 +4,13 @@ shows the two models coexist."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from frames import Capture
@@ -140,3 +144,44 @@ def test_bridged_and_routed_bridges_coexist(guests2):
     neigh = guests2.exec("lan", "ip", "neigh", "show", "192.0.2.31").stdout
     assert "00:16:3e:00:1f:01" in neigh  # bridged: the LAN sees the guest's own MAC
     assert ping(guests2, LAN, R2[3]).returncode == 0
+
+
+def cli(host, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **host.lab.env()}
+    return subprocess.run(
+        [sys.executable, "-m", "xvif_ovs.cli.main", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_the_cli_knows_the_routed_model(guests2):
+    rmac = router_mac(guests2)
+    data = json.loads(cli(guests2, "show", "--json").stdout)
+    br = {b["name"]: b for b in data["bridges"]}
+    assert (br["xenbr1"]["mode"], br["xenbr1"]["router_mac"], br["xenbr0"]["mode"]) == ("routed", rmac, "bridged")
+    seen = {v["device"]: v["visible"] for v in br["xenbr1"]["vifs"]}
+    assert seen["vif21.0"] == f"{R1[3]} at dom0's MAC {rmac}"
+    assert "mode=routed" in cli(guests2, "show").stdout
+
+    out = json.loads(cli(guests2, "trace", "--from", "vif21.0", "--to", LAN_IP, "--json").stdout)
+    assert out["verdict"].startswith("routed to "), out["verdict"]
+    out = json.loads(cli(guests2, "trace", "--from", "peth1", "--to", R1[3], "--json").stdout)
+    assert out["verdict"] == "routed to vif21.0 (MACs rewritten, TTL decremented)", out
+    out = json.loads(cli(guests2, "trace", "--from", "vif21.0", "--to", LAN_IP, "--proto", "arp", "--json").stdout)
+    assert out["verdict"].startswith("answered by the bridge: an ARP reply back out of vif21.0"), out
+    out = json.loads(
+        cli(guests2, "trace", "--from", "vif21.0", "--to", LAN_IP, "--src-ip", "198.51.100.99", "--json").stdout
+    )
+    assert out["verdict"].startswith("dropped: source address"), out
+
+    def routed_problems() -> list[str]:
+        report = json.loads(cli(guests2, "doctor", "--json", "--interval", "0").stdout)
+        return [p["message"] for p in report["problems"] if p["check"] == "routed bridges"]
+
+    assert routed_problems() == []
+    forwarding = Path("/proc/sys/net/ipv4/conf/xenbr1/forwarding")
+    forwarding.write_text("0")
+    try:
+        (msg,) = routed_problems()
+        assert "does not forward" in msg
+    finally:
+        forwarding.write_text("1")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import VifSpecError
-from ..inspect.hoststate import HostView, read_host
+from ..errors import VifSpecError, XvifError
+from ..inspect.hoststate import BridgeView, HostView, read_host
 from ..inspect.openflow import OpenFlowUnavailable
 from ..model.host import migrating
 from ..model.ports import unmanaged_problem
@@ -21,6 +22,7 @@ from ..model.vifspec import parse_bridge, parse_mac
 from .flows import controller_config, drift, drops
 
 NETFILTER = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+IPV4_CONF = Path("/proc/sys/net/ipv4/conf")
 SYSFS_NET = Path("/sys/class/net")
 
 
@@ -218,6 +220,14 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
                 "use script=vif-xvif-ovs in their vif specs (or vif.default.script in xl.conf)",
             )
         )
+    check("routed bridges")
+    try:
+        modes = {b: controller_config(config_path).mode(b) for b in host.bridges}
+    except XvifError:
+        modes = {}  # a broken config is reported by the drift check below
+    for b in sorted(host.bridges.values(), key=lambda b: b.name):
+        if modes.get(b.name) == "routed":
+            problems += routed_problems(host, b)
     check("flows drifted")
     connected = sorted(b.name for b in host.bridges.values() if b.connected)
     try:
@@ -252,6 +262,70 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
         except OpenFlowUnavailable:
             pass  # reported above
     return checks, problems
+
+
+def dom0_ipv4(interface: str) -> list[str]:
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", interface], capture_output=True, text=True)
+    if out.returncode != 0:
+        return []
+    return [a["local"] for link in json.loads(out.stdout or "[]") for a in link.get("addr_info", [])]
+
+
+def routed_problems(host: HostView, b: BridgeView) -> list[Problem]:
+    """What a routed bridge needs from dom0 (vif-route's network-route and vif-route set
+    the same up: an address, forwarding) and from each guest (an address, no VLAN)."""
+    out = []
+    name = "routed bridges"
+    if not b.local_mac:
+        out.append(
+            Problem(
+                name,
+                f"{b.name}: OVS reports no MAC for its LOCAL port; nothing is routed",
+                "ovs-vsctl list interface " + b.name,
+            )
+        )
+    if not dom0_ipv4(b.name):
+        out.append(
+            Problem(
+                name,
+                f"{b.name} is routed but dom0 has no IPv4 address on it: a guest's packet to a next hop the bridge "
+                "has not learned yet goes to dom0, which cannot route it",
+                f"ip addr add ADDRESS/PREFIX dev {b.name} (an address on the LAN, as network-route gives dom0)",
+            )
+        )
+    try:
+        forwarding = (IPV4_CONF / b.name / "forwarding").read_text().strip() == "1"
+    except OSError:
+        forwarding = False
+    if not forwarding:
+        out.append(
+            Problem(
+                name,
+                f"{b.name} is routed but dom0 does not forward on it: the first packet to an unlearned next hop is lost",
+                f"sysctl -w net.ipv4.conf.{b.name}.forwarding=1 (and in /etc/sysctl.d)",
+            )
+        )
+    for v in sorted(host.vifs.values(), key=lambda v: (v.domid, v.devid)):
+        if not any(p.bridge == b.name for p in v.ports):
+            continue
+        if not [i for i in v.keys.get("ip", "").split() if ":" not in i]:
+            out.append(
+                Problem(
+                    name,
+                    f"{v.dev} (domain {v.domain or '?'}) is on routed bridge {b.name} with no IPv4 address in ip=: "
+                    "nothing is routed for it",
+                    "give it ip= in its vif spec, as vif-route needs (xl network-detach, then network-attach)",
+                )
+            )
+        elif "." in v.keys.get("bridge", "") or v.keys.get("vlan"):
+            out.append(
+                Problem(
+                    name,
+                    f"{v.dev} (domain {v.domain or '?'}) asks for a VLAN on routed bridge {b.name}: nothing is routed for it",
+                    f"use bridge={b.name} (a routed network is untagged)",
+                )
+            )
+    return out
 
 
 def run(args) -> tuple[str, int]:  # noqa: ANN001

@@ -2,9 +2,10 @@
 troubleshooting steps ask for (MACs in XenStore, hotplug status, the bridge) in one table.
 
 JSON shape (`--json`), stable:
-  {"bridges": [{"name", "managed", "fail_mode", "datapath_type", "controllers": [{"target", "connected", "ours"}],
+  {"bridges": [{"name", "managed", "mode", "router_mac", "fail_mode", "datapath_type",
+                "controllers": [{"target", "connected", "ours"}],
                 "uplinks": [str], "unmanaged": [str], "vlans": [int],
-                "vifs": [{"domain", "domid", "devid", "device", "mac", "ips": [str], "bridge_spec",
+                "vifs": [{"domain", "domid", "devid", "device", "mac", "ips": [str], "visible", "bridge_spec",
                           "hotplug_status", "hotplug_error",
                           "ports": [{"name", "bridge", "ofport", "kind", "domid", "devid", "tag",
                                      "trunks", "vlan_mode", "link", "attached_mac", "iface_type"}]}]}],
@@ -47,8 +48,22 @@ def vlan_text(v: VifView) -> str:
     return f"native {spec.tag} + " + ",".join(map(str, spec.trunks))
 
 
-def show(host: HostView, bridge: str | None, managed: frozenset[str] | None = None) -> dict:
-    """``managed``: the bridges the controller's config names (None: unknown, all shown as such)."""
+def visible(v: VifView, mode: str, router_mac: str) -> str:
+    """What the LAN sees of a guest: on a bridged network its own MAC (and whatever
+    addresses it uses); on a routed one only its IPv4 addresses, at dom0's MAC."""
+    if mode != "routed":
+        return f"its MAC {v.mac}"
+    v4 = [i for i in v.keys.get("ip", "").split() if ":" not in i]
+    if not v4:
+        return "nothing (routed, no IPv4 address in ip=)"
+    return f"{','.join(v4)} at dom0's MAC {router_mac or '(not known yet)'}"
+
+
+def show(
+    host: HostView, bridge: str | None, managed: frozenset[str] | None = None, modes: dict[str, str] | None = None
+) -> dict:
+    """``managed``: the bridges the controller's config names (None: unknown, all shown as such);
+    ``modes``: each managed bridge's network model from the config (absent: bridged)."""
     if bridge and bridge not in host.bridges:
         raise NotFound(f"no bridge named {bridge} (bridges: {', '.join(sorted(host.bridges)) or 'none'})")
     out = {"bridges": [], "unattached_vifs": [], "stray_ports": [asdict(p) for p in host.stray_ports]}
@@ -59,17 +74,21 @@ def show(host: HostView, bridge: str | None, managed: frozenset[str] | None = No
             (v for v in host.vifs.values() if any(p.bridge == b.name for p in v.ports)),
             key=lambda v: (v.domid, v.devid),
         )
+        mode = (modes or {}).get(b.name, "bridged")
+        router = b.local_mac if mode == "routed" else ""
         out["bridges"].append(
             {
                 "name": b.name,
                 "managed": managed is None or b.name in managed,
+                "mode": mode,
+                "router_mac": router,
                 "fail_mode": b.fail_mode,
                 "datapath_type": b.datapath_type,
                 "controllers": b.controllers,
                 "uplinks": b.uplinks,
                 "unmanaged": [p.name for p in b.unmanaged] if managed is None or b.name in managed else [],
                 "vlans": b.vlans(),
-                "vifs": [v.as_json() for v in vifs],
+                "vifs": [{**v.as_json(), "visible": visible(v, mode, router)} for v in vifs],
             }
         )
     if not bridge:
@@ -87,13 +106,14 @@ def render(host: HostView, data: dict) -> str:
         )
         lines.append(
             f"bridge {b['name']}{'' if b['managed'] else ' (not managed by xvif-ovs)'}  "
-            f"fail_mode={b['fail_mode'] or 'standalone'}  datapath={b['datapath_type']}  "
+            + (f"mode=routed (dom0's MAC {b['router_mac'] or 'not known yet'})  " if b["mode"] == "routed" else "")
+            + f"fail_mode={b['fail_mode'] or 'standalone'}  datapath={b['datapath_type']}  "
             f"uplinks={','.join(b['uplinks']) or 'none (internal)'}  vlans={','.join(map(str, b['vlans'])) or '-'}"
         )
         lines.append(f"  controller: {ctl or 'none'}")
         if b["unmanaged"]:
             lines.append(f"  unmanaged (no forwarding; declare as uplink or remove): {', '.join(b['unmanaged'])}")
-        rows = [["DOMAIN", "DOMID", "DEV", "DEVICE", "MAC", "IPS", "VLAN", "OFPORT", "LINK", "HOTPLUG"]]
+        rows = [["DOMAIN", "DOMID", "DEV", "DEVICE", "MAC", "IPS", "VLAN", "OFPORT", "LINK", "HOTPLUG", "LAN SEES"]]
         for vj in b["vifs"]:
             v = host.vifs[(vj["domid"], vj["devid"])]
             for p in v.ports:
@@ -109,6 +129,7 @@ def render(host: HostView, data: dict) -> str:
                         str(p.ofport or "-"),
                         p.link,
                         (vj["hotplug_status"] or "-") if p.kind == "vif" else "(emu)",
+                        vj["visible"],
                     ]
                 )
         lines.append(table(rows) if len(rows) > 1 else "  no vifs")
@@ -141,5 +162,5 @@ def run(bridge: str | None, as_json: bool, db: str | None, xenstore: str | None)
 
     cfg = load_installed()
     host = read_host(db, xenstore, cfg.declared_uplinks)
-    data = show(host, bridge, frozenset(cfg.bridges))
+    data = show(host, bridge, frozenset(cfg.bridges), {b: cfg.mode(b) for b in cfg.bridges})
     return json.dumps(data, indent=2) + "\n" if as_json else render(host, data)

@@ -18,8 +18,19 @@ from pathlib import Path
 from ..errors import XvifError
 from ..inspect.hoststate import HostView, PortView, VifView, read_host
 from ..model.vifspec import is_mac
-from ..pipeline.build import P_DEFAULT, P_DROP, P_FORWARD, P_REFUSED, P_UNMANAGED, PURPOSES, link_local
+from ..pipeline.build import (
+    P_ARP_REPLY,
+    P_DEFAULT,
+    P_DROP,
+    P_FORWARD,
+    P_REFUSED,
+    P_ROUTE,
+    P_UNMANAGED,
+    PURPOSES,
+    link_local,
+)
 from ..pipeline.flow import decode_cookie
+from ..pipeline.tables import FORWARD, ROUTED
 from .show import NotFound
 
 PROTOS = ("arp", "icmp", "tcp", "udp", "dhcp", "nd")
@@ -89,7 +100,9 @@ def resolve_to(host: HostView, to: str) -> tuple[str, str | None]:
     return "ff:ff:ff:ff:ff:ff", str(ip)  # someone behind the uplink: ARP for it would be broadcast
 
 
-def build_flow(v: VifView | None, port: PortView, to: str, host: HostView, args) -> str:  # noqa: ANN001
+def build_flow(v: VifView | None, port: PortView, to: str, host: HostView, args, router_mac: str = "") -> str:  # noqa: ANN001
+    """``router_mac``: the bridge is routed, and IP goes to dom0's MAC (as a routed guest's
+    and the LAN's ARP for any routed address says)."""
     from ..errors import VifSpecError
 
     raw_mac = args.src_mac or (v.mac if v else "") or "00:00:5e:00:53:01"
@@ -97,6 +110,8 @@ def build_flow(v: VifView | None, port: PortView, to: str, host: HostView, args)
         raise VifSpecError(f"source MAC {raw_mac!r} is not six colon-separated hex octets (give --src-mac)")
     src_mac = raw_mac.lower()
     dst_mac, dst_ip = resolve_to(host, to)
+    if router_mac and (args.proto or "icmp") in ("icmp", "tcp", "udp"):
+        dst_mac = router_mac
     ips = v.keys.get("ip", "").split() if v else []
     v4 = [i for i in ips if ":" not in i]
     v6 = [i for i in ips if ":" in i]
@@ -139,6 +154,7 @@ def build_flow(v: VifView | None, port: PortView, to: str, host: HostView, args)
         if six and proto in ("tcp", "udp"):
             parts[-1] = f"{proto}6"
         parts += [f"ipv6_src={src}", f"ipv6_dst={dst}"] if six else [f"nw_src={src}", f"nw_dst={dst}"]
+        parts.append("nw_ttl=64")  # as a host sends it (a routed hop decrements it; 0 would be dropped)
         if proto in ("tcp", "udp"):
             parts.append("tcp_dst=80" if proto == "tcp" else "udp_dst=53")
     # ofproto/trace parses an exact flow field by field: the protocol must come first.
@@ -154,6 +170,20 @@ def odp_names(bridge: str) -> dict[str, str]:
         if m:
             out[m.group(3)] = m.group(1)
     return out
+
+
+def top_level(actions: str) -> list[str]:
+    """Datapath actions split at the commas outside parentheses: "set(eth(src=..,dst=..)),3"
+    is a rewrite and an output, and the MAC's octets are no ports."""
+    out, depth, cur = [], 0, ""
+    for ch in actions:
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        depth += (ch == "(") - (ch == ")")
+        cur += ch
+    return [a for a in [*out, cur.strip()] if a]
 
 
 def interpret(trace: str, bridge: str, host: HostView, v: VifView | None, src_mac: str) -> dict:
@@ -178,12 +208,14 @@ def interpret(trace: str, bridge: str, host: HostView, v: VifView | None, src_ma
     actions = m.group(1).strip() if m else "drop"
     names = odp_names(bridge)
     outputs, vlan = [], None
-    for tok in re.findall(r"push_vlan\(vid=(\d+)[^)]*\)|pop_vlan|(?<![\w(=])(\d+)(?![\w)])", actions):
-        pushed, port = tok
+    for action in top_level(actions):
+        pushed = re.match(r"push_vlan\(vid=(\d+)", action)
         if pushed:
-            vlan = int(pushed)
-        elif port:
-            outputs.append({"port": names.get(port, f"odp:{port}"), "vlan": vlan})
+            vlan = int(pushed.group(1))
+        elif action == "pop_vlan":
+            vlan = None
+        elif action.isdigit():  # an output; set(...), dec_ttl and the like are rewrites
+            outputs.append({"port": names.get(action, f"odp:{action}"), "vlan": vlan})
     return {"tables": tables, "outputs": outputs, "verdict": verdict(tables, outputs, v, src_mac)}
 
 
@@ -191,6 +223,16 @@ def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac:
     def where(o: dict) -> str:
         return o["port"] + (f" tagged VLAN {o['vlan']}" if o["vlan"] else "")
 
+    purposes = {t["purpose"] for t in tables}
+    if PURPOSES[P_ARP_REPLY] in purposes and outputs:
+        return f"answered by the bridge: an ARP reply back out of {where(outputs[0])} (routed bridge)"
+    if PURPOSES[P_ROUTE] in purposes and len(outputs) == 1:
+        if any(t["table"] == ROUTED and t["priority"] == 100 for t in tables):
+            return (
+                f"routed to {where(outputs[0])} (dom0): the next hop is not in the neighbour table yet; "
+                "dom0 routes it, and its ARP for the next hop teaches the bridge"
+            )
+        return f"routed to {where(outputs[0])} (MACs rewritten, TTL decremented)"
     if len(outputs) == 1:
         return f"forwarded to {where(outputs[0])}"
     if outputs:
@@ -206,6 +248,10 @@ def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac:
         return "dropped: DHCP server replies and router advertisements are allowed from trusted vifs only"
     if purpose == P_DROP and prio == 240:
         return "dropped: neighbour discovery for an address or link-layer address that is not this vif's"
+    if purpose == P_DROP and t == FORWARD and prio == 115:
+        return "dropped: ARP for the guest's own address (nobody else has it; routed bridge)"
+    if purpose == P_DROP and t == FORWARD and prio == 55:
+        return "dropped: a routed guest's frames are only routed (IPv4 to dom0's MAC, ARP), never switched"
     if purpose == P_DROP:
         if v and src_mac != v.mac:
             return f"dropped: source MAC {src_mac} is not this vif's ({v.mac})"
@@ -214,7 +260,7 @@ def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac:
         return "dropped: the bridge is reserved for other domains"
     if purpose == P_UNMANAGED:
         return "dropped: the port is neither a vif nor a declared uplink (see `xvif-ovs doctor`)"
-    if purpose == P_FORWARD and prio == 90:
+    if purpose == P_FORWARD and prio == 90 or purpose == P_DROP and t == FORWARD and prio == 119:
         return "dropped: private mode (guests do not reach each other)"
     if purpose == P_DEFAULT:
         return f"dropped: no rule for this port and VLAN (table {t} miss)"
@@ -224,9 +270,11 @@ def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac:
 def run(args) -> tuple[str, int]:  # noqa: ANN001
     from ..controller.config import load_installed
 
-    host = read_host(args.db, args.xenstore, load_installed().declared_uplinks)
+    cfg = load_installed()
+    host = read_host(args.db, args.xenstore, cfg.declared_uplinks)
     v, port = find_port(host, args.src)
-    flow = build_flow(v, port, args.to, host, args)
+    routed = cfg.mode(port.bridge) == "routed" and port.bridge in host.bridges
+    flow = build_flow(v, port, args.to, host, args, host.bridges[port.bridge].local_mac if routed else "")
     trace = appctl("ofproto/trace", port.bridge, flow)
     src_mac = (args.src_mac or (v.mac if v else "")).lower()
     result = {"bridge": port.bridge, "flow": flow, **interpret(trace, port.bridge, host, v, src_mac), "trace": trace}
