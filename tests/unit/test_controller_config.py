@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 import subprocess
 from pathlib import Path
@@ -29,6 +30,8 @@ def test_the_shipped_example_loads():
         ("[controller]\nbogus = 1\n", "unknown key"),
         ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nreserved_for = 'web'\n", "a list"),
         ("not toml [", "not valid TOML"),
+        ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nmode = 'nat'\n", "does not do NAT yet"),
+        ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nmode = 'route'\n", '"bridged" .* or "routed"'),
     ],
 )
 def test_bad_config_says_what_to_fix(tmp_path, text, hint):
@@ -300,3 +303,36 @@ def test_a_patched_join_equals_a_full_join_through_random_changes():
         assert got["xenbr0"] == full["xenbr0"], (step, change)
         assert got_problems == full_problems, (step, change)
         assert len(joiner._vifs) <= len(vifs)  # bounded by the vifs that exist, not by the changes
+
+
+def test_a_routed_bridge_gets_dom0s_mac_and_says_which_guests_it_cannot_route(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[controller]\nbridges = ['xenbr0']\n[bridges.xenbr0]\nmode = 'routed'\n")
+    cfg = load(str(p))
+    assert (cfg.mode("xenbr0"), cfg.mode("xenbr9")) == ("routed", "bridged")
+    ports = (
+        PortInfo("xenbr0", 0xFFFFFFFE, "local"),
+        PortInfo("peth0", 1, "uplink"),
+        PortInfo("vif5.0", 10, "vif", 5, 0),
+        PortInfo("vif6.0", 11, "vif", 6, 0),
+        PortInfo("vif7.0", 12, "vif", 7, 0),
+    )
+    of = {"xenbr0": {p.name: OfPort(p.ofport, True) for p in ports}}
+    vifs = {
+        (5, 0): {"mac": "00:16:3e:00:00:05", "bridge": "xenbr0", "ip": "192.0.2.5"},
+        (6, 0): {"mac": "00:16:3e:00:00:06", "bridge": "xenbr0"},  # no address
+        (7, 0): {"mac": "00:16:3e:00:00:07", "bridge": "xenbr0.10", "ip": "192.0.2.7"},  # a VLAN
+    }
+    info = _bridge(*ports)
+    info["xenbr0"] = dataclasses.replace(info["xenbr0"], local_mac="02:00:00:00:00:fe")
+    models, problems = bridge_models(info, of, vifs, {}, cfg)
+    assert (models["xenbr0"].mode, models["xenbr0"].router_mac) == ("routed", "02:00:00:00:00:fe")
+    text = "\n".join(problems)
+    assert "vif6.0 on routed bridge xenbr0 has no IPv4 address" in text
+    assert "vif7.0 on routed bridge xenbr0 asks for a VLAN" in text
+    assert "vif5.0" not in text
+    info["xenbr0"] = dataclasses.replace(info["xenbr0"], local_mac="")
+    _, problems = bridge_models(info, of, vifs, {}, cfg)
+    assert any("has not reported its LOCAL port's MAC" in p for p in problems)
+    models, problems = bridge_models(_bridge(*ports), of, vifs, {}, load(None))  # bridged: none of it
+    assert models["xenbr0"].mode == "bridged" and not any("routed" in p for p in problems)
