@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -89,8 +88,8 @@ def main() -> int:
             ("r2", 22, "mac=00:16:3e:00:16:01,bridge=xenbr1,ip=198.51.100.22"),
         ):
             add_domain(lab, name, domid, [spec])
-        for g, _, other, lan_ns, lan_ip in paths.values():
-            wait_for(lambda g=g, a=other: ns(g, "ping", "-c1", "-W1", a, check=False) != "", 30, 0.2)
+        for g, _, other, _lan_ns, lan_ip in paths.values():
+            wait_for(lambda g=g, a=other: " 0% packet loss" in ns(g, "ping", "-c1", "-W1", a, check=False), 30, 0.2)
             ns(g, "ping", "-c", "3", "-i", "0.2", "-W", "1", lan_ip, check=False)  # next hops learned
         order = list(paths)
         for r in range(args.repeats):
