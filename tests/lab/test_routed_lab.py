@@ -185,3 +185,28 @@ def test_the_cli_knows_the_routed_model(guests2):
         assert "does not forward" in msg
     finally:
         forwarding.write_text("1")
+
+
+def test_a_controller_kill_and_restart_loses_no_routed_packet_and_keeps_the_neighbours(guests2):
+    """The learned neighbours are the switch's (flows of table 6): a new controller keeps
+    them, and the routed flood to the LAN and to the other guest loses nothing."""
+    assert ping(guests2, "r1", LAN_IP, 2).returncode == 0
+    table6 = ofctl(guests2, "dump-flows", "table=6")
+    floods = [
+        subprocess.Popen(
+            ["ip", "netns", "exec", "xvl-r1", "ping", "-q", "-c", "1000", "-i", "0.002", target],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for target in (LAN_IP, R2[3])
+    ]
+    time.sleep(0.5)
+    guests2.lab.stop_controller(kill=True)
+    log = guests2.lab.dir / "controller.log"
+    log_at = len(log.read_text())
+    guests2.lab.start_controller(guests2.lab.dir / "controller.toml")
+    wait_for(lambda: "switch xenbr1 connected" in log.read_text()[log_at:], "the restarted controller to connect")
+    for f in floods:
+        out, _ = f.communicate(timeout=60)
+        assert " 0% packet loss" in out, out
+    assert "reg8=0xc6336401" in table6 and "reg8=0xc6336401" in ofctl(guests2, "dump-flows", "table=6")

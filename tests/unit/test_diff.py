@@ -8,7 +8,7 @@ from dataclasses import replace
 from xvif_ovs.model.host import BridgeModel
 from xvif_ovs.pipeline.build import build
 from xvif_ovs.pipeline.diff import diff
-from xvif_ovs.pipeline.flow import GROUP_BASE, Bucket, F, Flow, FlowSet, GroupEntry, Output, vif_owner
+from xvif_ovs.pipeline.flow import GROUP_BASE, Bucket, F, Flow, FlowSet, GroupEntry, Output, SetReg, vif_owner
 from xvif_ovs.pipeline.scenarios import _vif
 
 
@@ -52,7 +52,8 @@ def test_foreign_and_learned_flows_are_left_alone():
     fs = build(model(_vif(5, "xenbr0")))
     foreign = Flow(0, 500, (F("in_port", 9),), (Output(1),), 0x1234)
     learned = Flow(4, 100, (F("reg6", 0), F("dl_dst", "00:00:5e:00:53:01")), (), 0x7876090000000000)
-    plan = diff(fs, [*fs.flows, foreign, learned], fs.groups)
+    neighbour = Flow(6, 100, (F("reg8", 0xC0000201),), (SetReg("reg7", 1),), 0x7876100000000000)  # a routed bridge's
+    plan = diff(fs, [*fs.flows, foreign, learned, neighbour], fs.groups)
     assert not plan
 
 

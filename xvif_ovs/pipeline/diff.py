@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .build import P_GUARD, Parts
 from .flow import COOKIE_MAGIC, COOKIE_MASK, OWNER_MASK, VIF_OWNER, Flow, FlowSet, GroupEntry, is_our_group
-from .tables import LEARNED
+from .tables import LEARNED, NEIGHBOURS
 
 
 @dataclass
@@ -38,7 +38,9 @@ class Plan:
 
 
 def ours(flow: Flow) -> bool:
-    return flow.cookie & COOKIE_MASK == COOKIE_MAGIC and flow.table != LEARNED
+    """Ours to reconcile: our cookie, and not what the switch learned (tables 4 and 6 hold
+    only flows the learn action made; a new controller must keep them)."""
+    return flow.cookie & COOKIE_MASK == COOKIE_MAGIC and flow.table not in (LEARNED, NEIGHBOURS)
 
 
 def diff(desired: FlowSet, flows: list[Flow], groups: list[GroupEntry]) -> Plan:
