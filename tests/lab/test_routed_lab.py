@@ -210,3 +210,24 @@ def test_a_controller_kill_and_restart_loses_no_routed_packet_and_keeps_the_neig
         out, _ = f.communicate(timeout=60)
         assert " 0% packet loss" in out, out
     assert "reg8=0xc6336401" in table6 and "reg8=0xc6336401" in ofctl(guests2, "dump-flows", "table=6")
+
+
+def test_ipv6_to_and_from_a_routed_guest_is_routed_and_the_lan_sees_only_dom0s_mac(guests2):
+    guests2.guest("r6", 26, "mac=00:16:3e:00:1a:01,bridge=xenbr1,ip=198.51.100.26 2001:db8:1::26")
+    wait_for(lambda: "table=3" in ofctl(guests2, "dump-flows", cookie_of(P_ROUTE, 26)), "vif26.0 routed")
+    rmac = router_mac(guests2)
+    r = guests2.exec(LAN, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", "2001:db8:1::26", check=False)
+    assert r.returncode == 0 and "ttl=63" in r.stdout.replace("hlim", "ttl"), r.stdout
+    neigh = guests2.exec(LAN, "ip", "-6", "neigh", "show", "2001:db8:1::26").stdout
+    assert rmac in neigh and "00:16:3e:00:1a:01" not in neigh, neigh
+    # The LAN host's solicitation taught the bridge where it is: the guest reaches it in the datapath.
+    assert ping(guests2, "r6", "2001:db8:1::1", 2).returncode == 0
+    assert "ipv6_dst=2001:db8:1::1" in ofctl(guests2, "dump-flows", "table=6")
+    neigh = guests2.exec("r6", "ip", "-6", "neigh", "show", "2001:db8:1::1").stdout
+    assert rmac in neigh and "router" in neigh, neigh  # the gateway answers with the R flag
+    # Another routed guest, over IPv6.
+    assert ping(guests2, "r6", R1[3]).returncode == 0
+    if Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() == "0":  # the lab leaves it so
+        report = json.loads(cli(guests2, "doctor", "--json", "--interval", "0").stdout)
+        msgs = [p["message"] for p in report["problems"] if p["check"] == "routed bridges"]
+        assert len(msgs) == 1 and "does not forward IPv6" in msgs[0] and "vif26.0" in msgs[0], msgs

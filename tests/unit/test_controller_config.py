@@ -328,7 +328,7 @@ def test_a_routed_bridge_gets_dom0s_mac_and_says_which_guests_it_cannot_route(tm
     models, problems = bridge_models(info, of, vifs, {}, cfg)
     assert (models["xenbr0"].mode, models["xenbr0"].router_mac) == ("routed", "02:00:00:00:00:fe")
     text = "\n".join(problems)
-    assert "vif6.0 on routed bridge xenbr0 has no IPv4 address" in text
+    assert "vif6.0 on routed bridge xenbr0 has no address in ip=" in text
     assert "vif7.0 on routed bridge xenbr0 asks for a VLAN" in text
     assert "vif5.0" not in text
     info["xenbr0"] = dataclasses.replace(info["xenbr0"], local_mac="")

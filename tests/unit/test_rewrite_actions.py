@@ -12,7 +12,7 @@ import pytest
 
 from xvif_ovs.compat import quiet_eventlet
 from xvif_ovs.controller import ofmsg, wire
-from xvif_ovs.pipeline.build import arp_reply
+from xvif_ovs.pipeline.build import arp_reply, na_reply
 from xvif_ovs.pipeline.flow import (
     OFPP_IN_PORT,
     DecTtl,
@@ -104,7 +104,43 @@ ROUTE_LOOKUP = Flow(
     (Move("nw_dst", "reg8"), Resubmit(6), Resubmit(7)),
     C,
 )
-FLOWS = [ARP_REPLY, ROUTE_V4, ROUTE_V6, ECHO_V6, ARP_ANY, LEARN_NEIGHBOUR, NEXT_HOP, ROUTE_LOOKUP]
+NA_ANY = Flow(  # a solicitation becomes an advertisement (table 8 finishes it)
+    3,
+    110,
+    match(F("in_port", 5), F("dl_type", 0x86DD), F("nw_proto", 58), F("icmpv6_type", 135)),
+    na_reply(GW_MAC, 0xE0000000),
+    C,
+)
+NA_FINISH = Flow(
+    8,
+    100,
+    match(F("dl_type", 0x86DD), F("nw_proto", 58), F("icmpv6_type", 136)),
+    (Move("dl_src", "nd_tll"), Output(OFPP_IN_PORT)),
+    C,
+)
+LEARN_ND = [
+    Flow(
+        2,
+        110,
+        match(F("reg5", 1, 1), F("dl_type", 0x86DD), F("nw_proto", 58), F("icmpv6_type", t)),
+        (LearnNeighbour(6, 300, 100, cookie(16), source), Goto(3)),
+        C,
+    )
+    for t, source in ((135, "ns"), (136, "na"))
+]
+FLOWS = [
+    ARP_REPLY,
+    ROUTE_V4,
+    ROUTE_V6,
+    ECHO_V6,
+    ARP_ANY,
+    LEARN_NEIGHBOUR,
+    NEXT_HOP,
+    ROUTE_LOOKUP,
+    NA_ANY,
+    NA_FINISH,
+    *LEARN_ND,
+]
 
 
 def decode(buf: bytes):

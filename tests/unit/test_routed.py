@@ -32,7 +32,8 @@ def routed(*vifs: VifModel, router: str = ROUTER) -> BridgeModel:
     return BridgeModel("xenbr1", (UPLINK,), vifs=vifs, mode="routed", router_mac=router)
 
 
-A, B, C = vif(10, A_MAC, A_IP, 10), vif(11, B_MAC, B_IP, 11), vif(12, C_MAC, "", 12)
+A6, B6, LAN6 = "2001:db8::10", "2001:db8::11", "2001:db8::50"
+A, B, C = vif(10, A_MAC, f"{A_IP} {A6}", 10), vif(11, B_MAC, f"{B_IP} {B6}", 11), vif(12, C_MAC, "", 12)
 
 
 @pytest.fixture
@@ -202,3 +203,107 @@ def test_ovs_accepts_every_flow_of_a_routed_bridge(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "error" not in out.lower(), out
     assert out.count("OFPT_FLOW_MOD") == len(flows)
+
+
+# -- IPv6 ------------------------------------------------------------------------------------
+
+
+def ns(src_mac: str, src: str, target: str, sll: str | None = None) -> dict:
+    return {
+        "dl_src": src_mac,
+        "dl_dst": "33:33:ff:00:00:01",
+        "dl_type": 0x86DD,
+        "nw_proto": 58,
+        "ipv6_src": src,
+        "ipv6_dst": "ff02::1:ff00:1",
+        "icmpv6_type": 135,
+        "nd_target": target,
+        "nd_sll": src_mac if sll is None else sll,
+        "nd_reserved": 0,
+        "nd_options_type": 1,
+    }
+
+
+def ip6(src_mac: str, dst_mac: str, src: str, dst: str, ttl: int = 64) -> dict:
+    return {
+        "dl_src": src_mac,
+        "dl_dst": dst_mac,
+        "dl_type": 0x86DD,
+        "nw_proto": 17,
+        "ipv6_src": src,
+        "ipv6_dst": dst,
+        "nw_ttl": ttl,
+    }
+
+
+def na_fields(d) -> tuple:
+    f = d.fields
+    return (
+        d.port,
+        f["dl_src"],
+        f["dl_dst"],
+        f["ipv6_src"],
+        f["ipv6_dst"],
+        f["icmpv6_type"],
+        f["nd_target"],
+        f["nd_reserved"],
+        f["nd_options_type"],
+        f["nd_tll"],
+    )
+
+
+def test_the_lan_soliciting_a_guests_ipv6_address_gets_dom0s_mac(sw):
+    (na,) = sw.send(UPLINK, ns(LAN_MAC, LAN6, A6)).deliveries
+    assert na_fields(na) == (UPLINK, ROUTER, LAN_MAC, A6, LAN6, 136, A6, 0x60000000, 2, ROUTER)
+
+
+def test_dom0_soliciting_a_guest_gets_its_own_mac(sw):
+    (na,) = sw.send(OFPP_LOCAL, ns(ROUTER, "2001:db8::fe", A6)).deliveries
+    assert na_fields(na)[:2] == (OFPP_LOCAL, A_MAC) and na.fields["nd_tll"] == A_MAC
+
+
+def test_duplicate_address_detection_for_a_guests_address_is_not_answered(sw):
+    assert sw.send(UPLINK, ns(LAN_MAC, "::", A6, sll="00:00:00:00:00:00")).deliveries == []
+    assert sw.send(10, ns(A_MAC, "::", A6, sll="00:00:00:00:00:00")).deliveries == []
+
+
+def test_a_guest_soliciting_anything_gets_the_gateway_dom0s_mac_with_the_router_flag(sw):
+    for target in (LAN6, B6, "fe80::1"):
+        (na,) = sw.send(10, ns(A_MAC, A6, target)).deliveries
+        assert na_fields(na) == (10, ROUTER, A_MAC, target, A6, 136, target, 0xE0000000, 2, ROUTER)
+
+
+def test_ipv6_between_the_lan_and_guests_is_routed_and_next_hops_are_learned(sw):
+    (d,) = sw.send(UPLINK, ip6(LAN_MAC, ROUTER, LAN6, A6)).deliveries
+    assert (d.port, d.fields["dl_src"], d.fields["dl_dst"], d.fields["nw_ttl"]) == (10, ROUTER, A_MAC, 63)
+    (d,) = sw.send(10, ip6(A_MAC, ROUTER, A6, B6)).deliveries
+    assert (d.port, d.fields["dl_dst"]) == (11, B_MAC)
+    (d,) = sw.send(10, ip6(A_MAC, ROUTER, A6, LAN6)).deliveries
+    assert (d.port, d.fields["nw_ttl"]) == (OFPP_LOCAL, 64)  # unknown: dom0 routes it
+    sw.send(UPLINK, ns(LAN_MAC, LAN6, "2001:db8::fe"))  # the LAN host solicits dom0: learned
+    (d,) = sw.send(10, ip6(A_MAC, ROUTER, A6, LAN6)).deliveries
+    assert (d.port, d.fields["dl_src"], d.fields["dl_dst"], d.fields["nw_ttl"]) == (UPLINK, ROUTER, LAN_MAC, 63)
+    other = "2001:db8::51"
+    sw.send(
+        UPLINK,
+        {**ns(LAN_MAC, LAN6, other), "icmpv6_type": 136, "nd_tll": "00:16:3e:aa:00:02", "dl_src": "00:16:3e:aa:00:02"},
+    )
+    (d,) = sw.send(10, ip6(A_MAC, ROUTER, A6, other)).deliveries
+    assert (d.port, d.fields["dl_dst"]) == (UPLINK, "00:16:3e:aa:00:02")  # learned from an advertisement
+
+
+def test_a_solicitation_without_a_link_layer_option_teaches_nothing(sw):
+    sw.send(UPLINK, ns(LAN_MAC, LAN6, "2001:db8::fe", sll="00:00:00:00:00:00"))
+    (d,) = sw.send(10, ip6(A_MAC, ROUTER, A6, LAN6)).deliveries
+    assert d.port == OFPP_LOCAL
+
+
+def test_a_guests_link_local_traffic_is_not_routed(sw):
+    assert sw.send(10, ip6(A_MAC, ROUTER, "fe80::216:3eff:fe00:a", "fe80::1")).deliveries == []
+
+
+def test_a_guest_with_only_ipv6_is_routed():
+    d6 = vif(14, "00:16:3e:00:00:0e", "2001:db8::14", 14)
+    sw = Switch(build(routed(A, d6)))
+    (d,) = sw.send(UPLINK, ip6(LAN_MAC, ROUTER, LAN6, "2001:db8::14")).deliveries
+    assert d.port == 14

@@ -23,6 +23,7 @@ from .flows import controller_config, drift, drops
 
 NETFILTER = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 IPV4_CONF = Path("/proc/sys/net/ipv4/conf")
+IPV6_CONF = Path("/proc/sys/net/ipv6/conf")
 SYSFS_NET = Path("/sys/class/net")
 
 
@@ -305,14 +306,31 @@ def routed_problems(host: HostView, b: BridgeView) -> list[Problem]:
                 f"sysctl -w net.ipv4.conf.{b.name}.forwarding=1 (and in /etc/sysctl.d)",
             )
         )
-    for v in sorted(host.vifs.values(), key=lambda v: (v.domid, v.devid)):
-        if not any(p.bridge == b.name for p in v.ports):
-            continue
-        if not [i for i in v.keys.get("ip", "").split() if ":" not in i]:
+    on_it = [v for v in host.vifs.values() if any(p.bridge == b.name for p in v.ports)]
+    v6 = [
+        v.dev
+        for v in on_it
+        if any(":" in i and not i.lower().startswith("fe80:") for i in v.keys.get("ip", "").split())
+    ]
+    try:
+        forwarding6 = (IPV6_CONF / "all" / "forwarding").read_text().strip() == "1"
+    except OSError:
+        forwarding6 = False
+    if v6 and not forwarding6:
+        out.append(
+            Problem(
+                name,
+                f"{b.name} routes IPv6 for {', '.join(sorted(v6))} but dom0 does not forward IPv6: a guest's first "
+                "packet to an IPv6 next hop the bridge has not learned is lost (until that host speaks)",
+                "sysctl -w net.ipv6.conf.all.forwarding=1 (and in /etc/sysctl.d; dom0 then takes no router advertisements)",
+            )
+        )
+    for v in sorted(on_it, key=lambda v: (v.domid, v.devid)):
+        if not [i for i in v.keys.get("ip", "").split() if not i.lower().startswith("fe80:")]:
             out.append(
                 Problem(
                     name,
-                    f"{v.dev} (domain {v.domain or '?'}) is on routed bridge {b.name} with no IPv4 address in ip=: "
+                    f"{v.dev} (domain {v.domain or '?'}) is on routed bridge {b.name} with no address in ip=: "
                     "nothing is routed for it",
                     "give it ip= in its vif spec, as vif-route needs (xl network-detach, then network-attach)",
                 )

@@ -50,13 +50,13 @@ def vlan_text(v: VifView) -> str:
 
 def visible(v: VifView, mode: str, router_mac: str) -> str:
     """What the LAN sees of a guest: on a bridged network its own MAC (and whatever
-    addresses it uses); on a routed one only its IPv4 addresses, at dom0's MAC."""
+    addresses it uses); on a routed one only its addresses from ip=, at dom0's MAC."""
     if mode != "routed":
         return f"its MAC {v.mac}"
-    v4 = [i for i in v.keys.get("ip", "").split() if ":" not in i]
-    if not v4:
-        return "nothing (routed, no IPv4 address in ip=)"
-    return f"{','.join(v4)} at dom0's MAC {router_mac or '(not known yet)'}"
+    ips = [i for i in v.keys.get("ip", "").split() if not i.lower().startswith("fe80:")]
+    if not ips:
+        return "nothing (routed, no address in ip=)"
+    return f"{','.join(ips)} at dom0's MAC {router_mac or '(not known yet)'}"
 
 
 def show(

@@ -320,9 +320,9 @@ def _routed_problems(bname: str, router_mac: str, vifs: list[VifModel]) -> list[
                 f"{dev} on routed bridge {bname} asks for a VLAN ({v.vlans.name}): a routed network is "
                 f"untagged; nothing is routed for it (use bridge={bname})"
             )
-        elif not any(i.version == 4 for i in v.ips):
+        elif not any(i.version == 4 or not i.ip.is_link_local for i in v.ips):
             out.append(
-                f"{dev} on routed bridge {bname} has no IPv4 address in ip=: nothing is routed for it "
+                f"{dev} on routed bridge {bname} has no address in ip=: nothing is routed for it "
                 "(set ip= in its vif spec, as for vif-route)"
             )
     return out

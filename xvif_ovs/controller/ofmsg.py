@@ -6,6 +6,7 @@ group descriptions) with what it wants, in the one representation the CLI also p
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from ..pipeline.flow import (
@@ -83,6 +84,8 @@ _NXM = {
     "reg8": "reg8",
 }
 _FROM_MOVE = {**{v: k for k, v in _NXM.items()}, **{_TO_OXM[k]: k for k in MOVABLE if k in _TO_OXM}}
+# OVS's Ericsson OXMs (class 0x1000), which os-ken parses by number only.
+_ERIC_FIELDS = {"field_524289": "nd_reserved", "field_524290": "nd_options_type"}
 _PORTS_IN = {OFPP_LOCAL: "OFPP_LOCAL", OFPP_IN_PORT: "OFPP_IN_PORT"}
 _L4 = {6: "tcp", 17: "udp", 132: "sctp"}
 
@@ -153,6 +156,10 @@ def actions_to_os_ken(parser: Any, ofp: Any, actions: tuple[Action, ...]) -> tup
         if isinstance(a, Output):
             port = getattr(ofp, _PORTS_IN[a.port]) if a.port in _PORTS_IN else a.port
             out.append(parser.OFPActionOutput(port, 0xFFFF))
+        elif isinstance(a, SetField) and a.field in _ERIC_FIELDS.values():
+            from . import wire  # os-ken has no name for OVS's Ericsson OXMs: parse our own bytes
+
+            out.append(parser.OFPActionSetField.parser(wire.action_bytes(a), 0))
         elif isinstance(a, SetField):
             out.append(parser.OFPActionSetField(**{_TO_OXM[a.field]: a.value}))
         elif isinstance(a, Move):
@@ -191,17 +198,13 @@ def actions_to_os_ken(parser: Any, ofp: Any, actions: tuple[Action, ...]) -> tup
                 )
             )
         elif isinstance(a, LearnNeighbour):
+            specs = [
+                (parser.NXFlowSpecMatch if kind == "match" else parser.NXFlowSpecLoad)(src=src, dst=dst, n_bits=n)
+                for kind, src, dst, n in _NEIGHBOUR_SPECS[a.source]
+            ]
             out.append(
                 parser.NXActionLearn(
-                    table_id=a.table,
-                    specs=[
-                        parser.NXFlowSpecMatch(src=("arp_spa_nxm", 0), dst=("reg8", 0), n_bits=32),
-                        parser.NXFlowSpecLoad(src=("arp_sha_nxm", 0), dst=("eth_dst_nxm", 0), n_bits=48),
-                        parser.NXFlowSpecLoad(src=("in_port", 0), dst=("reg7", 0), n_bits=32),
-                    ],
-                    idle_timeout=a.idle_timeout,
-                    priority=a.priority,
-                    cookie=a.cookie,
+                    table_id=a.table, specs=specs, idle_timeout=a.idle_timeout, priority=a.priority, cookie=a.cookie
                 )
             )
         else:  # pragma: no cover
@@ -259,6 +262,8 @@ def actions_from_os_ken(ofp: Any, actions: list) -> list[Action | Unknown]:
         if name == "OFPActionOutput":
             special = {ofp.OFPP_LOCAL: OFPP_LOCAL, ofp.OFPP_IN_PORT: OFPP_IN_PORT}
             out.append(Output(special.get(a.port, a.port)))
+        elif name == "OFPActionSetField" and a.key in _ERIC_FIELDS:
+            out.append(SetField(_ERIC_FIELDS[a.key], int.from_bytes(base64.b64decode(a.value), "big")))
         elif name == "OFPActionSetField" and a.key in _FROM_OXM and _FROM_OXM[a.key] in SET_FIELDS:
             out.append(SetField(_FROM_OXM[a.key], _norm(a.value)))
         elif name == "NXActionRegMove":
@@ -291,24 +296,44 @@ def actions_from_os_ken(ofp: Any, actions: list) -> list[Action | Unknown]:
     return out
 
 
-_LEARNS = {
-    LearnSource: [
-        ("NXFlowSpecMatch", ("reg6", 0), ("reg6", 0), 12),
-        ("NXFlowSpecMatch", ("eth_src_nxm", 0), ("eth_dst_nxm", 0), 48),
-        ("NXFlowSpecLoad", ("in_port", 0), ("reg7", 0), 32),
+# Each learn action's specs as os-ken builds and parses them: (match or load, src, dst, bits).
+_NEIGHBOUR_SPECS = {
+    "arp": [
+        ("match", ("arp_spa_nxm", 0), ("reg8", 0), 32),
+        ("load", ("arp_sha_nxm", 0), ("eth_dst_nxm", 0), 48),
+        ("load", ("in_port", 0), ("reg7", 0), 32),
     ],
-    LearnNeighbour: [
-        ("NXFlowSpecMatch", ("arp_spa_nxm", 0), ("reg8", 0), 32),
-        ("NXFlowSpecLoad", ("arp_sha_nxm", 0), ("eth_dst_nxm", 0), 48),
-        ("NXFlowSpecLoad", ("in_port", 0), ("reg7", 0), 32),
+    "ns": [
+        ("match", 0x86DD, ("eth_type_nxm", 0), 16),
+        ("match", ("ipv6_src_nxm", 0), ("ipv6_dst_nxm", 0), 128),
+        ("load", ("nd_sll", 0), ("eth_dst_nxm", 0), 48),
+        ("load", ("in_port", 0), ("reg7", 0), 32),
     ],
+    "na": [
+        ("match", 0x86DD, ("eth_type_nxm", 0), 16),
+        ("match", ("nd_target", 0), ("ipv6_dst_nxm", 0), 128),
+        ("load", ("nd_tll", 0), ("eth_dst_nxm", 0), 48),
+        ("load", ("in_port", 0), ("reg7", 0), 32),
+    ],
+}
+_KIND = {"NXFlowSpecMatch": "match", "NXFlowSpecLoad": "load"}
+_LEARNS: dict[tuple, Any] = {
+    (
+        ("match", ("reg6", 0), ("reg6", 0), 12),
+        ("match", ("eth_src_nxm", 0), ("eth_dst_nxm", 0), 48),
+        ("load", ("in_port", 0), ("reg7", 0), 32),
+    ): LearnSource,
+    **{
+        tuple(specs): (lambda t, i, p, c, _s=source: LearnNeighbour(t, i, p, c, _s))
+        for source, specs in _NEIGHBOUR_SPECS.items()
+    },
 }
 
 
-def _our_learn(a: Any) -> type[LearnSource] | type[LearnNeighbour] | None:
-    """Which of our two learn actions this is (by its specs), or None for someone else's."""
-    specs = [(type(s).__name__, s.src, s.dst, s.n_bits) for s in a.specs]
-    return next((kind for kind, want in _LEARNS.items() if specs == want), None)
+def _our_learn(a: Any) -> Any:
+    """A constructor for which of our learn actions this is (by its specs), or None for
+    someone else's."""
+    return _LEARNS.get(tuple((_KIND.get(type(s).__name__), s.src, s.dst, s.n_bits) for s in a.specs))
 
 
 def flow_from_stats(ofp: Any, stats: Any) -> Flow:

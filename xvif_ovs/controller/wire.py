@@ -75,6 +75,8 @@ _OXM = {
     "reg6": (0x0001, 6, 4),
     "reg7": (0x0001, 7, 4),
     "reg8": (0x0001, 8, 4),
+    "nd_reserved": (0x1000, 1, 4),  # OVS's Ericsson OXMs (class 0x1000)
+    "nd_options_type": (0x1000, 2, 1),
 }
 _TP = {(6, "tp_src"): 13, (6, "tp_dst"): 14, (17, "tp_src"): 15, (17, "tp_dst"): 16}
 

@@ -189,6 +189,10 @@ class Lab:
             # interface only (the next hops the bridge does not know yet go through it once).
             dom0 = v4.rsplit(".", 1)[0] + ".254/24"
             run(["ip", "addr", "add", dom0, "dev", b.name])
+            # IPv6 too, but not forwarding: that is host-wide (net.ipv6.conf.all), and would
+            # make the lab's host a router; IPv6 next hops are learned from the LAN's own
+            # neighbour discovery here (README, "The lab").
+            run(["ip", "-6", "addr", "add", v6.replace("::1/", "::fe/"), "dev", b.name, "nodad"])
             for key in ("forwarding", "send_redirects"):
                 Path(f"/proc/sys/net/ipv4/conf/{b.name}/{key}").write_text("1" if key == "forwarding" else "0")
         return BridgeRec(b.name, b.uplink, lan, v4, v6, b.mode, dom0)

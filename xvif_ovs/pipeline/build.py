@@ -40,7 +40,18 @@ from .flow import (
     match,
     vif_owner,
 )
-from .tables import CLASSIFY, EGRESS, FORWARD, LEARN, LEARNED, NEIGHBOURS, PORT_SECURITY, ROUTED, check_flow
+from .tables import (
+    CLASSIFY,
+    EGRESS,
+    FORWARD,
+    LEARN,
+    LEARNED,
+    ND_REPLY,
+    NEIGHBOURS,
+    PORT_SECURITY,
+    ROUTED,
+    check_flow,
+)
 
 # Ingress classes in reg5. Bit 0: promiscuous (dom0 or an uplink: may reach private vifs);
 # bit 2: private; bit 3: an uplink (never flooded back to another uplink).
@@ -442,25 +453,69 @@ def _bridge_flows(
 
 
 def _router_flows(router_mac: str, learn: LearnSource, learn_idle_timeout: int) -> list[Flow]:
-    """A routed bridge's own flows: the neighbour table learned from ARP, and where a
-    routed guest's packet goes after the lookup."""
-    neighbour = LearnNeighbour(NEIGHBOURS, learn_idle_timeout, 100, cookie(P_NEIGHBOUR))
-    arp_in = match(PROMISCUOUS, F("reg6", 0), F("dl_type", ETH_ARP))
-    return [
-        Flow(LEARN, 110, arp_in, (learn, neighbour, Goto(FORWARD)), cookie(P_LEARN)),
-        # No next hop known: dom0 routes it (the frame is already addressed to its MAC), and
-        # its ARP for the next hop teaches table 6, so the next packet stays in the datapath.
-        Flow(ROUTED, 100, match(F("reg7", 0), F("dl_type", ETH_IP)), (Output(OFPP_LOCAL),), cookie(P_ROUTE)),
-        # A known next hop. Resubmit: goto_table only goes forward, and egress is table 5;
-        # the IPv4 match: OVS refuses dec_ttl without it (each action's prerequisites).
+    """A routed bridge's own flows: the neighbour table learned from ARP and neighbour
+    discovery, where a routed guest's packet goes after the lookup, and the last step of
+    an answer to a neighbour solicitation."""
+    ck = cookie(P_NEIGHBOUR)
+    arp, ns, na = (LearnNeighbour(NEIGHBOURS, learn_idle_timeout, 100, ck, s) for s in ("arp", "ns", "na"))
+    lan = (PROMISCUOUS, F("reg6", 0))
+    icmp6 = (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6))
+    flows = [
+        Flow(LEARN, 110, match(*lan, F("dl_type", ETH_ARP)), (learn, arp, Goto(FORWARD)), cookie(P_LEARN)),
+        Flow(LEARN, 110, match(*lan, *icmp6, F("icmpv6_type", ND_NS)), (learn, ns, Goto(FORWARD)), cookie(P_LEARN)),
+        Flow(LEARN, 110, match(*lan, *icmp6, F("icmpv6_type", ND_NA)), (learn, na, Goto(FORWARD)), cookie(P_LEARN)),
+        # Without a link-layer option (duplicate address detection, a unicast probe) there
+        # is no MAC to learn: only the source MAC, as for any frame.
         Flow(
-            ROUTED,
-            50,
-            match(F("dl_type", ETH_IP)),
-            (SetField("dl_src", router_mac), DecTtl(), Resubmit(EGRESS)),
-            cookie(P_ROUTE),
+            LEARN,
+            111,
+            match(*lan, *icmp6, F("icmpv6_type", ND_NS), F("nd_sll", NO_MAC)),
+            (learn, Goto(FORWARD)),
+            cookie(P_LEARN),
+        ),
+        Flow(
+            LEARN,
+            111,
+            match(*lan, *icmp6, F("icmpv6_type", ND_NA), F("nd_tll", NO_MAC)),
+            (learn, Goto(FORWARD)),
+            cookie(P_LEARN),
+        ),
+        Flow(
+            ND_REPLY, 100, match(*icmp6, F("icmpv6_type", ND_NA)), (Move("dl_src", "nd_tll"), Output(OFPP_IN_PORT)), ck
         ),
     ]
+    for eth_type in (ETH_IP, ETH_IPV6):
+        # No next hop known: dom0 routes it (the frame is already addressed to its MAC), and
+        # its ARP or solicitation for the next hop teaches table 6: the next packet stays in
+        # the datapath.
+        flows.append(
+            Flow(ROUTED, 100, match(F("reg7", 0), F("dl_type", eth_type)), (Output(OFPP_LOCAL),), cookie(P_ROUTE))
+        )
+        # A known next hop. Resubmit: goto_table only goes forward, and egress is table 5;
+        # the IP match: OVS refuses dec_ttl without it (each action's prerequisites).
+        acts = (SetField("dl_src", router_mac), DecTtl(), Resubmit(EGRESS))
+        flows.append(Flow(ROUTED, 50, match(F("dl_type", eth_type)), acts, cookie(P_ROUTE)))
+    return flows
+
+
+ND_FLAGS_ROUTER, ND_FLAGS_SOLICITED, ND_FLAGS_OVERRIDE = 0x80000000, 0x40000000, 0x20000000
+
+
+def na_reply(mac: str, flags: int) -> tuple:
+    """Turn a neighbour solicitation into the advertisement "its target is at ``mac``",
+    back out of the port it came in on: addresses swapped, the target as the source, type
+    136 with ``flags``, the option retyped as a target link-layer address. Table 8 writes
+    ``mac`` into that option (OVS lets nd_tll be set only under an advertisement's match)."""
+    return (
+        Move("dl_src", "dl_dst"),
+        SetField("dl_src", mac),
+        Move("ipv6_src", "ipv6_dst"),
+        Move("nd_target", "ipv6_src"),
+        SetField("icmpv6_type", ND_NA),
+        SetField("nd_reserved", flags),
+        SetField("nd_options_type", 2),
+        Resubmit(ND_REPLY),
+    )
 
 
 def arp_reply(mac: str) -> tuple:
@@ -482,10 +537,10 @@ def arp_reply(mac: str) -> tuple:
 
 def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str) -> tuple[Flow, ...]:
     """A vif on a routed bridge (Xen's vif-route): its port security as on a bridged one,
-    and no layer 2 at all. Its IPv4 addresses are answered for with dom0's MAC on the LAN
-    and routed to it; what it sends to dom0's MAC is routed; everything else it sends is
-    dropped and counted. With no router MAC known yet, or no IPv4 address, or a VLAN (a
-    routed network is untagged), nothing is routed to or from it."""
+    and no layer 2 at all. Its addresses are answered for with dom0's MAC on the LAN (ARP
+    and neighbour solicitations) and routed to it; what it sends to dom0's MAC is routed;
+    everything else it sends is dropped and counted. With no router MAC known yet, or no
+    address in ip=, or a VLAN (a routed network is untagged), nothing is routed to or from it."""
     fs = FlowSet()
     _vif_ingress(fs, FROM_PRIVATE if private else FROM_VIF, vif)
     _port_security(fs, vif)
@@ -493,10 +548,11 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str) -> tuple[Fl
     owner = vif_owner(vif.domid, vif.devid)
     drop, route, answer = cookie(P_DROP, owner), cookie(P_ROUTE, owner), cookie(P_ARP_REPLY, owner)
     v4 = [i for i in dict.fromkeys(vif.ips) if i.version == 4]
+    v6 = [i for i in dict.fromkeys(vif.ips) if i.version == 6 and not i.ip.is_link_local]
     for p in vif.ports:
         # Above the flood (50) and the lookup (10): nothing it sends is switched.
         fs.flows.append(Flow(FORWARD, 55, match(F("in_port", p)), (), drop))
-    if port is None or not router_mac or not v4 or vif.access_vlans != (0,) or not vif.forwards:
+    if port is None or not router_mac or not (v4 or v6) or vif.access_vlans != (0,) or not vif.forwards:
         return _checked(fs)
     if vif.twin_ports:
         to = tuple(a for p in (port, *vif.twin_ports) for a in (SetReg("reg7", p), Resubmit(EGRESS)))
@@ -515,6 +571,21 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str) -> tuple[Fl
         fs.flows.append(Flow(FORWARD, 110, match(*who_has, F("reg5", FROM_LOCAL)), arp_reply(vif.mac), answer))
         for p in vif.ports:  # its own address (a gratuitous ARP, a probe): nobody else has it
             fs.flows.append(Flow(FORWARD, 115, match(F("in_port", p), *who_has[1:]), (), drop))
+    icmp6 = (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6))
+    proxy, gateway = ND_FLAGS_SOLICITED | ND_FLAGS_OVERRIDE, ND_FLAGS_ROUTER | ND_FLAGS_SOLICITED | ND_FLAGS_OVERRIDE
+    for ip in v6:
+        dst = _addr("ipv6_dst", ip)
+        to_guest = (F("reg6", 0), F("dl_type", ETH_IPV6), F("dl_dst", router_mac), dst)
+        acts = (SetField("dl_src", router_mac), SetField("dl_dst", vif.mac), DecTtl(), *to)
+        fs.flows.append(Flow(FORWARD, 120, match(*to_guest, allowed_from), acts, route))
+        fs.flows.append(Flow(FORWARD, 119, match(*to_guest), (), drop))
+        solicit = (F("reg6", 0), *icmp6, F("icmpv6_type", ND_NS), _addr("nd_target", ip))
+        # Duplicate address detection for its address (from ::): not answered, and not passed on.
+        fs.flows.append(Flow(FORWARD, 111, match(*solicit, F("ipv6_src", "::")), (), drop))
+        fs.flows.append(
+            Flow(FORWARD, 110, match(*solicit, F("reg5", FROM_UPLINK)), na_reply(router_mac, proxy), answer)
+        )
+        fs.flows.append(Flow(FORWARD, 110, match(*solicit, F("reg5", FROM_LOCAL)), na_reply(vif.mac, proxy), answer))
     fs.flows.append(Flow(FORWARD, 125, match(F("reg5", FROM_LOCAL), F("reg6", 0), F("dl_dst", vif.mac)), to, route))
     for p in vif.ports:
         arp_req = (F("in_port", p), F("dl_type", ETH_ARP), F("arp_op", 1))
@@ -522,6 +593,15 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str) -> tuple[Fl
         routed = (Move("nw_dst", "reg8"), Resubmit(NEIGHBOURS), Resubmit(ROUTED))
         ip_in = (F("in_port", p), F("dl_type", ETH_IP), F("dl_dst", router_mac))
         fs.flows.append(Flow(FORWARD, 60, match(*ip_in), routed, route))
+        # IPv6: its solicitations for any address are answered by the gateway, dom0's MAC
+        # (not its own duplicate address detection, from ::); what it sends to dom0's MAC is
+        # routed, but never a link-local destination (routers do not forward those).
+        ns_in = (F("in_port", p), *icmp6, F("icmpv6_type", ND_NS))
+        fs.flows.append(Flow(FORWARD, 115, match(*ns_in, F("ipv6_src", "::")), (), drop))
+        fs.flows.append(Flow(FORWARD, 110, match(*ns_in), na_reply(router_mac, gateway), answer))
+        ip6_in = (F("in_port", p), F("dl_type", ETH_IPV6), F("dl_dst", router_mac))
+        fs.flows.append(Flow(FORWARD, 61, match(*ip6_in, F("ipv6_dst", "fe80::", "ffc0::")), (), drop))
+        fs.flows.append(Flow(FORWARD, 60, match(*ip6_in), (Resubmit(NEIGHBOURS), Resubmit(ROUTED)), route))
     out = (Output(port),)
     fs.flows.append(Flow(EGRESS, 100, match(F("reg6", 0), F("reg7", port)), out, cookie(P_EGRESS, owner)))
     return _checked(fs)

@@ -192,23 +192,34 @@ class LearnSource:
         )
 
 
+# What a learned neighbour is keyed on and taken from, by the message it is learned from:
+# ARP (IPv4, in reg8), a neighbour solicitation (its source, with its source link-layer
+# option) and a neighbour advertisement (its target, with its target link-layer option).
+NEIGHBOUR_SPECS = {
+    "arp": "NXM_NX_REG8[]=NXM_OF_ARP_SPA[],load:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[]",
+    "ns": "eth_type=0x86dd,NXM_NX_IPV6_DST[]=NXM_NX_IPV6_SRC[],load:NXM_NX_ND_SLL[]->NXM_OF_ETH_DST[]",
+    "na": "eth_type=0x86dd,NXM_NX_IPV6_DST[]=NXM_NX_ND_TARGET[],load:NXM_NX_ND_TLL[]->NXM_OF_ETH_DST[]",
+}
+
+
 @dataclass(frozen=True)
 class LearnNeighbour:
-    """Learn an ARP sender's address as a flow in ``table`` that matches the IPv4 address
-    in reg8 and loads the sender's MAC into eth_dst and its ingress port into reg7: the
-    routed model's neighbour table, filled in the datapath from the ARP the LAN sends, with
-    no packet-in (OVN's MAC_Binding, without a controller in the path)."""
+    """Learn a LAN host's address as a flow in ``table`` that loads its MAC into eth_dst
+    and its ingress port into reg7: the routed model's neighbour table, filled in the
+    datapath from the ARP and neighbour discovery the LAN sends, with no packet-in (OVN's
+    MAC_Binding, without a controller in the path). IPv4 is matched in reg8 (where the
+    route put the next hop), IPv6 as the packet's destination."""
 
     table: int
     idle_timeout: int
     priority: int
     cookie: int
+    source: str = "arp"  # arp | ns | na (NEIGHBOUR_SPECS)
 
     def render(self) -> str:
         return (
             f"learn(table={self.table},idle_timeout={self.idle_timeout},priority={self.priority},"
-            f"cookie={self.cookie:#x},NXM_NX_REG8[]=NXM_OF_ARP_SPA[],load:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[],"
-            f"load:OXM_OF_IN_PORT[]->NXM_NX_REG7[])"
+            f"cookie={self.cookie:#x},{NEIGHBOUR_SPECS[self.source]},load:OXM_OF_IN_PORT[]->NXM_NX_REG7[])"
         )
 
 
@@ -232,8 +243,12 @@ SET_FIELDS = {
     "nd_target": 128,
     "nd_sll": 48,
     "nd_tll": 48,
+    # ND's reserved word (its R, S and O flags) and its option's type: with them a
+    # solicitation becomes an advertisement (OVS's Ericsson OXMs, since 2.11).
+    "nd_reserved": 32,
+    "nd_options_type": 8,
 }
-MOVABLE = {**SET_FIELDS, **MOVE_REGS}
+MOVABLE = {**{k: w for k, w in SET_FIELDS.items() if k not in ("nd_reserved", "nd_options_type")}, **MOVE_REGS}
 # ovs-ofctl's names in set_field, and the NXM names its move: action takes.
 _SET_NAME = {"dl_src": "eth_src", "dl_dst": "eth_dst", "nw_src": "ip_src", "nw_dst": "ip_dst"}
 NXM_NAMES = {

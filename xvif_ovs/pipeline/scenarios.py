@@ -101,7 +101,7 @@ def routed_host() -> str:
         "xenbr1",
         (UPLINK,),
         vifs=(
-            _vif(5, "xenbr1", "198.51.100.5"),
+            _vif(5, "xenbr1", "198.51.100.5 2001:db8:1::5"),
             _vif(6, "xenbr1", "198.51.100.6 198.51.100.64/28"),
             _vif(7, "xenbr1"),
         ),

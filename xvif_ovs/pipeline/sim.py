@@ -181,8 +181,13 @@ class Switch:
         self._install(Flow(a.table, a.priority, m, (SetReg("reg7", pkt.fields["in_port"]),), a.cookie))
 
     def _learn_neighbour(self, a: LearnNeighbour, pkt: Packet) -> None:
-        m = match(F("reg8", int(ipaddress.ip_address(pkt.fields["arp_spa"]))))
-        acts = (SetField("dl_dst", pkt.fields["arp_sha"]), SetReg("reg7", pkt.fields["in_port"]))
+        f = pkt.fields
+        if a.source == "arp":
+            m, mac = match(F("reg8", int(ipaddress.ip_address(f["arp_spa"])))), f["arp_sha"]
+        else:  # IPv6: the solicitation's source, or the advertisement's target
+            addr, mac = (f["ipv6_src"], f["nd_sll"]) if a.source == "ns" else (f["nd_target"], f["nd_tll"])
+            m = match(F("dl_type", 0x86DD), F("ipv6_dst", addr))
+        acts = (SetField("dl_dst", mac), SetReg("reg7", f["in_port"]))
         self._install(Flow(a.table, a.priority, m, acts, a.cookie))
 
     def _install(self, learned: Flow) -> None:

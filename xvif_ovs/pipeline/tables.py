@@ -18,7 +18,7 @@ class Table:
     next_tables: frozenset[int]
 
 
-CLASSIFY, PORT_SECURITY, LEARN, FORWARD, LEARNED, EGRESS, NEIGHBOURS, ROUTED = 0, 1, 2, 3, 4, 5, 6, 7
+CLASSIFY, PORT_SECURITY, LEARN, FORWARD, LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY = 0, 1, 2, 3, 4, 5, 6, 7, 8
 
 TABLES = {
     t.id: t
@@ -73,8 +73,9 @@ TABLES = {
             "learn",
             "frames from an uplink or dom0: learn their source MAC per VLAN into table 4 with the "
             "learn action (in the datapath: no packet-in), then forward. On a routed bridge an ARP "
-            "frame from them also teaches table 6 its sender's IPv4 address -> MAC and port.",
-            frozenset({"reg5", "reg6", "dl_type"}),
+            "frame from them also teaches table 6 its sender's IPv4 address -> MAC and port, and a "
+            "neighbour solicitation or advertisement with a link-layer option the IPv6 one.",
+            frozenset({"reg5", "reg6", "dl_type", "nw_proto", "icmpv6_type", "nd_sll", "nd_tll"}),
             frozenset({FORWARD}),
         ),
         Table(
@@ -85,12 +86,30 @@ TABLES = {
             "flood group for the ingress class; anything else is looked up in table 4 and egresses "
             "through table 5. First of all, a frame table 1's source-MAC guard marked (reg4=1) is "
             'dropped and counted for its port. On a routed bridge (flows/PIPELINE.md, "Routed"): '
-            "ARP for a guest's address from the LAN is answered with dom0's MAC, and from dom0 with the "
-            "guest's; a guest's ARP requests are answered with dom0's MAC; IPv4 to dom0's MAC for a "
-            "guest's address is routed to it (MACs rewritten, TTL decremented); a guest's other IPv4 "
-            "to dom0's MAC goes to tables 6 and 7; nothing else from a routed guest goes anywhere.",
-            frozenset({"reg4", "in_port", "reg5", "reg6", "dl_dst", "dl_type", "arp_op", "arp_tpa", "nw_dst"}),
-            frozenset({LEARNED, EGRESS, NEIGHBOURS, ROUTED}),
+            "ARP and neighbour solicitations for a guest's address from the LAN are answered with dom0's "
+            "MAC, and from dom0 with the guest's; a guest's own are answered with dom0's MAC; IP to "
+            "dom0's MAC for a guest's address is routed to it (MACs rewritten, TTL decremented); a "
+            "guest's other IP to dom0's MAC goes to tables 6 and 7; nothing else from a routed guest "
+            "goes anywhere.",
+            frozenset(
+                {
+                    "reg4",
+                    "in_port",
+                    "reg5",
+                    "reg6",
+                    "dl_dst",
+                    "dl_type",
+                    "arp_op",
+                    "arp_tpa",
+                    "nw_dst",
+                    "nw_proto",
+                    "icmpv6_type",
+                    "ipv6_src",
+                    "ipv6_dst",
+                    "nd_target",
+                }
+            ),
+            frozenset({LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY}),
         ),
         Table(
             LEARNED,
@@ -110,8 +129,9 @@ TABLES = {
         Table(
             NEIGHBOURS,
             "neighbours",
-            "only flows the learn action made (routed bridges): IPv4 address in reg8 -> eth_dst = its MAC, "
-            "reg7 = the port it is behind, learned from the ARP the LAN and dom0 send. Idle ones expire.",
+            "only flows the learn action made (routed bridges): IPv4 address in reg8, or IPv6 destination, "
+            "-> eth_dst = its MAC, reg7 = the port it is behind, learned from the ARP and neighbour "
+            "discovery the LAN and dom0 send. Idle ones expire.",
             frozenset({"reg8"}),
             frozenset(),
         ),
@@ -123,6 +143,15 @@ TABLES = {
             "one goes to dom0, whose kernel routes it (and whose ARP for it fills table 6).",
             frozenset({"reg7", "dl_type"}),
             frozenset({EGRESS}),
+        ),
+        Table(
+            ND_REPLY,
+            "nd_reply",
+            "a neighbour solicitation table 3 turned into an advertisement: its target link-layer "
+            "option gets the answering MAC (OVS lets an action set it only where the match says "
+            "advertisement), and it leaves by the port it came in on.",
+            frozenset({"dl_type", "nw_proto", "icmpv6_type"}),
+            frozenset(),
         ),
     )
 }
