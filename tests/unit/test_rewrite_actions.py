@@ -15,6 +15,7 @@ from xvif_ovs.controller import ofmsg, wire
 from xvif_ovs.pipeline.build import arp_reply, na_reply
 from xvif_ovs.pipeline.flow import (
     OFPP_IN_PORT,
+    Ct,
     DecTtl,
     F,
     Flow,
@@ -27,6 +28,7 @@ from xvif_ovs.pipeline.flow import (
     SetField,
     SetReg,
     cookie,
+    ct_state,
     match,
 )
 from xvif_ovs.pipeline.sim import Switch
@@ -128,7 +130,33 @@ LEARN_ND = [
     )
     for t, source in ((135, "ns"), (136, "na"))
 ]
+NAT_IN = Flow(  # the LAN to dom0's address: through conntrack, translated back, then table 9
+    3,
+    130,
+    match(F("reg5", 9), F("dl_type", 0x0800), F("nw_dst", "192.0.2.254")),
+    (Ct(30838, table=9, nat=""),),
+    C,
+)
+NAT_FORWARD = Flow(  # a port forward: a new connection to 8080 goes to a guest's port 80
+    9,
+    110,
+    match(ct_state("+new", "+trk"), F("dl_type", 0x0800), F("nw_proto", 6), F("tp_dst", 8080)),
+    (Ct(30838, commit=True, nat="dst", addr="10.0.0.5", ports=(80, 80)), DecTtl(), Output(5)),
+    C,
+)
+NAT_OUT = Flow(  # a guest's packet out: its source becomes dom0's address
+    3,
+    60,
+    match(F("in_port", 5), F("dl_type", 0x0800), F("dl_dst", GW_MAC)),
+    (Move("nw_dst", "reg8"), Ct(30838, commit=True, nat="src", addr="192.0.2.254", ports=(61000, 65535)), Resubmit(6)),
+    C,
+)
+INVALID = Flow(9, 120, match(ct_state("+inv", "+trk"), F("dl_type", 0x0800)), (), C)
 FLOWS = [
+    NAT_IN,
+    NAT_FORWARD,
+    NAT_OUT,
+    INVALID,
     ARP_REPLY,
     ROUTE_V4,
     ROUTE_V6,

@@ -17,6 +17,7 @@ from ..pipeline.flow import (
     SET_FIELDS,
     Action,
     Bucket,
+    Ct,
     DecTtl,
     F,
     Flow,
@@ -43,6 +44,7 @@ _TO_OXM = {
     "reg6": "reg6",
     "reg7": "reg7",
     "reg8": "reg8",
+    "ct_state": "ct_state",
     "dl_src": "eth_src",
     "dl_dst": "eth_dst",
     "dl_type": "eth_type",
@@ -197,6 +199,25 @@ def actions_to_os_ken(parser: Any, ofp: Any, actions: tuple[Action, ...]) -> tup
                     cookie=a.cookie,
                 )
             )
+        elif isinstance(a, Ct):
+            nat = []
+            if a.nat is not None:
+                kw: dict[str, Any] = {}
+                if a.addr:
+                    kw.update(range_ipv4_min=a.addr, range_ipv4_max=a.addr)
+                if a.ports:
+                    kw.update(range_proto_min=a.ports[0], range_proto_max=a.ports[1])
+                nat.append(parser.NXActionNAT(flags=_NAT_FLAGS[a.nat], **kw))
+            out.append(
+                parser.NXActionCT(
+                    flags=1 if a.commit else 0,
+                    zone_src="",
+                    zone_ofs_nbits=a.zone,
+                    recirc_table=255 if a.table is None else a.table,
+                    alg=0,
+                    actions=nat,
+                )
+            )
         elif isinstance(a, LearnNeighbour):
             specs = [
                 (parser.NXFlowSpecMatch if kind == "match" else parser.NXFlowSpecLoad)(src=src, dst=dst, n_bits=n)
@@ -287,6 +308,8 @@ def actions_from_os_ken(ofp: Any, actions: list) -> list[Action | Unknown]:
             out.append(PopVlan())
         elif name == "NXActionResubmitTable":
             out.append(Resubmit(a.table_id))
+        elif name == "NXActionCT":
+            out.append(_ct_back(a))
         elif name == "NXActionLearn":
             kind = _our_learn(a)
             out.append(kind(a.table_id, a.idle_timeout, a.priority, a.cookie) if kind else Unknown("learn"))
@@ -334,6 +357,26 @@ def _our_learn(a: Any) -> Any:
     """A constructor for which of our learn actions this is (by its specs), or None for
     someone else's."""
     return _LEARNS.get(tuple((_KIND.get(type(s).__name__), s.src, s.dst, s.n_bits) for s in a.specs))
+
+
+_NAT_FLAGS = {"": 0, "src": 1, "dst": 2}
+
+
+def _ct_back(a: Any) -> Ct | Unknown:
+    """Our Ct from OVS's reading of it, or Unknown for a form we never install."""
+    if a.zone_src or a.alg or len(a.actions) > 1:
+        return Unknown("ct")
+    nat, addr, ports = None, "", None
+    if a.actions:
+        n = a.actions[0]
+        kinds = {v: k for k, v in _NAT_FLAGS.items()}
+        if type(n).__name__ != "NXActionNAT" or n.flags not in kinds or n.range_ipv4_min != n.range_ipv4_max:
+            return Unknown("ct")
+        nat, addr = kinds[n.flags], n.range_ipv4_min or ""
+        if n.range_proto_min is not None:
+            ports = (n.range_proto_min, n.range_proto_max if n.range_proto_max is not None else n.range_proto_min)
+    table = None if a.recirc_table == 255 else a.recirc_table
+    return Ct(a.zone_ofs_nbits, bool(a.flags & 1), table, nat, addr, ports)
 
 
 def flow_from_stats(ofp: Any, stats: Any) -> Flow:

@@ -21,6 +21,7 @@ from ..pipeline.flow import (
     OFPVID_PRESENT,
     OWNER_MASK,
     Action,
+    Ct,
     DecTtl,
     F,
     Flow,
@@ -75,6 +76,7 @@ _OXM = {
     "reg6": (0x0001, 6, 4),
     "reg7": (0x0001, 7, 4),
     "reg8": (0x0001, 8, 4),
+    "ct_state": (0x0001, 105, 4),
     "nd_reserved": (0x1000, 1, 4),  # OVS's Ericsson OXMs (class 0x1000)
     "nd_options_type": (0x1000, 2, 1),
 }
@@ -121,7 +123,7 @@ def match_bytes(fields: tuple[F, ...]) -> bytes:
 
 
 @functools.lru_cache(maxsize=64)
-def _os_ken_bytes(a: LearnSource | LearnNeighbour | Move) -> bytes:
+def _os_ken_bytes(a: LearnSource | LearnNeighbour | Move | Ct) -> bytes:
     """The Nicira actions with a layout of their own (learn, reg_move), from os-ken's own
     encoder: few distinct ones per pipeline, each encoded once."""
     from ..compat import quiet_eventlet
@@ -158,7 +160,7 @@ def action_bytes(a: Action) -> bytes:
         return _pad8(struct.pack("!HH", 25, len(_pad8(b"\0" * 4 + oxm))) + oxm)
     if isinstance(a, DecTtl):
         return struct.pack("!HH4x", 24, 8)
-    if isinstance(a, LearnSource | LearnNeighbour | Move):
+    if isinstance(a, LearnSource | LearnNeighbour | Move | Ct):
         return _os_ken_bytes(a)
     raise TypeError(f"not a pipeline action: {a!r}")
 

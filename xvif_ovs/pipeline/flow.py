@@ -21,6 +21,7 @@ FIELDS = (
     "reg6",
     "reg7",
     "reg8",
+    "ct_state",
     "dl_src",
     "dl_dst",
     "vlan_tci",
@@ -85,6 +86,21 @@ def decode_cookie(value: int) -> tuple[int, int | None, int | None] | None:
     return (value >> 40) & 0xFF, None, None
 
 
+# Connection-tracking state bits (OVS's ct_state), in the order ovs-ofctl prints them.
+CT_BITS = (("new", 0x01), ("est", 0x02), ("rel", 0x04), ("rpl", 0x08), ("inv", 0x10), ("trk", 0x20))
+CT_STATE = dict(CT_BITS)
+
+
+def ct_state(*flags: str) -> F:
+    """A ct_state match from "+trk", "-new", ...: the named bits set or clear, the rest ignored."""
+    value = mask = 0
+    for flag in flags:
+        bit = CT_STATE[flag[1:]]
+        mask |= bit
+        value |= bit if flag[0] == "+" else 0
+    return F("ct_state", value, mask)
+
+
 @dataclass(frozen=True)
 class F:
     """One match field: value and optional mask (ints for numbers, text for addresses)."""
@@ -95,6 +111,9 @@ class F:
 
     def render(self) -> str:
         v = self.value
+        if self.name == "ct_state":  # ovs-ofctl's flags: +est+trk, -new
+            m = int(self.mask if self.mask is not None else 0xFF)
+            return "ct_state=" + "".join(("+" if int(v) & bit else "-") + name for name, bit in CT_BITS if m & bit)
         if self.name == "ip_frag":  # ovs-ofctl spells these as words
             return "ip_frag=" + IP_FRAG_WORDS[(int(v), int(self.mask if self.mask is not None else 3))]
         if self.name in HEX_FIELDS and isinstance(v, int):
@@ -307,6 +326,36 @@ class Move:
 
     def render(self) -> str:
         return f"move:{NXM_NAMES[self.src]}[]->{NXM_NAMES[self.dst]}[]"
+
+
+@dataclass(frozen=True)
+class Ct:
+    """Send the packet through the connection tracker in ``zone``: with ``commit`` record
+    it; with ``nat`` "src" or "dst" record an address (and port) translation for it, with
+    ``nat`` "" apply the translation its connection already has; with ``table`` continue
+    in that table with ct_state known (a recirculation)."""
+
+    zone: int
+    commit: bool = False
+    table: int | None = None
+    nat: str | None = None  # None: no NAT; "": the connection's own; "src" / "dst": a new one
+    addr: str = ""
+    ports: tuple[int, int] | None = None  # a port range for src, or (port, port) for dst
+
+    def render(self) -> str:
+        parts = ["commit"] if self.commit else []
+        if self.table is not None:
+            parts.append(f"table={self.table}")
+        parts.append(f"zone={self.zone}")
+        if self.nat == "":
+            parts.append("nat")
+        elif self.nat is not None:
+            ports = ""
+            if self.ports:
+                lo, hi = self.ports
+                ports = f":{lo}" if lo == hi else f":{lo}-{hi}"
+            parts.append(f"nat({self.nat}={self.addr}{ports})")
+        return "ct(" + ",".join(parts) + ")"
 
 
 @dataclass(frozen=True)
