@@ -74,6 +74,7 @@ def test_show_table_and_json(two):
         "managed",
         "mode",
         "router_mac",
+        "nat_address",
         "fail_mode",
         "datapath_type",
         "controllers",

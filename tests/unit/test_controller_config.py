@@ -13,6 +13,7 @@ from xvif_ovs.controller.config import ConfigError, load
 from xvif_ovs.controller.hostmodel import OfPort, bridge_models
 from xvif_ovs.controller.ovsdb_monitor import BridgeInfo, PortInfo
 
+NAT = "[controller]\nbridges = ['xennat']\n[bridges.xennat]\nmode = 'nat'\n"
 DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "controller.toml"
 
 
@@ -30,8 +31,23 @@ def test_the_shipped_example_loads():
         ("[controller]\nbogus = 1\n", "unknown key"),
         ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nreserved_for = 'web'\n", "a list"),
         ("not toml [", "not valid TOML"),
-        ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nmode = 'nat'\n", "does not do NAT yet"),
-        ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nmode = 'route'\n", '"bridged" .* or "routed"'),
+        ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nmode = 'route'\n", '"bridged" .*, "routed" or "nat"'),
+        (NAT + "", 'needs address = "192.0.2.254"'),
+        (NAT + "address = '192.0.2.254'\n", 'needs subnet = "10.0.0.0/24"'),
+        (NAT + "address = 'dom0'\nsubnet = '10.0.0.0/24'\n", "dom0's IPv4 address on the LAN"),
+        (NAT + "address = '10.0.0.9'\nsubnet = '10.0.0.0/24'\n", "inside subnet 10.0.0.0/24"),
+        (NAT + "address = '192.0.2.254'\nsubnet = '10.0.0.0/31'\n", "too small"),
+        (NAT + "address = '192.0.2.254'\nsubnet = '10.0.0.0/24'\ngateway = '10.0.1.1'\n", "not in subnet"),
+        (NAT + "address = '192.0.2.254'\nsubnet = '10.0.0.0/24'\nzone = 0\n", "conntrack zone, 1-65535"),
+        (
+            NAT + "address = '192.0.2.254'\nsubnet = '10.0.0.0/24'\nforwards = ['8080 -> web']\n",
+            "PROTO:PORT -> DOMAIN:PORT",
+        ),
+        (
+            NAT + "address = '192.0.2.254'\nsubnet = '10.0.0.0/24'\nforwards = ['tcp:80 -> a:80', 'tcp:80 -> b:80']\n",
+            "tcp:80 forwarded twice",
+        ),
+        ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nsubnet = '10.0.0.0/24'\n", 'only for mode = "nat"'),
     ],
 )
 def test_bad_config_says_what_to_fix(tmp_path, text, hint):

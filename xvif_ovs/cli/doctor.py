@@ -13,10 +13,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..controller.config import NatPolicy
 from ..errors import VifSpecError, XvifError
 from ..inspect.hoststate import BridgeView, HostView, read_host
 from ..inspect.openflow import OpenFlowUnavailable
-from ..model.host import migrating
+from ..model.host import NAT_PORTS, migrating
 from ..model.ports import unmanaged_problem
 from ..model.vifspec import parse_bridge, parse_mac
 from .flows import controller_config, drift, drops
@@ -223,12 +224,13 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
         )
     check("routed bridges")
     try:
-        modes = {b: controller_config(config_path).mode(b) for b in host.bridges}
+        cfg = controller_config(config_path)
     except XvifError:
-        modes = {}  # a broken config is reported by the drift check below
+        cfg = None  # a broken config is reported by the drift check below
     for b in sorted(host.bridges.values(), key=lambda b: b.name):
-        if modes.get(b.name) == "routed":
-            problems += routed_problems(host, b)
+        mode = cfg.mode(b.name) if cfg else "bridged"
+        if mode in ("routed", "nat"):
+            problems += routed_problems(host, b, cfg.bridge_policy[b.name].nat if mode == "nat" and cfg else None)
     check("flows drifted")
     connected = sorted(b.name for b in host.bridges.values() if b.connected)
     try:
@@ -265,6 +267,59 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
     return checks, problems
 
 
+def nat_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:
+    """A NAT bridge's extra needs: dom0's address to translate to, on the bridge; its own
+    address as a source accepted there (a translated packet dom0 routes once); the
+    guests' gateway address; Linux's own source ports outside the translated range."""
+    out, name = [], "routed bridges"
+    addrs = dom0_ipv4(b.name)
+    if nat.address not in addrs:
+        out.append(
+            Problem(
+                name,
+                f"NAT bridge {b.name} translates to {nat.address}, which dom0 does not have on {b.name}: replies "
+                "to the guests' connections go to nobody",
+                f"ip addr add {nat.address}/PREFIX dev {b.name} (dom0's LAN address moves to the bridge, as with vif-nat)",
+            )
+        )
+    if nat.gateway not in addrs:
+        out.append(
+            Problem(
+                name,
+                f"NAT bridge {b.name}: dom0 does not have the guests' gateway {nat.gateway} on it (their DNS and "
+                "anything else they send to their gateway goes nowhere)",
+                f"ip addr add {nat.gateway}/{nat.subnet.split('/')[1]} dev {b.name}",
+            )
+        )
+    try:
+        accept = (IPV4_CONF / b.name / "accept_local").read_text().strip() == "1"
+    except OSError:
+        accept = False
+    if not accept:
+        out.append(
+            Problem(
+                name,
+                f"NAT bridge {b.name}: dom0 drops a translated packet whose next hop the bridge has not learned "
+                "(its source is dom0's own address)",
+                f"sysctl -w net.ipv4.conf.{b.name}.accept_local=1 (and in /etc/sysctl.d)",
+            )
+        )
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    if hi >= NAT_PORTS[0] and lo <= NAT_PORTS[1]:
+        out.append(
+            Problem(
+                name,
+                f"dom0's own source ports ({lo}-{hi}) overlap the ports NAT gives guests' connections "
+                f"({NAT_PORTS[0]}-{NAT_PORTS[1]}): a connection of dom0's and a guest's could collide",
+                f"sysctl -w net.ipv4.ip_local_port_range='{lo} {NAT_PORTS[0] - 1}'",
+            )
+        )
+    return out
+
+
 def dom0_ipv4(interface: str) -> list[str]:
     out = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", interface], capture_output=True, text=True)
     if out.returncode != 0:
@@ -272,11 +327,13 @@ def dom0_ipv4(interface: str) -> list[str]:
     return [a["local"] for link in json.loads(out.stdout or "[]") for a in link.get("addr_info", [])]
 
 
-def routed_problems(host: HostView, b: BridgeView) -> list[Problem]:
-    """What a routed bridge needs from dom0 (vif-route's network-route and vif-route set
+def routed_problems(host: HostView, b: BridgeView, nat: NatPolicy | None = None) -> list[Problem]:
+    """What a routed or NAT bridge needs from dom0 (vif-route's and vif-nat's scripts set
     the same up: an address, forwarding) and from each guest (an address, no VLAN)."""
     out = []
     name = "routed bridges"
+    if nat is not None:
+        out += nat_problems(b, nat)
     if not b.local_mac:
         out.append(
             Problem(

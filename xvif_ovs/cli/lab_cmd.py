@@ -37,15 +37,15 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
         "up",
         parents=[here],
         help="start OVS, XenStore and the bridges",
-        epilog="example: xvif-ovs lab up --bridge xenbr1:peth1 --bridge xenbr2:peth2:routed",
+        epilog="example: xvif-ovs lab up --bridge xenbr1:peth1 --bridge xenbr2:peth2:routed --bridge xennat:peth3:nat",
     )
     up.add_argument(
         "--bridge",
         action="append",
         default=[],
-        metavar="BR:UPLINK[:routed]",
+        metavar="BR:UPLINK[:routed|:nat]",
         help="another bridge with an uplink (xenbr0:peth0 is always made); :routed routes its guests "
-        "as Xen's vif-route does, and gives dom0 an address on it",
+        "as Xen's vif-route does, :nat translates them as vif-nat does (dom0 gets addresses on it)",
     )
     up.add_argument(
         "--internal", action="append", default=[], metavar="BR", help="a bridge with no uplink (an internal network)"
@@ -164,6 +164,8 @@ def _up(args: argparse.Namespace) -> int:
         side = f"uplink {b.uplink} -> LAN namespace '{b.lan}' ({b.lan_ipv4}, {b.lan_ipv6})" if b.uplink else "internal"
         if b.mode == "routed":
             side += f"; routed, dom0 {b.dom0_ipv4}"
+        elif b.mode == "nat":
+            side += f"; NAT to dom0's {b.dom0_ipv4} for guests on {b.nat_subnet} (gateway {b.nat_gateway})"
         print(f"bridge {b.name}: {side}")
     print(f'lab up in {lab.dir}; `eval "$(xvif-ovs lab env)"` for xenstore-* and ovs-* tools')
     return 0

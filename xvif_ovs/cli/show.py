@@ -2,7 +2,7 @@
 troubleshooting steps ask for (MACs in XenStore, hotplug status, the bridge) in one table.
 
 JSON shape (`--json`), stable:
-  {"bridges": [{"name", "managed", "mode", "router_mac", "fail_mode", "datapath_type",
+  {"bridges": [{"name", "managed", "mode", "router_mac", "nat_address", "fail_mode", "datapath_type",
                 "controllers": [{"target", "connected", "ours"}],
                 "uplinks": [str], "unmanaged": [str], "vlans": [int],
                 "vifs": [{"domain", "domid", "devid", "device", "mac", "ips": [str], "visible", "bridge_spec",
@@ -48,9 +48,12 @@ def vlan_text(v: VifView) -> str:
     return f"native {spec.tag} + " + ",".join(map(str, spec.trunks))
 
 
-def visible(v: VifView, mode: str, router_mac: str) -> str:
+def visible(v: VifView, mode: str, router_mac: str, nat_address: str = "") -> str:
     """What the LAN sees of a guest: on a bridged network its own MAC (and whatever
-    addresses it uses); on a routed one only its addresses from ip=, at dom0's MAC."""
+    addresses it uses); on a routed one only its addresses from ip=, at dom0's MAC; on a
+    NAT one nothing of its own."""
+    if mode == "nat":
+        return f"nothing: NAT behind dom0's {nat_address}"
     if mode != "routed":
         return f"its MAC {v.mac}"
     ips = [i for i in v.keys.get("ip", "").split() if not i.lower().startswith("fe80:")]
@@ -60,7 +63,11 @@ def visible(v: VifView, mode: str, router_mac: str) -> str:
 
 
 def show(
-    host: HostView, bridge: str | None, managed: frozenset[str] | None = None, modes: dict[str, str] | None = None
+    host: HostView,
+    bridge: str | None,
+    managed: frozenset[str] | None = None,
+    modes: dict[str, str] | None = None,
+    nat_addresses: dict[str, str] | None = None,
 ) -> dict:
     """``managed``: the bridges the controller's config names (None: unknown, all shown as such);
     ``modes``: each managed bridge's network model from the config (absent: bridged)."""
@@ -75,7 +82,8 @@ def show(
             key=lambda v: (v.domid, v.devid),
         )
         mode = (modes or {}).get(b.name, "bridged")
-        router = b.local_mac if mode == "routed" else ""
+        router = b.local_mac if mode in ("routed", "nat") else ""
+        nat_address = (nat_addresses or {}).get(b.name, "")
         out["bridges"].append(
             {
                 "name": b.name,
@@ -88,7 +96,8 @@ def show(
                 "uplinks": b.uplinks,
                 "unmanaged": [p.name for p in b.unmanaged] if managed is None or b.name in managed else [],
                 "vlans": b.vlans(),
-                "vifs": [{**v.as_json(), "visible": visible(v, mode, router)} for v in vifs],
+                "nat_address": nat_address,
+                "vifs": [{**v.as_json(), "visible": visible(v, mode, router, nat_address)} for v in vifs],
             }
         )
     if not bridge:
@@ -107,6 +116,7 @@ def render(host: HostView, data: dict) -> str:
         lines.append(
             f"bridge {b['name']}{'' if b['managed'] else ' (not managed by xvif-ovs)'}  "
             + (f"mode=routed (dom0's MAC {b['router_mac'] or 'not known yet'})  " if b["mode"] == "routed" else "")
+            + (f"mode=nat (behind dom0's {b['nat_address']})  " if b["mode"] == "nat" else "")
             + f"fail_mode={b['fail_mode'] or 'standalone'}  datapath={b['datapath_type']}  "
             f"uplinks={','.join(b['uplinks']) or 'none (internal)'}  vlans={','.join(map(str, b['vlans'])) or '-'}"
         )
@@ -162,5 +172,6 @@ def run(bridge: str | None, as_json: bool, db: str | None, xenstore: str | None)
 
     cfg = load_installed()
     host = read_host(db, xenstore, cfg.declared_uplinks)
-    data = show(host, bridge, frozenset(cfg.bridges), {b: cfg.mode(b) for b in cfg.bridges})
+    nat = {b: p.nat.address for b, p in cfg.bridge_policy.items() if p.nat}
+    data = show(host, bridge, frozenset(cfg.bridges), {b: cfg.mode(b) for b in cfg.bridges}, nat)
     return json.dumps(data, indent=2) + "\n" if as_json else render(host, data)

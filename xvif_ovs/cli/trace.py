@@ -216,16 +216,22 @@ def interpret(trace: str, bridge: str, host: HostView, v: VifView | None, src_ma
             vlan = None
         elif action.isdigit():  # an output; set(...), dec_ttl and the like are rewrites
             outputs.append({"port": names.get(action, f"odp:{action}"), "vlan": vlan})
-    return {"tables": tables, "outputs": outputs, "verdict": verdict(tables, outputs, v, src_mac)}
+    nat = "nat(src=" in trace or "nat(dst=" in trace
+    return {"tables": tables, "outputs": outputs, "verdict": verdict(tables, outputs, v, src_mac, nat)}
 
 
-def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac: str) -> str:
+def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac: str, nat: bool = False) -> str:
     def where(o: dict) -> str:
         return o["port"] + (f" tagged VLAN {o['vlan']}" if o["vlan"] else "")
 
     purposes = {t["purpose"] for t in tables}
     if PURPOSES[P_ARP_REPLY] in purposes and outputs:
         return f"answered by the bridge: an ARP reply back out of {where(outputs[0])} (routed bridge)"
+    if PURPOSES[P_ROUTE] in purposes and len(outputs) == 1 and nat:
+        how = "NAT: the source becomes dom0's address, through conntrack"
+        if any(t["table"] == ROUTED and t["priority"] == 100 for t in tables):
+            return f"routed to {where(outputs[0])} (dom0), {how}; dom0 routes it this once (next hop not learned yet)"
+        return f"routed to {where(outputs[0])} ({how}; MACs rewritten, TTL decremented)"
     if PURPOSES[P_ROUTE] in purposes and len(outputs) == 1:
         if any(t["table"] == ROUTED and t["priority"] == 100 for t in tables):
             return (
@@ -273,7 +279,7 @@ def run(args) -> tuple[str, int]:  # noqa: ANN001
     cfg = load_installed()
     host = read_host(args.db, args.xenstore, cfg.declared_uplinks)
     v, port = find_port(host, args.src)
-    routed = cfg.mode(port.bridge) == "routed" and port.bridge in host.bridges
+    routed = cfg.mode(port.bridge) in ("routed", "nat") and port.bridge in host.bridges
     flow = build_flow(v, port, args.to, host, args, host.bridges[port.bridge].local_mac if routed else "")
     trace = appctl("ofproto/trace", port.bridge, flow)
     src_mac = (args.src_mac or (v.mac if v else "")).lower()

@@ -12,6 +12,14 @@ private = true               # every guest reaches the uplink, no other guest
 reserved_for = ["router", "12"]   # only these domains (names or domids) may use it
 mode = "bridged"             # or "routed": Xen's vif-route, in flows (flows/PIPELINE.md, "Routed")
 
+[bridges.xennat]
+mode = "nat"                 # Xen's vif-nat, in flows (flows/PIPELINE.md, "NAT")
+address = "192.0.2.254"      # dom0's address on the LAN, which NAT guests leave with
+subnet = "10.0.0.0/24"       # the guests' private network (their ip= addresses)
+gateway = "10.0.0.1"         # their gateway (default: the subnet's first address)
+zone = 30838                 # the conntrack zone of their connections
+forwards = ["tcp:8080 -> web:80"]   # dom0's port 8080 to domain web's port 80
+
 [vifs]
 private = ["web"]            # domain names, domids or DOMID.DEVID
 trusted = ["router"]         # may send DHCP server replies and router advertisements
@@ -56,7 +64,8 @@ from pathlib import Path
 
 from ..errors import XvifError
 
-MODES = ("bridged", "routed")
+MODES = ("bridged", "routed", "nat")
+_FORWARD = re.compile(r"^\s*(tcp|udp):(\d{1,5})\s*->\s*([A-Za-z0-9_.\-]+):(\d{1,5})\s*$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 
 
@@ -69,7 +78,17 @@ class BridgePolicy:
     private: bool = False
     reserved_for: frozenset[str] | None = None
     uplinks: frozenset[str] = frozenset()  # OVSDB Port names declared as uplinks
-    mode: str = "bridged"  # Xen's network model: bridged (vif-bridge) or routed (vif-route)
+    mode: str = "bridged"  # Xen's network model: bridged (vif-bridge), routed (vif-route) or nat (vif-nat)
+    nat: NatPolicy | None = None
+
+
+@dataclass(frozen=True)
+class NatPolicy:
+    address: str
+    subnet: str
+    gateway: str
+    zone: int = 0x7876
+    forwards: tuple[tuple[str, int, str, int], ...] = ()  # (proto, port, domain, guest port)
 
 
 @dataclass(frozen=True)
@@ -204,7 +223,11 @@ def load(path: str | None, **overrides: object) -> Config:
         raise ConfigError(f"bridges = {bridges!r}: a list of OVS bridge names, e.g. ['xenbr0']")
     policies = {}
     for name, b in raw.get("bridges", {}).items():
-        _only(b, {"private", "reserved_for", "uplinks", "mode"}, f"{path} [bridges.{name}]")
+        _only(
+            b,
+            {"private", "reserved_for", "uplinks", "mode", "address", "subnet", "gateway", "zone", "forwards"},
+            f"{path} [bridges.{name}]",
+        )
         if name not in bridges:
             raise ConfigError(
                 f"[bridges.{name}] configures a bridge that [controller] bridges does not name; "
@@ -219,18 +242,17 @@ def load(path: str | None, **overrides: object) -> Config:
         if not isinstance(uplinks, list) or not all(isinstance(u, str) and _IFNAME.match(u) for u in uplinks):
             raise ConfigError(f"[bridges.{name}] uplinks = {uplinks!r}: a list of port names, e.g. ['eth1', 'bond0']")
         mode = b.get("mode", "bridged")
-        if mode == "nat":
-            raise ConfigError(
-                f'[bridges.{name}] mode = "nat": this version does not do NAT yet; use "bridged" or "routed" '
-                "(or Xen's vif-nat for this bridge's guests)"
-            )
         if mode not in MODES:
-            raise ConfigError(f'[bridges.{name}] mode = {mode!r}: one of "bridged" (the default) or "routed"')
+            raise ConfigError(f'[bridges.{name}] mode = {mode!r}: one of "bridged" (the default), "routed" or "nat"')
+        nat_keys = sorted({"address", "subnet", "gateway", "zone", "forwards"} & set(b))
+        if nat_keys and mode != "nat":
+            raise ConfigError(f'[bridges.{name}] {", ".join(nat_keys)}: only for mode = "nat"')
         policies[name] = BridgePolicy(
             bool(b.get("private", False)),
             frozenset(map(str, reserved)) if reserved is not None else None,
             frozenset(uplinks),
             mode,
+            _nat(b, f"[bridges.{name}]") if mode == "nat" else None,
         )
     vifs = raw.get("vifs", {})
     _only(vifs, {"private", "trusted"}, f"{path} [vifs]")
@@ -246,6 +268,53 @@ def load(path: str | None, **overrides: object) -> Config:
         ovsdb=overrides.get("ovsdb"),  # type: ignore[arg-type]
         xenstore=overrides.get("xenstore"),  # type: ignore[arg-type]
     )
+
+
+def _nat(b: dict, where: str) -> NatPolicy:
+    """A NAT bridge's settings, each checked with what to write instead."""
+    for key in ("address", "subnet"):
+        if key not in b:
+            example = {"address": '"192.0.2.254" (dom0\'s address on the LAN)', "subnet": '"10.0.0.0/24"'}[key]
+            raise ConfigError(f'{where} mode = "nat" needs {key} = {example}')
+    try:
+        address = ipaddress.IPv4Address(b["address"])
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f'{where} address = {b["address"]!r}: dom0\'s IPv4 address on the LAN, e.g. "192.0.2.254"'
+        ) from None
+    try:
+        subnet = ipaddress.IPv4Network(b["subnet"])
+    except (ValueError, TypeError):
+        raise ConfigError(f'{where} subnet = {b["subnet"]!r}: an IPv4 network, e.g. "10.0.0.0/24"') from None
+    if subnet.num_addresses < 4:
+        raise ConfigError(f"{where} subnet = {b['subnet']!r}: too small for a gateway and guests; /30 at least")
+    if address in subnet:
+        raise ConfigError(
+            f"{where} address = {b['address']!r} is inside subnet {subnet}: use dom0's address on the LAN"
+        )
+    try:
+        gateway = ipaddress.IPv4Address(b.get("gateway", str(next(subnet.hosts()))))
+    except (ValueError, TypeError):
+        raise ConfigError(f"{where} gateway = {b['gateway']!r}: an IPv4 address in {subnet}") from None
+    if gateway not in subnet:
+        raise ConfigError(f"{where} gateway = {b['gateway']!r} is not in subnet {subnet}")
+    zone = b.get("zone", 0x7876)
+    if not isinstance(zone, int) or isinstance(zone, bool) or not 1 <= zone <= 65535:
+        raise ConfigError(f"{where} zone = {zone!r}: a conntrack zone, 1-65535, that nothing else on the host uses")
+    forwards = []
+    raw = b.get("forwards", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f'{where} forwards = {raw!r}: a list such as ["tcp:8080 -> web:80"]')
+    for text in raw:
+        m = _FORWARD.match(text) if isinstance(text, str) else None
+        if m is None or not (1 <= int(m.group(2)) <= 65535 and 1 <= int(m.group(4)) <= 65535):
+            raise ConfigError(f'{where} forwards: {text!r} is not PROTO:PORT -> DOMAIN:PORT, e.g. "tcp:8080 -> web:80"')
+        forwards.append((m.group(1), int(m.group(2)), m.group(3), int(m.group(4))))
+    seen = [(p, port) for p, port, _, _ in forwards]
+    dup = sorted({f"{p}:{port}" for p, port in seen if seen.count((p, port)) > 1})
+    if dup:
+        raise ConfigError(f"{where} forwards: {', '.join(dup)} forwarded twice; keep one")
+    return NatPolicy(str(address), str(subnet), str(gateway), zone, tuple(forwards))
 
 
 def _host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:

@@ -5,13 +5,14 @@ are unit-tested; what cannot be used is reported with what to fix."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from typing import NamedTuple
 
 from ..errors import VifSpecError
-from ..model.host import ALL_VLANS, BridgeModel, Uplink, VifModel, migrating
+from ..model.host import ALL_VLANS, BridgeModel, NatSpec, PortForward, Uplink, VifModel, migrating
 from ..model.ports import unmanaged_hint
 from ..model.vifspec import parse_ips, parse_mac, vif_vlans
-from .config import Config
+from .config import Config, NatPolicy
 from .ovsdb_monitor import BridgeInfo, PortInfo
 
 
@@ -287,8 +288,12 @@ def _join(
     plain, special = _uplinks(uplinks)
     policy = cfg.bridge_policy.get(bname)
     mode = policy.mode if policy else "bridged"
-    if mode == "routed":
-        problems += _routed_problems(bname, info.local_mac, built)
+    nat = None
+    if mode in ("routed", "nat"):
+        problems += _routed_problems(bname, info.local_mac, built, mode)
+    if mode == "nat" and policy and policy.nat:
+        nat, nat_problems = _nat_spec(bname, policy.nat, built)
+        problems += nat_problems
     model = BridgeModel(
         bname,
         plain,
@@ -301,29 +306,68 @@ def _join(
         # dropped and counted like any port nobody vouches for.
         unmanaged=tuple(sorted({*unmanaged, *(n for ns in no_flows.values() for n in ns)})),
         mode=mode,
-        router_mac=info.local_mac if mode == "routed" else "",
+        router_mac=info.local_mac if mode in ("routed", "nat") else "",
+        nat=nat,
     )
     return _Joined(info, ports, cfg, model, problems, inputs, position)
 
 
-def _routed_problems(bname: str, router_mac: str, vifs: list[VifModel]) -> list[str]:
-    """What keeps a routed bridge or its guests from being routed, with what to fix."""
+def _nat_spec(bname: str, policy: NatPolicy, vifs: list[VifModel]) -> tuple[NatSpec, list[str]]:
+    """The NAT model's spec with each port forward's domain resolved to its guest's
+    address on this bridge; a forward to a guest that is not there is left out, and said."""
+    subnet = ipaddress.ip_network(policy.subnet)
+    problems, forwards = [], []
+    for v in vifs:
+        outside = [str(i.ip) for i in v.ips if i.version == 4 and not i.network.subnet_of(subnet)]
+        if outside:
+            problems.append(
+                f"vif{v.domid}.{v.devid} on NAT bridge {bname} has ip= {', '.join(outside)} outside its subnet "
+                f"{subnet}: nothing is routed for it (give it an address in {subnet})"
+            )
+    for proto, port, domain, guest_port in policy.forwards:
+        guest = next(
+            (
+                str(i.ip)
+                for v in vifs
+                if v.name == domain
+                for i in v.ips
+                if i.version == 4 and i.network.subnet_of(subnet)
+            ),
+            None,
+        )
+        if guest is None:
+            problems.append(
+                f"forward {proto}:{port} -> {domain}:{guest_port} on {bname}: no running domain {domain} with an "
+                f"address in {subnet} on it; the port is dom0's until there is"
+            )
+            continue
+        forwards.append(PortForward(proto, port, guest, guest_port))
+    spec = NatSpec(policy.address, policy.subnet, policy.gateway, policy.zone, tuple(forwards))
+    return spec, problems
+
+
+def _routed_problems(bname: str, router_mac: str, vifs: list[VifModel], mode: str = "routed") -> list[str]:
+    """What keeps a routed (or NAT) bridge or its guests from being routed, with what to fix."""
     out = []
     if not router_mac:
         out.append(
-            f"routed bridge {bname}: OVS has not reported its LOCAL port's MAC yet; nothing is routed until it does"
+            f"{mode} bridge {bname}: OVS has not reported its LOCAL port's MAC yet; nothing is routed until it does"
         )
     for v in vifs:
         dev = f"vif{v.domid}.{v.devid}"
         if v.access_vlans != (0,):
             out.append(
-                f"{dev} on routed bridge {bname} asks for a VLAN ({v.vlans.name}): a routed network is "
+                f"{dev} on {mode} bridge {bname} asks for a VLAN ({v.vlans.name}): a routed network is "
                 f"untagged; nothing is routed for it (use bridge={bname})"
             )
-        elif not any(i.version == 4 or not i.ip.is_link_local for i in v.ips):
+        elif not any(i.version == 4 or (mode == "routed" and not i.ip.is_link_local) for i in v.ips):
             out.append(
-                f"{dev} on routed bridge {bname} has no address in ip=: nothing is routed for it "
-                "(set ip= in its vif spec, as for vif-route)"
+                f"{dev} on {mode} bridge {bname} has no address in ip=: nothing is routed for it "
+                + (
+                    "(set ip= in its vif spec, as for vif-route)"
+                    if mode == "routed"
+                    else "(set ip= to an address in the NAT subnet; DHCP on NAT bridges is not done yet)"
+                )
             )
     return out
 

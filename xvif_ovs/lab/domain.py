@@ -142,6 +142,16 @@ def _build(lab: Lab, dom: DomainRec, specs: dict[int, VifSpec]) -> None:
         if v.emu:
             # The emulated twin shares the MAC; the guest's PV driver has taken over, so it is down.
             _make_nic(ns, v.emu, v.emu_frontend, v.mac, spec, up=False)
+    bridges = {b.name: b for b in lab.state_file.load().bridges}
+    for v in dom.vifs:  # a guest on a NAT network routes through its gateway, as vif-nat's DHCP tells it
+        rec = bridges.get(specs[v.devid].bridge.name)
+        if (
+            rec is not None
+            and rec.mode == "nat"
+            and rec.nat_gateway
+            and any(i.version == 4 for i in specs[v.devid].ips)
+        ):
+            run(["ip", "route", "add", "default", "via", rec.nat_gateway, "dev", v.frontend], netns=ns)
     _write_xenstore(lab, dom, specs)
     for v in dom.vifs:
         # libxl's order (libxl_device.c, device_hotplug: num_exec 0 then 1): the PV vif's
@@ -154,6 +164,10 @@ def _build(lab: Lab, dom: DomainRec, specs: dict[int, VifSpec]) -> None:
 def _make_nic(ns: str, dev: str, frontend: str, mac: str, spec: VifSpec, up: bool) -> None:
     run(["ip", "link", "add", dev, "type", "veth", "peer", "name", frontend, "netns", ns])
     run(["ip", "link", "set", dev, "address", NETBACK_MAC])
+    # On Xen the kernel datapath takes every frame of a port; OVS's userspace datapath here
+    # reads them with AF_PACKET and dom0's stack sees them too. It must not answer a guest's
+    # ARP for one of dom0's own addresses (a routed or NAT guest's gateway) from this device.
+    Path(f"/proc/sys/net/ipv4/conf/{dev}/arp_ignore").write_text("8")
     if spec.mtu:
         run(["ip", "link", "set", dev, "mtu", str(spec.mtu)])
         run(["ip", "link", "set", frontend, "mtu", str(spec.mtu)], netns=ns)

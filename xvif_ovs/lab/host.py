@@ -34,7 +34,7 @@ class BridgeArg:
     mode: str = "bridged"  # or "routed": the controller routes its guests (Xen's vif-route)
 
 
-LAB_MODES = ("bridged", "routed")
+LAB_MODES = ("bridged", "routed", "nat")
 
 
 def parse_bridge_arg(text: str) -> BridgeArg:
@@ -48,8 +48,8 @@ def parse_bridge_arg(text: str) -> BridgeArg:
         raise LabError(f"{text!r}: write BRIDGE:UPLINK, e.g. xenbr1:peth1")
     if mode and mode not in LAB_MODES:
         raise LabError(f"{text!r}: the network model is one of {', '.join(LAB_MODES)} (BRIDGE:UPLINK:routed)")
-    if mode == "routed" and not uplink:
-        raise LabError(f"{text!r}: a routed bridge needs an uplink (BRIDGE:UPLINK:routed): it routes to a LAN")
+    if mode in ("routed", "nat") and not uplink:
+        raise LabError(f"{text!r}: a {mode} bridge needs an uplink (BRIDGE:UPLINK:{mode}): it routes to a LAN")
     return BridgeArg(name, uplink or None, mode or "bridged")
 
 
@@ -98,7 +98,17 @@ class Lab:
 
     def _write_config(self, bridges: list[BridgeArg]) -> None:
         names = ", ".join(f'"{b.name}"' for b in bridges)
-        modes = "".join(f'\n[bridges.{b.name}]\nmode = "{b.mode}"\n' for b in bridges if b.mode != "bridged")
+        recs = {r.name: r for r in self.state_file.load().bridges}
+        modes = ""
+        for b in bridges:
+            if b.mode == "routed":
+                modes += f'\n[bridges.{b.name}]\nmode = "routed"\n'
+            elif b.mode == "nat":
+                r = recs[b.name]
+                modes += (
+                    f'\n[bridges.{b.name}]\nmode = "nat"\naddress = "{r.dom0_ipv4.split("/")[0]}"\n'
+                    f'subnet = "{r.nat_subnet}"\ngateway = "{r.nat_gateway}"\n'
+                )
         self.config.write_text(
             "# Written by `xvif-ovs lab up`: the controller manages the lab's bridges, and only them.\n"
             f"[controller]\nbridges = [{names}]\n{modes}"
@@ -183,7 +193,18 @@ class Lab:
         run(["ip", "link", "set", b.uplink, "up"])
         # Declared as an operator would (a veth is no NIC: nothing else makes it an uplink).
         vsctl(self.dir, "add-port", b.name, b.uplink, "--", "set", "port", b.uplink, f"external_ids:{UPLINK_MARK}=true")
-        dom0 = None
+        dom0 = subnet = gateway = None
+        if b.mode == "nat":
+            # dom0 as vif-nat and network-nat want it: its LAN address (which the guests
+            # leave with) and the guests' gateway on the bridge, and forwarding on this
+            # interface, accepting its own address as a source (a translated packet whose
+            # next hop the bridge does not know yet comes to dom0 once).
+            dom0 = v4.rsplit(".", 1)[0] + ".254/24"
+            subnet, gateway = f"10.0.{index}.0/24", f"10.0.{index}.1"
+            run(["ip", "addr", "add", dom0, "dev", b.name])
+            run(["ip", "addr", "add", f"{gateway}/24", "dev", b.name])
+            for key, value in (("forwarding", "1"), ("send_redirects", "0"), ("accept_local", "1")):
+                Path(f"/proc/sys/net/ipv4/conf/{b.name}/{key}").write_text(value)
         if b.mode == "routed":
             # dom0 as vif-route wants it: an address on the LAN, and forwarding on this
             # interface only (the next hops the bridge does not know yet go through it once).
@@ -195,7 +216,7 @@ class Lab:
             run(["ip", "-6", "addr", "add", v6.replace("::1/", "::fe/"), "dev", b.name, "nodad"])
             for key in ("forwarding", "send_redirects"):
                 Path(f"/proc/sys/net/ipv4/conf/{b.name}/{key}").write_text("1" if key == "forwarding" else "0")
-        return BridgeRec(b.name, b.uplink, lan, v4, v6, b.mode, dom0)
+        return BridgeRec(b.name, b.uplink, lan, v4, v6, b.mode, dom0, subnet, gateway)
 
     def down(self) -> None:
         """Remove every process, namespace, interface and file the lab made. Never fails

@@ -23,7 +23,9 @@ class BridgeRec:
     lan_ipv4: str | None = None
     lan_ipv6: str | None = None
     mode: str = "bridged"
-    dom0_ipv4: str | None = None  # a routed bridge's dom0 address (on its LOCAL port)
+    dom0_ipv4: str | None = None  # a routed or NAT bridge's dom0 address (on its LOCAL port)
+    nat_subnet: str | None = None  # a NAT bridge's guest network
+    nat_gateway: str | None = None  # and the guests' gateway there (also dom0's)
 
 
 @dataclass

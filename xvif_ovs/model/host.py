@@ -148,6 +148,33 @@ class Uplink:
 
 
 @dataclass(frozen=True)
+class PortForward:
+    """A NAT bridge's port forward: ``proto`` port ``port`` of dom0's address to the guest
+    address ``guest`` (resolved from the domain name in the config), port ``guest_port``."""
+
+    proto: str  # tcp | udp
+    port: int
+    guest: str
+    guest_port: int
+
+
+NAT_PORTS = (61000, 65535)  # source ports for translated connections: outside Linux's ephemeral range
+
+
+@dataclass(frozen=True)
+class NatSpec:
+    """Xen's NAT model on one bridge: guests on ``subnet`` (their gateway ``gateway``)
+    leave with dom0's ``address``; conntrack zone ``zone`` holds their connections."""
+
+    address: str
+    subnet: str  # an IPv4 network, e.g. 10.0.0.0/24
+    gateway: str
+    zone: int
+    forwards: tuple[PortForward, ...] = ()
+    ports: tuple[int, int] = NAT_PORTS
+
+
+@dataclass(frozen=True)
 class BridgeModel:
     name: str
     uplinks: tuple[int, ...] = ()  # ofports of single-NIC uplinks that carry every VLAN (0 untagged)
@@ -164,10 +191,12 @@ class BridgeModel:
     # addresses are, answered for and routed by the bridge with router_mac, dom0's MAC).
     mode: str = "bridged"
     router_mac: str = ""  # the bridge's LOCAL port's MAC ("" while OVS has not said it)
+    nat: NatSpec | None = None  # mode "nat": what to translate to, and for whom
 
     @property
     def routed(self) -> bool:
-        return self.mode == "routed"
+        """Routed or NAT: the bridge routes its guests (NAT translates them on the way)."""
+        return self.mode in ("routed", "nat")
 
     def all_uplinks(self) -> tuple[Uplink, ...]:
         return tuple(Uplink(str(p), (p,)) for p in self.uplinks) + self.special_uplinks

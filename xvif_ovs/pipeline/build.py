@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..model.host import BridgeModel, Uplink, VifModel
+from ..model.host import BridgeModel, NatSpec, Uplink, VifModel
 from ..model.vifspec import int_to_mac, mac_to_int
 from .flow import (
     GROUP_BASE,
@@ -20,6 +20,7 @@ from .flow import (
     OFPP_LOCAL,
     OFPVID_PRESENT,
     Bucket,
+    Ct,
     DecTtl,
     F,
     Flow,
@@ -37,6 +38,7 @@ from .flow import (
     SetField,
     SetReg,
     cookie,
+    ct_state,
     match,
     vif_owner,
 )
@@ -46,6 +48,7 @@ from .tables import (
     FORWARD,
     LEARN,
     LEARNED,
+    NAT_IN,
     ND_REPLY,
     NEIGHBOURS,
     PORT_SECURITY,
@@ -77,7 +80,8 @@ PROMISCUOUS = F("reg5", 1, 1)
     P_ARP_REPLY,
     P_ROUTE,
     P_NEIGHBOUR,
-) = range(1, 17)
+    P_NAT,
+) = range(1, 18)
 PURPOSES = {
     P_DEFAULT: "default",
     P_CLASSIFY: "classify",
@@ -95,6 +99,7 @@ PURPOSES = {
     P_ARP_REPLY: "ARP answered (routed)",
     P_ROUTE: "routed",
     P_NEIGHBOUR: "neighbour (routed)",
+    P_NAT: "NAT (conntrack)",
 }
 
 ETH_ARP, ETH_IP, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
@@ -188,6 +193,7 @@ class _VifEntry:
     flows: tuple[Flow, ...]
     membership: tuple
     router: str | None = None  # on a routed bridge, its router MAC ("" unknown); None: bridged
+    nat: NatSpec | None = None  # on a NAT bridge, its translation
 
 
 @dataclass
@@ -242,7 +248,13 @@ class Builder:
     # -- per vif ----------------------------------------------------------------------------
 
     def _entry(
-        self, st: _BridgeState, vif: VifModel, private: bool, refused: bool = False, router: str | None = None
+        self,
+        st: _BridgeState,
+        vif: VifModel,
+        private: bool,
+        refused: bool = False,
+        router: str | None = None,
+        nat: NatSpec | None = None,
     ) -> _VifEntry:
         key = (vif.domid, vif.devid)
         e = st.vifs.get(key)
@@ -251,6 +263,7 @@ class Builder:
             and e.private == private
             and e.refused == refused
             and e.router == router
+            and e.nat == nat
             and (e.vif is vif or e.vif == vif)
         ):
             e.vif = vif
@@ -258,7 +271,7 @@ class Builder:
         if refused:
             e = _VifEntry(vif, private, True, _refused_flows(vif), ())
         elif router is not None:
-            e = _VifEntry(vif, private, False, _routed_vif_flows(vif, private, router), (), router)
+            e = _VifEntry(vif, private, False, _routed_vif_flows(vif, private, router, nat), (), router, nat)
         else:
             e = _VifEntry(vif, private, False, _vif_flows(vif, private), _membership(vif, private))
         st.vifs[key] = e
@@ -277,6 +290,7 @@ class Builder:
             old.refused,
             old.mode,
             old.router_mac,
+            old.nat,
         ) != (
             new.uplinks,
             new.special_uplinks,
@@ -287,6 +301,7 @@ class Builder:
             new.refused,
             new.mode,
             new.router_mac,
+            new.nat,
         ) or len(old.vifs) != len(new.vifs):
             return None
         changed = []
@@ -305,7 +320,7 @@ class Builder:
             before = st.vifs.get((o.domid, o.devid))
             if before is None or o.access_vlans != n.access_vlans or before.membership != membership:
                 return None  # flood groups (or the bridge's VLANs) change: build it all
-            out.flows[vif_owner(n.domid, n.devid)] = self._entry(st, n, private, router=router).flows
+            out.flows[vif_owner(n.domid, n.devid)] = self._entry(st, n, private, router=router, nat=new.nat).flows
         return out
 
     # -- the whole bridge ---------------------------------------------------------------------
@@ -325,7 +340,10 @@ class Builder:
         admitted = [v for v in bridge.vifs if bridge.admits(v)]
         refused = [v for v in bridge.vifs if not bridge.admits(v)] + list(bridge.refused)
         router = bridge.router_mac if bridge.routed else None
-        entries = {(v.domid, v.devid): self._entry(st, v, bridge.is_private(v), router=router) for v in admitted}
+        entries = {
+            (v.domid, v.devid): self._entry(st, v, bridge.is_private(v), router=router, nat=bridge.nat)
+            for v in admitted
+        }
         parts.groups = self._flood_groups(st, bridge, vlans, [entries[(v.domid, v.devid)] for v in admitted])
         emit(parts.groups)
         for vif in refused:
@@ -337,7 +355,7 @@ class Builder:
             flows = parts.flows[vif_owner(vif.domid, vif.devid)] = entries[(vif.domid, vif.devid)].flows
             emit(flows)
         parts.flows[0] = _bridge_flows(
-            bridge.all_uplinks(), bridge.local, vlans, learn_idle_timeout, bridge.unmanaged, router or ""
+            bridge.all_uplinks(), bridge.local, vlans, learn_idle_timeout, bridge.unmanaged, router or "", bridge.nat
         )
         emit(parts.flows[0])
         st.vifs = {k: st.vifs[k] for k in entries}  # bounded by the vifs that exist
@@ -394,6 +412,7 @@ def _bridge_flows(
     learn_idle_timeout: int,
     unmanaged: tuple[int, ...] = (),
     router_mac: str = "",
+    nat: NatSpec | None = None,
 ) -> tuple[Flow, ...]:
     flows: list[Flow] = []
     bridge_cookie = cookie(P_DEFAULT)
@@ -447,6 +466,8 @@ def _bridge_flows(
     flows.append(Flow(FORWARD, 10, (), (Resubmit(LEARNED), Resubmit(EGRESS)), cookie(P_FORWARD)))
     if router_mac:
         flows += _router_flows(router_mac, learn, learn_idle_timeout)
+    if router_mac and nat:
+        flows += _nat_flows(nat)
     for f in flows:
         check_flow(f)
     return tuple(flows)
@@ -498,6 +519,31 @@ def _router_flows(router_mac: str, learn: LearnSource, learn_idle_timeout: int) 
     return flows
 
 
+def _nat_flows(nat: NatSpec) -> list[Flow]:
+    """A NAT bridge's own flows (Xen's vif-nat): everything the LAN sends to dom0's
+    address goes through conntrack, which translates replies back to the guest that
+    opened the connection (table 9 routes them by their restored destination); a new
+    connection to a forwarded port is translated to its guest; the rest is dom0's."""
+    ck = cookie(P_NAT)
+    to_dom0 = match(F("reg5", FROM_UPLINK), F("reg6", 0), F("dl_type", ETH_IP), F("nw_dst", nat.address))
+    flows = [
+        Flow(FORWARD, 130, to_dom0, (Ct(nat.zone, table=NAT_IN, nat=""),), ck),
+        Flow(NAT_IN, 120, match(ct_state("+inv", "+trk"), F("dl_type", ETH_IP)), (), ck),
+        Flow(NAT_IN, 10, (), (Output(OFPP_LOCAL),), ck),
+    ]
+    for fw in nat.forwards:
+        m = match(
+            ct_state("+new", "+trk"),
+            F("dl_type", ETH_IP),
+            F("nw_proto", {"tcp": 6, "udp": 17}[fw.proto]),
+            F("nw_dst", nat.address),
+            F("tp_dst", fw.port),
+        )
+        dnat = Ct(nat.zone, commit=True, table=NAT_IN, nat="dst", addr=fw.guest, ports=(fw.guest_port, fw.guest_port))
+        flows.append(Flow(NAT_IN, 110, m, (dnat,), ck))
+    return flows
+
+
 ND_FLAGS_ROUTER, ND_FLAGS_SOLICITED, ND_FLAGS_OVERRIDE = 0x80000000, 0x40000000, 0x20000000
 
 
@@ -535,7 +581,7 @@ def arp_reply(mac: str) -> tuple:
     )
 
 
-def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str) -> tuple[Flow, ...]:
+def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpec | None = None) -> tuple[Flow, ...]:
     """A vif on a routed bridge (Xen's vif-route): its port security as on a bridged one,
     and no layer 2 at all. Its addresses are answered for with dom0's MAC on the LAN (ARP
     and neighbour solicitations) and routed to it; what it sends to dom0's MAC is routed;
@@ -549,6 +595,10 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str) -> tuple[Fl
     drop, route, answer = cookie(P_DROP, owner), cookie(P_ROUTE, owner), cookie(P_ARP_REPLY, owner)
     v4 = [i for i in dict.fromkeys(vif.ips) if i.version == 4]
     v6 = [i for i in dict.fromkeys(vif.ips) if i.version == 6 and not i.ip.is_link_local]
+    if nat is not None:  # a NAT guest: IPv4 on the NAT network only (no NAT for IPv6)
+        subnet = ipaddress.ip_network(nat.subnet)
+        v4 = [i for i in v4 if i.network.subnet_of(subnet)] if all(i.network.subnet_of(subnet) for i in v4) else []
+        v6 = []
     for p in vif.ports:
         # Above the flood (50) and the lookup (10): nothing it sends is switched.
         fs.flows.append(Flow(FORWARD, 55, match(F("in_port", p)), (), drop))
@@ -559,16 +609,24 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str) -> tuple[Fl
     else:
         to = (SetReg("reg7", port), Goto(EGRESS))
     allowed_from = PROMISCUOUS if private else F("reg5", 0, FROM_PRIVATE)
+    if nat is not None:  # from the LAN a NAT guest is reached only through conntrack (table 9)
+        allowed_from = F("reg5", FROM_LOCAL) if private else F("reg5", FROM_VIF)
+    routed_in = (SetField("dl_src", router_mac), SetField("dl_dst", vif.mac), DecTtl(), *to)
     for ip in v4:
         dst = _addr("nw_dst", ip)
         to_guest = (F("reg6", 0), F("dl_type", ETH_IP), F("dl_dst", router_mac), dst)
-        acts = (SetField("dl_src", router_mac), SetField("dl_dst", vif.mac), DecTtl(), *to)
-        fs.flows.append(Flow(FORWARD, 120, match(*to_guest, allowed_from), acts, route))
+        fs.flows.append(Flow(FORWARD, 120, match(*to_guest, allowed_from), routed_in, route))
         fs.flows.append(Flow(FORWARD, 119, match(*to_guest), (), drop))  # from a guest it may not reach
         who_has = (F("reg6", 0), F("dl_type", ETH_ARP), F("arp_op", 1), _addr("arp_tpa", ip))
-        # The LAN learns dom0's MAC for it; dom0 its own MAC, and reaches it directly.
-        fs.flows.append(Flow(FORWARD, 110, match(*who_has, F("reg5", FROM_UPLINK)), arp_reply(router_mac), answer))
+        # The LAN learns dom0's MAC for it (not for a NAT guest: the LAN never sees its
+        # address); dom0 its own MAC, and reaches it directly.
+        if nat is None:
+            fs.flows.append(Flow(FORWARD, 110, match(*who_has, F("reg5", FROM_UPLINK)), arp_reply(router_mac), answer))
         fs.flows.append(Flow(FORWARD, 110, match(*who_has, F("reg5", FROM_LOCAL)), arp_reply(vif.mac), answer))
+        if nat is not None:  # replies to its connections, translated back by conntrack (table 9
+            # comes after egress: resubmit, as goto_table only goes forward)
+            back = tuple(Resubmit(EGRESS) if isinstance(a, Goto) else a for a in routed_in)
+            fs.flows.append(Flow(NAT_IN, 100, match(F("dl_type", ETH_IP), dst), back, route))
         for p in vif.ports:  # its own address (a gratuitous ARP, a probe): nobody else has it
             fs.flows.append(Flow(FORWARD, 115, match(F("in_port", p), *who_has[1:]), (), drop))
     icmp6 = (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6))
@@ -592,6 +650,16 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str) -> tuple[Fl
         fs.flows.append(Flow(FORWARD, 110, match(*arp_req), arp_reply(router_mac), answer))
         routed = (Move("nw_dst", "reg8"), Resubmit(NEIGHBOURS), Resubmit(ROUTED))
         ip_in = (F("in_port", p), F("dl_type", ETH_IP), F("dl_dst", router_mac))
+        if nat is not None:
+            # To its gateway (dom0's address on the NAT network): to dom0, untranslated;
+            # to any other address of the NAT network that no guest has: nowhere; to the
+            # rest of the world: with dom0's address, through conntrack.
+            snat = Ct(nat.zone, commit=True, nat="src", addr=nat.address, ports=nat.ports)
+            routed = (Move("nw_dst", "reg8"), snat, Resubmit(NEIGHBOURS), Resubmit(ROUTED))
+            fs.flows.append(Flow(FORWARD, 118, match(*ip_in, F("nw_dst", nat.gateway)), (Output(OFPP_LOCAL),), route))
+            fs.flows.append(
+                Flow(FORWARD, 117, match(*ip_in, _addr("nw_dst", ipaddress.ip_interface(nat.subnet))), (), drop)
+            )
         fs.flows.append(Flow(FORWARD, 60, match(*ip_in), routed, route))
         # IPv6: its solicitations for any address are answered by the gateway, dom0's MAC
         # (not its own duplicate address detection, from ::); what it sends to dom0's MAC is

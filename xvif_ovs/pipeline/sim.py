@@ -15,8 +15,10 @@ from typing import Any
 
 from ..model.vifspec import mac_to_int
 from .flow import (
+    CT_STATE,
     OFPP_IN_PORT,
     OFPVID_PRESENT,
+    Ct,
     DecTtl,
     F,
     Flow,
@@ -48,6 +50,8 @@ class Packet:
     regs: dict[str, int] = field(default_factory=dict)
 
     def get(self, name: str) -> Any:
+        if name == "ct_state":
+            return self.fields.get("ct_state", 0)  # untracked: no bit set
         if name == "vlan_tci":
             return 0 if self.vlan is None else self.vlan | OFPVID_PRESENT
         if name.startswith("reg"):
@@ -92,8 +96,23 @@ class Trace:
         return {d.port for d in self.deliveries}
 
 
+@dataclass
+class Connection:
+    """One conntrack entry: the 5-tuple as first seen, and the one its replies carry (after
+    any translation)."""
+
+    orig: tuple
+    reply: tuple
+
+
+def five_tuple(pkt: Packet) -> tuple:
+    f = pkt.fields
+    return (f.get("nw_src"), f.get("nw_dst"), f.get("nw_proto"), f.get("tp_src", 0), f.get("tp_dst", 0))
+
+
 class Switch:
     def __init__(self, fs: FlowSet) -> None:
+        self.conntrack: dict[int, list[Connection]] = {}  # zone -> connections
         self.tables: dict[int, list[Flow]] = {}
         self.groups = {g.group_id: g for g in fs.groups}
         self.counters: dict[tuple, int] = {}
@@ -173,8 +192,37 @@ class Switch:
                 self._learn(a, pkt)
             elif isinstance(a, LearnNeighbour):
                 self._learn_neighbour(a, pkt)
+            elif isinstance(a, Ct):
+                self._ct(a, pkt, trace, depth)
             else:  # the pipeline uses no other action
                 raise TypeError(f"not a pipeline action: {a!r}")
+
+    def _ct(self, a: Ct, pkt: Packet, trace: Trace, depth: int) -> None:
+        """Conntrack as OVS's, for TCP and UDP: look the packet up in the zone (either
+        direction), record it on commit, translate it where its connection says so."""
+        t = five_tuple(pkt)
+        conns = self.conntrack.setdefault(a.zone, [])
+        found = next(((c, False) for c in conns if c.orig == t), None) or next(
+            ((c, True) for c in conns if c.reply == t), None
+        )
+        conn, is_reply = found if found else (None, False)
+        state = CT_STATE["trk"] | (CT_STATE["est"] if conn else CT_STATE["new"]) | (CT_STATE["rpl"] if is_reply else 0)
+        if conn is None and a.commit:
+            src, dst, proto, sport, dport = t
+            if a.nat == "src":
+                lo, hi = a.ports or (sport, sport)
+                src, sport = a.addr, sport if lo <= sport <= hi else lo
+            elif a.nat == "dst":
+                dst, dport = a.addr, (a.ports or (dport, dport))[0]
+            conn = Connection(t, (dst, src, proto, dport, sport))
+            conns.append(conn)
+        if conn is not None and a.nat is not None:
+            back = conn.orig if is_reply else conn.reply  # the other direction, reversed
+            pkt.fields.update(nw_src=back[1], nw_dst=back[0], tp_src=back[4], tp_dst=back[3])
+        if a.table is not None:
+            clone = copy.deepcopy(pkt)
+            clone.fields["ct_state"] = state
+            self._run_table(a.table, clone, trace, depth + 1)
 
     def _learn(self, a: LearnSource, pkt: Packet) -> None:
         m = match(F("reg6", pkt.regs.get("reg6", 0) & 0xFFF), F("dl_dst", pkt.fields["dl_src"]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .flow import Flow, Goto, LearnNeighbour, LearnSource, Resubmit
+from .flow import Ct, Flow, Goto, LearnNeighbour, LearnSource, Resubmit
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Table:
     next_tables: frozenset[int]
 
 
-CLASSIFY, PORT_SECURITY, LEARN, FORWARD, LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY = 0, 1, 2, 3, 4, 5, 6, 7, 8
+CLASSIFY, PORT_SECURITY, LEARN, FORWARD, LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY, NAT_IN = range(10)
 
 TABLES = {
     t.id: t
@@ -109,7 +109,7 @@ TABLES = {
                     "nd_target",
                 }
             ),
-            frozenset({LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY}),
+            frozenset({LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY, NAT_IN}),
         ),
         Table(
             LEARNED,
@@ -153,6 +153,16 @@ TABLES = {
             frozenset({"dl_type", "nw_proto", "icmpv6_type"}),
             frozenset(),
         ),
+        Table(
+            NAT_IN,
+            "nat_in",
+            "NAT bridges: what the LAN sent to dom0's address, after conntrack translated it back: "
+            "a reply to a guest's connection (its destination is the guest again) is routed to it; "
+            "a new connection to a forwarded port is translated to its guest and comes back here; "
+            "an invalid one is dropped; the rest is dom0's own and goes to it.",
+            frozenset({"ct_state", "dl_type", "nw_proto", "nw_dst", "tp_dst"}),
+            frozenset({NAT_IN, EGRESS}),
+        ),
     )
 }
 
@@ -169,7 +179,7 @@ def check_flow(flow: Flow) -> None:
     if extra:
         raise PipelineError(f"table {table.name} may not match {sorted(extra)}: {flow.render()}")
     for a in flow.actions:
-        target = a.table if isinstance(a, Goto | Resubmit) else None
+        target = a.table if isinstance(a, Goto | Resubmit | Ct) else None
         if isinstance(a, LearnSource | LearnNeighbour):
             want = LEARNED if isinstance(a, LearnSource) else NEIGHBOURS
             if a.table != want:

@@ -1,0 +1,217 @@
+"""A NAT bridge (Xen's vif-nat, in flows and OVS's conntrack) on the lab: real ovs-vswitchd
+and its conntrack, real Linux hosts on the LAN and as guests, dom0 the lab's namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from frames import Capture
+
+from xvif_ovs.lab.host import BridgeArg
+from xvif_ovs.pipeline.build import P_DROP, P_ROUTE
+from xvif_ovs.pipeline.flow import COOKIE_MAGIC, vif_owner
+
+LAN = "lan-xennat"  # behind peth1: 198.51.100.1
+LAN_IP, ADDRESS, GATEWAY = "198.51.100.1", "198.51.100.254", "10.0.1.1"
+CONFIG = f"""
+[controller]
+bridges = ["xenbr0", "xennat"]
+
+[bridges.xennat]
+mode = "nat"
+address = "{ADDRESS}"
+subnet = "10.0.1.0/24"
+gateway = "{GATEWAY}"
+forwards = ["tcp:8080 -> web:80"]
+"""
+
+# A TCP server that answers one connection with the address it came from, then exits.
+SERVER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1); print("ready", flush=True)
+c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()
+"""
+CLIENT = r"""
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+print(c.recv(100).decode())
+"""
+# UDP to a closed port: the ICMP port unreachable must come back through NAT.
+UDP_REFUSED = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2]))); s.send(b"x")
+try:
+    s.recv(10); print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+"""
+
+
+@pytest.fixture(scope="module")
+def lab_bridges():
+    return [BridgeArg("xenbr0", "peth0"), BridgeArg("xennat", "peth1", "nat")]
+
+
+def ofctl(host, *args: str) -> str:
+    cmd = ["ovs-ofctl", "-O", "OpenFlow13", args[0], f"unix:{host.lab.dir}/xennat.mgmt", *args[1:]]
+    return subprocess.run(cmd, env=host.lab.env(), capture_output=True, text=True, check=True).stdout
+
+
+def wait_for(cond, what: str, timeout: float = 15.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def cookie_of(purpose: int, domid: int) -> str:
+    return f"cookie={COOKIE_MAGIC | purpose << 40 | vif_owner(domid, 0):#x}/-1"
+
+
+def packets(host, purpose: int, domid: int) -> int:
+    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", ofctl(host, "dump-flows", cookie_of(purpose, domid))))
+
+
+def py(host, ns: str, code: str, *args: str, check: bool = True) -> str:
+    return host.exec(ns, sys.executable, "-c", code, *args, check=check).stdout.strip()
+
+
+def serve(ns: str, port: int) -> subprocess.Popen:
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", f"xvl-{ns}", sys.executable, "-c", SERVER, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def cli(host, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **host.lab.env()}
+    return subprocess.run(
+        [sys.executable, "-m", "xvif_ovs.cli.main", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+@pytest.fixture(scope="module")
+def nat(host):
+    cfg = host.lab.dir / "controller.toml"
+    cfg.write_text(CONFIG)
+    host.lab.start_controller(cfg)
+    wait_for(lambda: "connected" in (host.lab.dir / "controller.log").read_text(), "the controller to connect")
+    yield host
+    host.lab.stop_controller()
+
+
+@pytest.fixture
+def two(nat, guests):
+    guests.guest("web", 41, "mac=00:16:3e:00:29:01,bridge=xennat,ip=10.0.1.41")
+    guests.guest("db", 42, "mac=00:16:3e:00:2a:01,bridge=xennat,ip=10.0.1.42")
+    for d in (41, 42):
+        wait_for(lambda d=d: "table=3" in ofctl(guests, "dump-flows", cookie_of(P_ROUTE, d)), f"vif{d}.0 routed")
+    # The forward to web needs web running: the controller redoes the bridge when it appears.
+    wait_for(lambda: "tp_dst=8080" in ofctl(guests, "dump-flows", "table=9"), "the port forward to web")
+    return guests
+
+
+def test_a_nat_guest_reaches_the_lan_which_sees_only_dom0s_address(two):
+    server = serve(LAN, 7000)
+    assert py(two, "web", CLIENT, LAN_IP, "7000") == ADDRESS
+    server.wait(5)
+    r = two.exec("web", "ping", "-c", "2", "-i", "0.2", "-W", "1", LAN_IP, check=False)
+    assert r.returncode == 0, r.stdout
+
+
+def test_a_port_forward_reaches_the_named_guest(two):
+    server = serve("web", 80)
+    assert py(two, LAN, CLIENT, ADDRESS, "8080") == LAN_IP  # web sees the LAN host itself
+    server.wait(5)
+
+
+def test_nothing_unsolicited_from_the_lan_reaches_a_nat_guest(two):
+    server = serve("web", 9090)
+    try:
+        # dom0's port 9090 is dom0's (nothing listens there: refused), not web's.
+        out = py(two, LAN, CLIENT, ADDRESS, "9090", check=False)
+        assert out != LAN_IP
+        # Even with a route to the NAT network through dom0, its addresses are not reachable.
+        two.exec(LAN, "ip", "route", "add", "10.0.1.0/24", "via", ADDRESS)
+        try:
+            assert two.exec(LAN, "ping", "-c", "2", "-W", "1", "10.0.1.41", check=False).returncode != 0
+            assert py(two, LAN, CLIENT, "10.0.1.41", "9090", check=False) != LAN_IP
+        finally:
+            two.exec(LAN, "ip", "route", "del", "10.0.1.0/24")
+    finally:
+        server.kill()
+        server.wait(5)
+
+
+def test_an_icmp_error_for_a_nated_flow_comes_back_to_its_guest(two):
+    assert py(two, "web", UDP_REFUSED, LAN_IP, "9") == "refused"
+
+
+def test_nat_guests_reach_each_other_and_their_gateway_untranslated(two):
+    server = serve("db", 7001)
+    assert py(two, "web", CLIENT, "10.0.1.42", "7001") == "10.0.1.41"
+    server.wait(5)
+    assert two.exec("web", "ping", "-c", "1", "-W", "1", GATEWAY, check=False).returncode == 0
+
+
+def test_spoofs_from_a_nat_guest_are_dropped_and_counted(two):
+    rmac = two.vsctl("get", "interface", "xennat", "mac_in_use").strip().strip('"')
+    before = packets(two, P_DROP, 41)
+    cap = Capture([LAN])
+    cap.send_frame("web", f'Ether(src=MAC, dst="{rmac}")/IP(src="10.0.1.41", dst="{LAN_IP}")/UDP()/M')  # allowed
+    for spoof in (
+        f'Ether(src=MAC, dst="{rmac}")/IP(src="10.0.1.42", dst="{LAN_IP}")/UDP()/M',  # the other guest's
+        f'Ether(src=MAC, dst="{rmac}")/IP(src="{ADDRESS}", dst="{LAN_IP}")/UDP()/M',  # dom0's
+        f'Ether(src="00:16:3e:00:99:99", dst="{rmac}")/IP(src="10.0.1.41", dst="{LAN_IP}")/UDP()/M',
+    ):
+        cap.send_frame("web", spoof)
+    got = cap.results()[LAN]
+    assert [f["src"] for f in got] == [rmac], got
+    assert packets(two, P_DROP, 41) >= before + 3
+
+
+def test_a_nated_tcp_stream_survives_a_controller_kill(two):
+    """Connections live in the datapath's conntrack, not in the controller."""
+    two.exec(LAN, "iperf3", "-s", "-1", "-D", "--pidfile", "/tmp/xvif-nat-iperf.pid")
+    time.sleep(0.3)
+    stream = subprocess.Popen(
+        ["ip", "netns", "exec", "xvl-web", "iperf3", "-c", LAN_IP, "-t", "4", "-J"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    two.lab.stop_controller(kill=True)
+    log = two.lab.dir / "controller.log"
+    at = len(log.read_text())
+    two.lab.start_controller(two.lab.dir / "controller.toml")
+    wait_for(lambda: "switch xennat connected" in log.read_text()[at:], "the restarted controller")
+    out, _ = stream.communicate(timeout=60)
+    result = json.loads(out)
+    assert "error" not in result, result.get("error")
+    assert result["end"]["sum_received"]["bytes"] > 1_000_000
+    assert not [i for i in result["intervals"] if i["sum"]["bytes"] == 0], "the stream stalled for a second"
+
+
+def test_the_cli_knows_the_nat_model(two):
+    data = json.loads(cli(two, "show", "--json").stdout)
+    br = {b["name"]: b for b in data["bridges"]}["xennat"]
+    assert br["mode"] == "nat"
+    seen = {v["device"]: v["visible"] for v in br["vifs"]}
+    assert seen["vif41.0"] == f"nothing: NAT behind dom0's {ADDRESS}"
+    report = json.loads(cli(two, "doctor", "--json", "--interval", "0").stdout)
+    assert [p for p in report["problems"] if p["check"] == "routed bridges"] == []
+    out = json.loads(cli(two, "trace", "--from", "vif41.0", "--to", LAN_IP, "--json").stdout)
+    assert "NAT" in out["verdict"], out["verdict"]
