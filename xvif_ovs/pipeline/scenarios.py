@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..model.host import BridgeModel, PortVlans, Uplink, VifModel
+from ..model.host import BridgeModel, NatSpec, PortForward, PortVlans, Uplink, VifModel
 from ..model.vifspec import parse_bridge, parse_ips
 from .build import build
 from .sim import Switch
@@ -122,6 +122,22 @@ def routed_host() -> str:
     )
 
 
+def nat_host() -> str:
+    """A NAT bridge (Xen's vif-nat): dom0's LAN address 198.51.100.254 and MAC
+    02:00:00:00:00:fe, guests on 10.0.0.0/24 (gateway 10.0.0.1), dom0's tcp 8080 forwarded
+    to the first guest's port 80, a guest with no address, conntrack zone 30838."""
+    nat = NatSpec("198.51.100.254", "10.0.0.0/24", "10.0.0.1", 30838, (PortForward("tcp", 8080, "10.0.0.5", 80),))
+    b = BridgeModel(
+        "xennat",
+        (UPLINK,),
+        vifs=(_vif(5, "xennat", "10.0.0.5"), _vif(6, "xennat", "10.0.0.6"), _vif(7, "xennat")),
+        mode="nat",
+        router_mac="02:00:00:00:00:fe",
+        nat=nat,
+    )
+    return build(b).render()
+
+
 SCENARIOS: dict[str, Callable[[], str]] = {
     "two-guests-one-vlan": two_guests_one_vlan,
     "access-trunk-native": access_trunk_native,
@@ -130,6 +146,7 @@ SCENARIOS: dict[str, Callable[[], str]] = {
     "uplink-learning": uplink_learning,
     "uplinks-and-strangers": uplinks_and_strangers,
     "routed-host": routed_host,
+    "nat-host": nat_host,
 }
 
 
