@@ -17,6 +17,8 @@ APT_PACKAGES=(
     xenstore-utils                     # Xen's xenstore-* clients: the conformance witnesses
     xen-utils-common                   # Xen's hotplug scripts (vif-openvswitch, vif-common.sh)
     iproute2 iputils-ping iperf3 ethtool tcpdump procps
+    dnsmasq-base                       # the DHCP server of NAT bridges (started by the controller)
+    busybox                            # udhcpc: the lab tests' DHCP client
 )
 
 if [ "$(id -u)" -ne 0 ]; then

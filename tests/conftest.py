@@ -18,7 +18,7 @@ from xvif_ovs.lab.domain import add_domain, del_domain
 from xvif_ovs.lab.host import BridgeArg, Lab
 from xvif_ovs.lab.sh import netns_list
 
-_LAB_PROC = re.compile(r"(ovsdb-server|ovs-vswitchd|xvif_ovs\.cli\.main xenstored)")
+_LAB_PROC = re.compile(r"(ovsdb-server|ovs-vswitchd|xvif_ovs\.cli\.main xenstored|dnsmasq .*xvif-ovs-dhcp)")
 
 
 def _links() -> set[str]:

@@ -185,8 +185,8 @@ def test_spoofs_from_a_nat_guest_are_dropped_and_counted(two):
 
 def test_a_nated_tcp_stream_survives_a_controller_kill(two):
     """Connections live in the datapath's conntrack, not in the controller."""
-    two.exec(LAN, "iperf3", "-s", "-1", "-D", "--pidfile", "/tmp/xvif-nat-iperf.pid")
-    time.sleep(0.3)
+    server = subprocess.Popen(["ip", "netns", "exec", f"xvl-{LAN}", "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
+    wait_for(lambda: ":5201" in two.exec(LAN, "ss", "-ltn").stdout, "iperf3 to listen")
     stream = subprocess.Popen(
         ["ip", "netns", "exec", "xvl-web", "iperf3", "-c", LAN_IP, "-t", "4", "-J"],
         stdout=subprocess.PIPE,
@@ -199,6 +199,7 @@ def test_a_nated_tcp_stream_survives_a_controller_kill(two):
     two.lab.start_controller(two.lab.dir / "controller.toml")
     wait_for(lambda: "switch xennat connected" in log.read_text()[at:], "the restarted controller")
     out, _ = stream.communicate(timeout=60)
+    server.wait(10)
     result = json.loads(out)
     assert "error" not in result, result.get("error")
     assert result["end"]["sum_received"]["bytes"] > 1_000_000
@@ -215,3 +216,63 @@ def test_the_cli_knows_the_nat_model(two):
     assert [p for p in report["problems"] if p["check"] == "routed bridges"] == []
     out = json.loads(cli(two, "trace", "--from", "vif41.0", "--to", LAN_IP, "--json").stdout)
     assert "NAT" in out["verdict"], out["verdict"]
+
+
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+    bound|renew)
+        ip addr flush dev "$interface"
+        ip addr add "$ip/$mask" dev "$interface"
+        ip route replace default via "${router%% *}" dev "$interface"
+        echo "$ip" > /tmp/xvif-udhcpc-$interface.ip ;;
+esac
+"""
+
+
+def dhcp_lease(host, guest: str, tmp_path) -> str:
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    argv = ("busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s", str(script))
+    got = host.exec(guest, *argv, check=False)
+    log = host.lab.dir / "xvif-ovs-dhcp-xennat.log"
+    assert got.returncode == 0, (
+        f"{got.stdout}{got.stderr}\nthe DHCP server's log:\n{log.read_text()[-3000:] if log.exists() else 'none'}"
+    )
+    return host.exec(guest, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout.split()[3].split("/")[0]
+
+
+def xs_read(host, path: str) -> str | None:
+    from pyxs import Client
+
+    with Client(unix_socket_path=str(host.lab.xenstore_socket)) as c:
+        return c.read(path.encode()).decode() if c.exists(path.encode()) else None
+
+
+def test_a_guest_without_an_address_gets_one_by_dhcp_that_port_security_enforces_and_keeps(two, tmp_path):
+    two.guest("dyn", 43, "mac=00:16:3e:00:2b:01,bridge=xennat")
+    key = "/local/domain/0/backend/vif/43/0/xvif-nat-ip"
+    wait_for(lambda: xs_read(two, key) is not None, "the controller to choose its address")
+    given = xs_read(two, key)
+    assert given == "10.0.1.2", given  # the lowest free: .1 is the gateway, web and db have .41 and .42
+    wait_for(lambda: f"nw_dst={given}" in ofctl(two, "dump-flows", cookie_of(P_ROUTE, 43)), "its routes")
+    assert dhcp_lease(two, "dyn", tmp_path) == given
+    server = serve(LAN, 7002)
+    assert py(two, "dyn", CLIENT, LAN_IP, "7002") == ADDRESS
+    server.wait(5)
+    # Another address on its NIC is a spoof: dropped.
+    two.exec("dyn", "ip", "addr", "add", "10.0.1.99/24", "dev", "eth0")
+    bad = two.exec("dyn", "ping", "-c", "2", "-W", "1", "-I", "10.0.1.99", LAN_IP, check=False)
+    two.exec("dyn", "ip", "addr", "del", "10.0.1.99/24", "dev", "eth0")
+    assert bad.returncode != 0
+    # A controller restart keeps the address, and the DHCP server that hands it out.
+    pidfile = two.lab.dir / "xvif-ovs-dhcp-xennat.pid"
+    pid = pidfile.read_text().strip()
+    two.lab.stop_controller(kill=True)
+    log = two.lab.dir / "controller.log"
+    at = len(log.read_text())
+    two.lab.start_controller(two.lab.dir / "controller.toml")
+    wait_for(lambda: "switch xennat connected" in log.read_text()[at:], "the restarted controller")
+    assert dhcp_lease(two, "dyn", tmp_path) == given
+    assert pidfile.read_text().strip() == pid
+    assert "DHCP server" not in log.read_text()[at:]  # adopted, not restarted

@@ -135,3 +135,25 @@ def test_ovs_accepts_every_flow_of_a_nat_bridge(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "error" not in out.lower(), out
     assert out.count("OFPT_FLOW_MOD") == len(flows)
+
+
+def test_a_guest_without_an_address_reaches_dom0s_dhcp_server_and_hears_its_answer(sw):
+    discover = udp(N7.mac, "ff:ff:ff:ff:ff:ff", "0.0.0.0", "255.255.255.255", 68, 67)
+    assert sw.send(7, discover).ports == {OFPP_LOCAL}
+    offer = udp(ROUTER, N7.mac, "10.0.0.1", "10.0.0.7", 67, 68)  # dnsmasq unicasts to its MAC
+    assert sw.send(OFPP_LOCAL, offer).ports == {7}
+    assert sw.send(7, udp(N7.mac, ROUTER, "0.0.0.0", LAN_IP, 68, 53)).deliveries == []  # nothing else
+
+
+def test_the_dhcp_allocator_takes_the_lowest_free_addresses():
+    from xvif_ovs.controller.dhcp import allocate, hosts, wanting
+
+    assert allocate(NAT, ["10.0.0.2", "10.0.0.4"], 3) == ["10.0.0.3", "10.0.0.5", "10.0.0.6"]  # .1 is the gateway
+    small = NatSpec(ADDRESS, "10.0.0.0/30", "10.0.0.1", 1)
+    assert allocate(small, [], 5) == ["10.0.0.2"]  # full after one
+    model = bridge(N5, N7)
+    keys = {(5, 0): {"ip": "10.0.0.5"}, (7, 0): {}}
+    assert wanting(model, keys) == ([(7, 0)], {"10.0.0.5"})
+    keys[(7, 0)] = {"xvif-nat-ip": "10.0.0.2"}  # given one already: not asked again
+    assert wanting(model, keys)[0] == []
+    assert hosts(model) == [(N5_MAC, "10.0.0.5")]  # N7's address reaches the model through XenStore

@@ -13,6 +13,7 @@ from ..model.host import ALL_VLANS, BridgeModel, NatSpec, PortForward, Uplink, V
 from ..model.ports import unmanaged_hint
 from ..model.vifspec import parse_ips, parse_mac, vif_vlans
 from .config import Config, NatPolicy
+from .dhcp import NAT_IP_KEY
 from .ovsdb_monitor import BridgeInfo, PortInfo
 
 
@@ -35,7 +36,9 @@ def vif_from_xenstore(keys: dict[str, str], domid: int, devid: int, name: str, c
         devid=devid,
         mac=mac,
         vlans=vlans,
-        ips=parse_ips(keys.get("ip", "")),
+        # ip= as libxl wrote it; on a NAT bridge, without one, the address the controller
+        # gave it for DHCP (dhcp.py), which port security then enforces.
+        ips=parse_ips(keys.get("ip") or keys.get(NAT_IP_KEY, "")),
         # Not libxl's `trusted` (XSA-403: the frontend's trust in its backend, written under
         # the frontend); a router VM is named in the config or marked with our own key in
         # the backend node, which only dom0 can write.
@@ -47,7 +50,7 @@ def vif_from_xenstore(keys: dict[str, str], domid: int, devid: int, name: str, c
 
 # The XenStore keys that shape a vif's flows; the rest (hotplug-status, ofport, ...) do not.
 TRUSTED_KEY = "xvif-trusted"  # backend/vif/D/N/xvif-trusted = 1: may serve DHCP and send RAs
-_RELEVANT = ("mac", "bridge", "vlan", "ip", TRUSTED_KEY)
+_RELEVANT = ("mac", "bridge", "vlan", "ip", TRUSTED_KEY, NAT_IP_KEY)
 
 
 class Joiner:
@@ -366,7 +369,7 @@ def _routed_problems(bname: str, router_mac: str, vifs: list[VifModel], mode: st
                 + (
                     "(set ip= in its vif spec, as for vif-route)"
                     if mode == "routed"
-                    else "(set ip= to an address in the NAT subnet; DHCP on NAT bridges is not done yet)"
+                    else "(the controller is choosing it one for DHCP; if this stays, the subnet is full)"
                 )
             )
     return out

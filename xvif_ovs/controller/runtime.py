@@ -26,6 +26,7 @@ from ..pipeline.diff import diff_parts, first_stage
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, decode_cookie
 from ..xenstore.client import locate
 from ..xenstore.vifwatch import VifWatcher
+from . import dhcp
 from .config import Config
 from .hostmodel import Joiner, OfPort
 from .ovsdb_monitor import BridgeInfo, OvsdbMonitor
@@ -62,6 +63,8 @@ class Runtime:
         self._missing_reported: set[str] = set()
         self.packet_ins = 0
         self._retry = False
+        self.dhcp = dhcp.DhcpServers(cfg.rundir())
+        self._nat_given: dict[tuple[int, int], str] = {}
         # vifs and sessions are changed by the XenStore and os-ken threads while the
         # reconciler copies them: copying a dict that another thread resizes can raise.
         self._lock = threading.Lock()
@@ -398,10 +401,47 @@ class Runtime:
             if p not in self._reported_problems:
                 log.warning("%s", p)
         self._reported_problems = set(problems)
-        for bname, model in models.items():
-            if not self.cfg.managed(bname) or bname in self.refused_bridges:
-                continue
+        ours = {b: m for b, m in models.items() if self.cfg.managed(b) and b not in self.refused_bridges}
+        for bname, model in ours.items():
             self._worker(sessions[bname]).post(model=model)
+        if any(m.mode == "nat" for m in ours.values()) or self.dhcp.running:
+            self._nat_dhcp(ours, vifs)
+
+    def _nat_dhcp(self, models: dict[str, BridgeModel], vifs: dict[tuple[int, int], dict[str, str]]) -> None:
+        """NAT guests without ip= get an address (written to XenStore: the next pass puts it
+        in their flows), and each NAT bridge's DHCP server serves what the models say."""
+        try:
+            for bname, model in models.items():
+                if model.nat is None:
+                    continue
+                need, taken = dhcp.wanting(model, vifs)
+                # Written already, and not yet seen back from XenStore: not again.
+                self._nat_given = {
+                    k: a for k, a in self._nat_given.items() if k in vifs and not vifs[k].get(dhcp.NAT_IP_KEY)
+                }
+                need = [k for k in need if k not in self._nat_given]
+                taken |= set(self._nat_given.values())
+                if not need:
+                    continue
+                addrs = dhcp.allocate(model.nat, taken, len(need))
+                if len(addrs) < len(need):
+                    log.error(
+                        "NAT bridge %s: subnet %s is full; %d guest(s) get no address",
+                        bname,
+                        model.nat.subnet,
+                        len(need) - len(addrs),
+                    )
+                where = self.cfg.xenstore
+                with Client(**({"unix_socket_path": where} if where else locate())) as c:
+                    for (domid, devid), addr in zip(need, addrs, strict=False):
+                        c.write(
+                            f"/local/domain/0/backend/vif/{domid}/{devid}/{dhcp.NAT_IP_KEY}".encode(), addr.encode()
+                        )
+                        self._nat_given[(domid, devid)] = addr
+                        log.info("NAT bridge %s: vif%d.%d gets %s (DHCP)", bname, domid, devid, addr)
+            self.dhcp.sync(models)
+        except Exception:  # noqa: BLE001 - DHCP must not stop the flows of every bridge
+            log.exception("NAT DHCP: failed; retrying with the next change")
 
     def _program(self, s: Session, bname: str, model: BridgeModel) -> bool:
         """Bring one switch to ``model`` (in its worker); False if it must be retried."""

@@ -223,6 +223,9 @@ class Lab:
         half-way: each step runs even if an earlier one found nothing to do."""
         state = self.state_file.load() if self.state_file.exists() else LabState()
         daemons.stop_controller(self.dir)
+        # The NAT bridges' DHCP servers the controller started (they outlive it by design).
+        for pidfile in self.dir.glob("xvif-ovs-dhcp-*.pid") if self.dir.exists() else ():
+            daemons.stop_pid(pidfile)
         self._remove_leftovers(state)
         daemons.stop_xenstored(self.dir)
         daemons.stop_ovs(self.dir)

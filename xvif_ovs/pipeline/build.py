@@ -602,12 +602,23 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
     for p in vif.ports:
         # Above the flood (50) and the lookup (10): nothing it sends is switched.
         fs.flows.append(Flow(FORWARD, 55, match(F("in_port", p)), (), drop))
-    if port is None or not router_mac or not (v4 or v6) or vif.access_vlans != (0,) or not vif.forwards:
-        return _checked(fs)
-    if vif.twin_ports:
+    if vif.twin_ports and port is not None:
         to = tuple(a for p in (port, *vif.twin_ports) for a in (SetReg("reg7", p), Resubmit(EGRESS)))
     else:
         to = (SetReg("reg7", port), Goto(EGRESS))
+    to_it = match(F("reg5", FROM_LOCAL), F("reg6", 0), F("dl_dst", vif.mac))
+    if nat is not None and port is not None and router_mac and vif.access_vlans == (0,) and vif.forwards:
+        # DHCP, with or without an address yet: its requests to dom0's server, and the
+        # server's answers (unicast to its MAC) back to it.
+        for p in vif.ports:
+            dhcp = match(F("in_port", p), F("dl_type", ETH_IP), F("nw_proto", UDP), F("tp_src", 68), F("tp_dst", 67))
+            fs.flows.append(Flow(FORWARD, 116, dhcp, (Output(OFPP_LOCAL),), route))
+        fs.flows.append(Flow(FORWARD, 125, to_it, to, route))
+    if port is not None:
+        out = (Output(port),)
+        fs.flows.append(Flow(EGRESS, 100, match(F("reg6", 0), F("reg7", port)), out, cookie(P_EGRESS, owner)))
+    if port is None or not router_mac or not (v4 or v6) or vif.access_vlans != (0,) or not vif.forwards:
+        return _checked(fs)
     allowed_from = PROMISCUOUS if private else F("reg5", 0, FROM_PRIVATE)
     if nat is not None:  # from the LAN a NAT guest is reached only through conntrack (table 9)
         allowed_from = F("reg5", FROM_LOCAL) if private else F("reg5", FROM_VIF)
@@ -644,7 +655,8 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
             Flow(FORWARD, 110, match(*solicit, F("reg5", FROM_UPLINK)), na_reply(router_mac, proxy), answer)
         )
         fs.flows.append(Flow(FORWARD, 110, match(*solicit, F("reg5", FROM_LOCAL)), na_reply(vif.mac, proxy), answer))
-    fs.flows.append(Flow(FORWARD, 125, match(F("reg5", FROM_LOCAL), F("reg6", 0), F("dl_dst", vif.mac)), to, route))
+    if nat is None:  # (a NAT guest's is above: it needs it before it has an address)
+        fs.flows.append(Flow(FORWARD, 125, to_it, to, route))
     for p in vif.ports:
         arp_req = (F("in_port", p), F("dl_type", ETH_ARP), F("arp_op", 1))
         fs.flows.append(Flow(FORWARD, 110, match(*arp_req), arp_reply(router_mac), answer))
@@ -670,8 +682,6 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
         ip6_in = (F("in_port", p), F("dl_type", ETH_IPV6), F("dl_dst", router_mac))
         fs.flows.append(Flow(FORWARD, 61, match(*ip6_in, F("ipv6_dst", "fe80::", "ffc0::")), (), drop))
         fs.flows.append(Flow(FORWARD, 60, match(*ip6_in), (Resubmit(NEIGHBOURS), Resubmit(ROUTED)), route))
-    out = (Output(port),)
-    fs.flows.append(Flow(EGRESS, 100, match(F("reg6", 0), F("reg7", port)), out, cookie(P_EGRESS, owner)))
     return _checked(fs)
 
 

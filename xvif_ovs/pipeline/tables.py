@@ -107,6 +107,8 @@ TABLES = {
                     "ipv6_src",
                     "ipv6_dst",
                     "nd_target",
+                    "tp_src",
+                    "tp_dst",
                 }
             ),
             frozenset({LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY, NAT_IN}),
