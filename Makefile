@@ -24,7 +24,7 @@ bench:
 	cd bench && ../$(VENV)/bin/python firstpacket.py --sizes 0 100 1000 --repeats 7
 	cd bench && ../$(VENV)/bin/python scale.py --sizes 1 100 1000 4000 --changes 9
 	cd bench && ../$(VENV)/bin/python dataplane.py
-	cd bench && ../$(VENV)/bin/python routed.py
+	cd bench && ../$(VENV)/bin/python models.py
 	cd bench && ../$(VENV)/bin/python drills.py
 	cd bench && ../$(VENV)/bin/python adversarial.py
 	cd bench && ../$(VENV)/bin/python soak.py --vifs 1000 --events 100000

@@ -142,27 +142,38 @@ def dataplane(d: dict) -> list[str]:
     return out + [""]
 
 
-def routed(d: dict) -> list[str]:
-    out = ["## Routed guests (Xen's vif-route model)", ""] + header(d)
+def models(d: dict) -> list[str]:
+    out = ["## Xen's network models: bridged, routed, NAT", ""] + header(d)
     st, res = d["results"]["stats"], d["results"]
     out += [
-        "The same lab, alternating: guests on a routed bridge (proxy ARP and routing in the",
-        "controller's flows), their bridged counterparts through the pipeline, and Linux doing",
-        "vif-route's job (kernel forwarding, proxy ARP on the uplink and each vif, a /32 route per",
-        "guest; veths in namespaces, no OVS).",
+        "The same lab, alternating: guests bridged through the pipeline, routed (proxy ARP and",
+        "routing in the controller's flows) and NATed (routing and OVS conntrack NAT in flows),",
+        "against Linux doing vif-route's job (kernel forwarding, proxy ARP, a /32 route per guest)",
+        "and vif-nat's (the same, guests on a private subnet, iptables MASQUERADE), in namespaces",
+        "with veths and no OVS. Connections: new TCP connections per second from one guest to a",
+        "LAN host, one at a time (each one a new conntrack entry through NAT).",
         "",
         "| model, path | Gbit/s min/median/max | RTT ms min/median/max |",
         "|---|---|---|",
     ]
-    names = {"routed": "xvif-ovs routed", "bridged": "xvif-ovs bridged", "linux-route": "Linux vif-route"}
-    for model in ("routed", "bridged", "linux-route"):
+    names = {
+        "bridged": "xvif-ovs bridged",
+        "routed": "xvif-ovs routed",
+        "nat": "xvif-ovs NAT",
+        "linux-route": "Linux vif-route",
+        "linux-nat": "Linux vif-nat",
+    }
+    for model in names:
         for path in ("guest-LAN", "guest-guest"):
             out.append(
                 f"| {names[model]}, {path} | {mmm(st[f'{model} {path} Gbit/s'], 1, '.2f')} | "
                 f"{mmm(st[f'{model} {path} rtt ms'], 1, '.3f')} |"
             )
-    out += ["", "Throughput ratios (medians):", ""]
+    out += ["", "| model | new TCP connections/s to the LAN min/median/max |", "|---|---|"]
+    out += [f"| {names[m]} | {mmm(st[f'{m} guest-LAN conn/s'])} |" for m in names]
+    out += ["", "Ratios of medians (throughput, then connection rate):", ""]
     out += [f"- {k}: {v:.2f}" for k, v in res["throughput_ratios"].items()]
+    out += [f"- connections, {k}: {v:.2f}" for k, v in res["connection_rate_ratios"].items()]
     out += [
         "",
         f"A LAN host's ping to a routed guest comes back with TTL {res['lan_sees_ttl']} (one routed hop); "
@@ -325,7 +336,7 @@ def main() -> int:
         ("firstpacket", firstpacket),
         ("scale", scale),
         ("dataplane", dataplane),
-        ("routed", routed),
+        ("models", models),
         ("drills", drills),
         ("adversarial", adversarial),
         ("soak", soak),

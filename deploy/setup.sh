@@ -19,6 +19,7 @@ APT_PACKAGES=(
     iproute2 iputils-ping iperf3 ethtool tcpdump procps
     dnsmasq-base                       # the DHCP server of NAT bridges (started by the controller)
     busybox                            # udhcpc: the lab tests' DHCP client
+    iptables                           # bench/models.py: Linux doing vif-nat's job, the baseline
 )
 
 if [ "$(id -u)" -ne 0 ]; then
