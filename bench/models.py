@@ -42,24 +42,32 @@ address = "203.0.113.254"
 subnet = "10.0.2.0/24"
 gateway = "10.0.2.1"
 """
-# Opens and closes TCP connections to HOST:PORT for SECONDS; prints how many per second.
+# The LAN host listens on 7100-7115: connections spread as to several services.
+# Opens and closes TCP connections to HOST:PORT.. for SECONDS; prints how many per second.
 CONNECT = r"""
 import socket, sys, time
 host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 n, end = 0, time.monotonic() + seconds
 while time.monotonic() < end:
-    s = socket.create_connection((host, port), timeout=2)
+    s = socket.create_connection((host, port + n % 16), timeout=2)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST: no TIME_WAIT
     s.close()
     n += 1
 print(n / seconds)
 """
 ACCEPT = r"""
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(512); print("ready", flush=True)
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+for port in range(int(sys.argv[1]), int(sys.argv[1]) + 16):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(512); s.setblocking(False); sel.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
 while True:
-    c, _ = s.accept(); c.close()
+    for key, _ in sel.select():
+        try:
+            c, _ = key.fileobj.accept(); c.close()
+        except BlockingIOError:
+            pass
 """
 
 

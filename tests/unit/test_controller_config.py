@@ -48,6 +48,11 @@ def test_the_shipped_example_loads():
             "tcp:80 forwarded twice",
         ),
         ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nsubnet = '10.0.0.0/24'\n", 'only for mode = "nat"'),
+        (NAT + "address = '192.0.2.254'\nsubnet = '10.0.0.0/24'\nports = '80-90'\n", "LOW-HIGH within 1024-65535"),
+        (
+            NAT + "address = '192.0.2.254'\nsubnet = '10.0.0.0/24'\nforwards = ['tcp:62000 -> web:80']\n",
+            "lie in ports",
+        ),
     ],
 )
 def test_bad_config_says_what_to_fix(tmp_path, text, hint):

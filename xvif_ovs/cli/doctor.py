@@ -17,7 +17,7 @@ from ..controller.config import NatPolicy
 from ..errors import VifSpecError, XvifError
 from ..inspect.hoststate import BridgeView, HostView, read_host
 from ..inspect.openflow import OpenFlowUnavailable
-from ..model.host import NAT_PORTS, migrating
+from ..model.host import migrating
 from ..model.ports import unmanaged_problem
 from ..model.vifspec import parse_bridge, parse_mac
 from .flows import controller_config, drift, drops
@@ -308,13 +308,14 @@ def nat_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:
         lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     except (OSError, ValueError):
         lo, hi = 32768, 60999
-    if hi >= NAT_PORTS[0] and lo <= NAT_PORTS[1]:
+    nlo, nhi = nat.ports
+    if hi >= nlo and lo <= nhi:
         out.append(
             Problem(
                 name,
-                f"dom0's own source ports ({lo}-{hi}) overlap the ports NAT gives guests' connections "
-                f"({NAT_PORTS[0]}-{NAT_PORTS[1]}): a connection of dom0's and a guest's could collide",
-                f"sysctl -w net.ipv4.ip_local_port_range='{lo} {NAT_PORTS[0] - 1}'",
+                f"dom0's own source ports ({lo}-{hi}) overlap the ports NAT gives guests' connections on {b.name} "
+                f"({nlo}-{nhi}): a connection of dom0's and a guest's could collide",
+                f"sysctl -w net.ipv4.ip_local_port_range='{lo} {nlo - 1}' (or another ports = in [bridges.{b.name}])",
             )
         )
     return out

@@ -18,6 +18,7 @@ address = "192.0.2.254"      # dom0's address on the LAN, which NAT guests leave
 subnet = "10.0.0.0/24"       # the guests' private network (their ip= addresses)
 gateway = "10.0.0.1"         # their gateway (default: the subnet's first address)
 zone = 30838                 # the conntrack zone of their connections
+ports = "61000-65535"        # their translated source ports: outside dom0's own
 forwards = ["tcp:8080 -> web:80"]   # dom0's port 8080 to domain web's port 80
 
 [vifs]
@@ -63,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import XvifError
+from ..model.host import NAT_PORTS
 
 MODES = ("bridged", "routed", "nat")
 _FORWARD = re.compile(r"^\s*(tcp|udp):(\d{1,5})\s*->\s*([A-Za-z0-9_.\-]+):(\d{1,5})\s*$")
@@ -89,6 +91,7 @@ class NatPolicy:
     gateway: str
     zone: int = 0x7876
     forwards: tuple[tuple[str, int, str, int], ...] = ()  # (proto, port, domain, guest port)
+    ports: tuple[int, int] = NAT_PORTS  # the translated source ports
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,7 @@ def load(path: str | None, **overrides: object) -> Config:
     for name, b in raw.get("bridges", {}).items():
         _only(
             b,
-            {"private", "reserved_for", "uplinks", "mode", "address", "subnet", "gateway", "zone", "forwards"},
+            {"private", "reserved_for", "uplinks", "mode", "address", "subnet", "gateway", "zone", "forwards", "ports"},
             f"{path} [bridges.{name}]",
         )
         if name not in bridges:
@@ -244,7 +247,7 @@ def load(path: str | None, **overrides: object) -> Config:
         mode = b.get("mode", "bridged")
         if mode not in MODES:
             raise ConfigError(f'[bridges.{name}] mode = {mode!r}: one of "bridged" (the default), "routed" or "nat"')
-        nat_keys = sorted({"address", "subnet", "gateway", "zone", "forwards"} & set(b))
+        nat_keys = sorted({"address", "subnet", "gateway", "zone", "forwards", "ports"} & set(b))
         if nat_keys and mode != "nat":
             raise ConfigError(f'[bridges.{name}] {", ".join(nat_keys)}: only for mode = "nat"')
         policies[name] = BridgePolicy(
@@ -314,7 +317,18 @@ def _nat(b: dict, where: str) -> NatPolicy:
     dup = sorted({f"{p}:{port}" for p, port in seen if seen.count((p, port)) > 1})
     if dup:
         raise ConfigError(f"{where} forwards: {', '.join(dup)} forwarded twice; keep one")
-    return NatPolicy(str(address), str(subnet), str(gateway), zone, tuple(forwards))
+    ports = b.get("ports", f"{NAT_PORTS[0]}-{NAT_PORTS[1]}")
+    m = re.match(r"^(\d{1,5})-(\d{1,5})$", ports) if isinstance(ports, str) else None
+    if m is None or not 1024 <= int(m.group(1)) <= int(m.group(2)) <= 65535:
+        raise ConfigError(
+            f"{where} ports = {ports!r}: the source ports to translate to, LOW-HIGH within 1024-65535, outside "
+            f'dom0\'s own (net.ipv4.ip_local_port_range), e.g. "{NAT_PORTS[0]}-{NAT_PORTS[1]}"'
+        )
+    lo, hi = int(m.group(1)), int(m.group(2))
+    clash = sorted(f"{p}:{port}" for p, port, _, _ in forwards if lo <= port <= hi)
+    if clash:
+        raise ConfigError(f"{where} forwards {', '.join(clash)} lie in ports = {ports!r}: forward ports outside it")
+    return NatPolicy(str(address), str(subnet), str(gateway), zone, tuple(forwards), (lo, hi))
 
 
 def _host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:

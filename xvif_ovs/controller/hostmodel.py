@@ -345,7 +345,7 @@ def _nat_spec(bname: str, policy: NatPolicy, vifs: list[VifModel]) -> tuple[NatS
             )
             continue
         forwards.append(PortForward(proto, port, guest, guest_port))
-    spec = NatSpec(policy.address, policy.subnet, policy.gateway, policy.zone, tuple(forwards))
+    spec = NatSpec(policy.address, policy.subnet, policy.gateway, policy.zone, tuple(forwards), policy.ports)
     return spec, problems
 
 
