@@ -21,7 +21,10 @@ LAN = "lan-xennat"  # behind peth1: 198.51.100.1
 LAN_IP, ADDRESS, GATEWAY = "198.51.100.1", "198.51.100.254", "10.0.1.1"
 CONFIG = f"""
 [controller]
-bridges = ["xenbr0", "xennat"]
+bridges = ["xenbr0", "xennat", "xenrt"]
+
+[bridges.xenrt]
+mode = "routed"
 
 [bridges.xennat]
 mode = "nat"
@@ -59,7 +62,8 @@ except socket.timeout:
 
 @pytest.fixture(scope="module")
 def lab_bridges():
-    return [BridgeArg("xenbr0", "peth0"), BridgeArg("xennat", "peth1", "nat")]
+    # The three models on one host: bridged, NAT, routed (its LAN: 203.0.113.1).
+    return [BridgeArg("xenbr0", "peth0"), BridgeArg("xennat", "peth1", "nat"), BridgeArg("xenrt", "peth2", "routed")]
 
 
 def ofctl(host, *args: str) -> str:
@@ -276,3 +280,23 @@ def test_a_guest_without_an_address_gets_one_by_dhcp_that_port_security_enforces
     assert dhcp_lease(two, "dyn", tmp_path) == given
     assert pidfile.read_text().strip() == pid
     assert "DHCP server" not in log.read_text()[at:]  # adopted, not restarted
+
+
+def test_the_three_models_work_side_by_side(two):
+    two.guest("br", 51, "mac=00:16:3e:00:33:01,ip=192.0.2.51")
+    two.guest("rt", 52, "mac=00:16:3e:00:34:01,bridge=xenrt,ip=203.0.113.52")
+    for guest, lan_ns, lan_ip, seen_as in (
+        ("br", "lan", "192.0.2.1", "192.0.2.51"),
+        ("rt", "lan-xenrt", "203.0.113.1", "203.0.113.52"),
+        ("web", LAN, LAN_IP, ADDRESS),
+    ):
+        server = serve(lan_ns, 7003)
+        deadline = time.monotonic() + 15
+        while True:  # the routed guest's flows may still be on their way
+            got = py(two, guest, CLIENT, lan_ip, "7003", check=False)
+            if got == seen_as or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        server.kill()
+        server.wait(5)
+        assert got == seen_as, (guest, got)
