@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from frames import Capture
@@ -125,7 +126,18 @@ def two(nat, guests):
         wait_for(lambda d=d: "table=3" in ofctl(guests, "dump-flows", cookie_of(P_ROUTE, d)), f"vif{d}.0 routed")
     # The forward to web needs web running: the controller redoes the bridge when it appears.
     wait_for(lambda: "tp_dst=8080" in ofctl(guests, "dump-flows", "table=9"), "the port forward to web")
+    wait_for(lambda: dhcp_hosts(guests) == 2, "the DHCP server to serve both")
     return guests
+
+
+def dhcp_hosts(host) -> int | None:
+    """How many hosts the NAT bridge's dnsmasq serves (None: it does not run)."""
+    try:
+        pid = int((host.lab.dir / "xvif-ovs-dhcp-xennat.pid").read_text())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return sum(a.startswith(b"--dhcp-host=") for a in argv)
 
 
 def test_a_nat_guest_reaches_the_lan_which_sees_only_dom0s_address(two):
@@ -216,8 +228,17 @@ def test_the_cli_knows_the_nat_model(two):
     assert br["mode"] == "nat"
     seen = {v["device"]: v["visible"] for v in br["vifs"]}
     assert seen["vif41.0"] == f"nothing: NAT behind dom0's {ADDRESS}"
-    report = json.loads(cli(two, "doctor", "--json", "--interval", "0").stdout)
-    assert [p for p in report["problems"] if p["check"] == "routed bridges"] == []
+
+    def doctor() -> list[str]:
+        report = json.loads(cli(two, "doctor", "--json", "--interval", "0").stdout)
+        return [p["message"] for p in report["problems"] if p["check"] == "routed bridges"]
+
+    assert doctor() == []
+    pid = int((two.lab.dir / "xvif-ovs-dhcp-xennat.pid").read_text())
+    os.kill(pid, 15)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "dnsmasq to stop")
+    (msg,) = doctor()
+    assert "no DHCP server runs" in msg, msg
     out = json.loads(cli(two, "trace", "--from", "vif41.0", "--to", LAN_IP, "--json").stdout)
     assert "NAT" in out["verdict"], out["verdict"]
 

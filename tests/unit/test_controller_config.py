@@ -50,6 +50,14 @@ def test_the_shipped_example_loads():
         ("[controller]\nbridges = ['xenbr1']\n[bridges.xenbr1]\nsubnet = '10.0.0.0/24'\n", 'only for mode = "nat"'),
         (NAT + "address = '192.0.2.254'\nsubnet = '10.0.0.0/24'\nports = '80-90'\n", "LOW-HIGH within 1024-65535"),
         (
+            "[controller]\nbridges = ['a', 'b']\n"
+            + "".join(
+                f"[bridges.{n}]\nmode = 'nat'\naddress = '192.0.2.254'\nsubnet = '10.0.{i}.0/24'\n"
+                for i, n in enumerate("ab")
+            ),
+            "zone = 30838 is \\[bridges.a\\]'s too",
+        ),
+        (
             NAT + "address = '192.0.2.254'\nsubnet = '10.0.0.0/24'\nforwards = ['tcp:62000 -> web:80']\n",
             "lie in ports",
         ),

@@ -6,8 +6,10 @@ JSON shape (`--json`), stable:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -304,6 +306,7 @@ def nat_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:
                 f"sysctl -w net.ipv4.conf.{b.name}.accept_local=1 (and in /etc/sysctl.d)",
             )
         )
+    out += dhcp_and_zone_problems(b, nat)
     try:
         lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     except (OSError, ValueError):
@@ -316,6 +319,51 @@ def nat_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:
                 f"dom0's own source ports ({lo}-{hi}) overlap the ports NAT gives guests' connections on {b.name} "
                 f"({nlo}-{nhi}): a connection of dom0's and a guest's could collide",
                 f"sysctl -w net.ipv4.ip_local_port_range='{lo} {nlo - 1}' (or another ports = in [bridges.{b.name}])",
+            )
+        )
+    return out
+
+
+def dhcp_and_zone_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:
+    """The NAT bridge's DHCP server runs; its conntrack zone holds only its own connections
+    (a guest's, from the subnet, or a forwarded one, to dom0's address)."""
+    from ..controller.config import Config
+    from ..controller.dhcp import DhcpServers
+    from .trace import TraceError, appctl
+
+    out, name = [], "routed bridges"
+    if DhcpServers(Config.rundir()).pid(b.name) is None:
+        out.append(
+            Problem(
+                name,
+                f"NAT bridge {b.name}: no DHCP server runs for it (its guests without ip= get no address)",
+                "look for 'dnsmasq' in the controller's log; apt-get install dnsmasq-base; systemctl restart xvif-ovs-controller",
+            )
+        )
+    try:
+        dump = appctl("dpctl/dump-conntrack", f"zone={nat.zone}")
+    except TraceError:
+        return out  # ovs-vswitchd unreachable: the drift check says so
+    subnet = ipaddress.ip_network(nat.subnet)
+    strangers = 0
+    for line in dump.splitlines():
+        m = re.search(r"orig=\(src=([^,]+),dst=([^,]+),", line)
+        if not m:
+            continue
+        try:
+            src, dst = ipaddress.ip_address(m.group(1)), ipaddress.ip_address(m.group(2))
+        except ValueError:
+            strangers += 1
+            continue
+        if not (src in subnet or str(dst) == nat.address):
+            strangers += 1
+    if strangers:
+        out.append(
+            Problem(
+                name,
+                f"NAT bridge {b.name}: conntrack zone {nat.zone} holds {strangers} connection(s) that are not its "
+                "guests': another application uses the zone, and their connections and the guests' can mix",
+                f"give [bridges.{b.name}] a zone = nothing else uses (ovs-appctl dpctl/dump-conntrack shows them)",
             )
         )
     return out

@@ -257,6 +257,16 @@ def load(path: str | None, **overrides: object) -> Config:
             mode,
             _nat(b, f"[bridges.{name}]") if mode == "nat" else None,
         )
+    zones: dict[int, str] = {}
+    for name, policy in policies.items():
+        if policy.nat is None:
+            continue
+        if policy.nat.zone in zones:
+            raise ConfigError(
+                f"[bridges.{name}] zone = {policy.nat.zone} is [bridges.{zones[policy.nat.zone]}]'s too: "
+                "each NAT bridge needs a conntrack zone of its own"
+            )
+        zones[policy.nat.zone] = name
     vifs = raw.get("vifs", {})
     _only(vifs, {"private", "trusted"}, f"{path} [vifs]")
     return Config(
