@@ -157,3 +157,14 @@ def test_the_dhcp_allocator_takes_the_lowest_free_addresses():
     keys[(7, 0)] = {"xvif-nat-ip": "10.0.0.2"}  # given one already: not asked again
     assert wanting(model, keys)[0] == []
     assert hosts(model) == [(N5_MAC, "10.0.0.5")]  # N7's address reaches the model through XenStore
+
+
+def test_arp_spoofs_from_a_nat_guest_are_dropped_and_counted(sw):
+    arp = {"dl_src": N5_MAC, "dl_dst": "ff:ff:ff:ff:ff:ff", "dl_type": 0x0806, "arp_op": 1, "arp_sha": N5_MAC}
+    for frame in (
+        arp | {"arp_spa": "10.0.0.6", "arp_tha": "00:00:00:00:00:00", "arp_tpa": "10.0.0.1"},  # as the other guest
+        arp | {"arp_spa": ADDRESS, "arp_tha": "00:00:00:00:00:00", "arp_tpa": "10.0.0.1"},  # as dom0
+        arp | {"arp_sha": N6_MAC, "arp_spa": "10.0.0.5", "arp_tha": "00:00:00:00:00:00", "arp_tpa": "10.0.0.1"},
+    ):
+        t = sw.send(5, frame)
+        assert t.deliveries == [] and any((h.cookie >> 40) & 0xFF == P_DROP for h in t.hits), frame

@@ -307,3 +307,14 @@ def test_a_guest_with_only_ipv6_is_routed():
     sw = Switch(build(routed(A, d6)))
     (d,) = sw.send(UPLINK, ip6(LAN_MAC, ROUTER, LAN6, "2001:db8::14")).deliveries
     assert d.port == 14
+
+
+def test_nd_spoofs_from_a_routed_guest_are_dropped_and_counted(sw):
+    for frame in (
+        {**ns(A_MAC, A6, B6), "icmpv6_type": 136, "nd_tll": A_MAC},  # advertises another guest's address
+        ns(A_MAC, A6, LAN6, sll=B_MAC),  # a solicitation with a foreign link-layer address
+        ns(A_MAC, B6, LAN6),  # from another guest's address
+    ):
+        t = sw.send(10, frame)
+        assert t.deliveries == [], frame
+        assert any((h.cookie >> 40) & 0xFF == 4 for h in t.hits), frame  # a P_DROP flow counted it
