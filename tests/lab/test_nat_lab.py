@@ -321,3 +321,16 @@ def test_the_three_models_work_side_by_side(two):
         server.kill()
         server.wait(5)
         assert got == seen_as, (guest, got)
+
+
+def test_dom0_keeps_its_own_connections_from_its_nat_address(two):
+    """dom0's address is also the guests': its own connections, out and in, still work
+    (replies to them are dom0's, not taken for a guest's nor dropped as invalid)."""
+    server = serve(LAN, 7005)
+    out = subprocess.run([sys.executable, "-c", CLIENT, LAN_IP, "7005"], capture_output=True, text=True, timeout=30)
+    server.wait(5)
+    assert out.stdout.strip() == ADDRESS, out.stdout + out.stderr
+    ping = subprocess.run(
+        ["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", ADDRESS, LAN_IP], capture_output=True, text=True
+    )
+    assert ping.returncode == 0, ping.stdout

@@ -99,9 +99,21 @@ def test_guests_reach_each_other_and_their_gateway_untranslated(sw):
     assert sw.send(5, udp(N5_MAC, ROUTER, "10.0.0.5", "10.0.0.99", 1, 2)).deliveries == []  # nobody has it
 
 
-def test_an_unknown_next_hop_goes_to_dom0_already_translated(sw):
-    (d,) = sw.send(5, udp(N5_MAC, ROUTER, "10.0.0.5", "198.51.100.7", 40001, 53)).deliveries
-    assert (d.port, d.fields["nw_src"], d.fields["nw_ttl"]) == (OFPP_LOCAL, ADDRESS, 64)
+def test_an_unknown_next_hop_goes_through_dom0_once_and_is_translated_on_its_way_out(sw):
+    far = "198.51.100.7"
+    (d,) = sw.send(5, udp(N5_MAC, ROUTER, "10.0.0.5", far, 40001, 53)).deliveries
+    assert (d.port, d.fields["nw_src"], d.fields["nw_ttl"]) == (OFPP_LOCAL, "10.0.0.5", 64)  # untranslated
+    # dom0 routes it back out through the bridge, to the next hop it resolved: translated then.
+    (out,) = sw.send(OFPP_LOCAL, udp(ROUTER, LAN_MAC, "10.0.0.5", far, 40001, 53)).deliveries
+    assert seen(out)[:6] == (UPLINK, ROUTER, LAN_MAC, ADDRESS, far, 61000)
+    (back,) = sw.send(UPLINK, udp(LAN_MAC, ROUTER, far, ADDRESS, 53, 61000)).deliveries
+    assert seen(back)[:7] == (5, ROUTER, N5_MAC, far, "10.0.0.5", 53, 40001)
+
+
+def test_dom0s_own_connections_from_its_address_stay_dom0s(sw):
+    (out,) = sw.send(OFPP_LOCAL, udp(ROUTER, LAN_MAC, ADDRESS, LAN_IP, 33333, 53)).deliveries
+    assert seen(out)[:6] == (UPLINK, ROUTER, LAN_MAC, ADDRESS, LAN_IP, 33333)  # untranslated, recorded
+    assert sw.send(UPLINK, udp(LAN_MAC, ROUTER, LAN_IP, ADDRESS, 53, 33333)).ports == {OFPP_LOCAL}
 
 
 def test_guests_without_an_address_on_the_nat_network_get_nothing(sw):

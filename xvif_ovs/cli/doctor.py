@@ -293,19 +293,6 @@ def nat_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:
                 f"ip addr add {nat.gateway}/{nat.subnet.split('/')[1]} dev {b.name}",
             )
         )
-    try:
-        accept = (IPV4_CONF / b.name / "accept_local").read_text().strip() == "1"
-    except OSError:
-        accept = False
-    if not accept:
-        out.append(
-            Problem(
-                name,
-                f"NAT bridge {b.name}: dom0 drops a translated packet whose next hop the bridge has not learned "
-                "(its source is dom0's own address)",
-                f"sysctl -w net.ipv4.conf.{b.name}.accept_local=1 (and in /etc/sysctl.d)",
-            )
-        )
     out += dhcp_and_zone_problems(b, nat)
     try:
         lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
@@ -326,7 +313,7 @@ def nat_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:
 
 def dhcp_and_zone_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:
     """The NAT bridge's DHCP server runs; its conntrack zone holds only its own connections
-    (a guest's, from the subnet, or a forwarded one, to dom0's address)."""
+    (a guest's, from the subnet; dom0's own, from its address; a forwarded one, to it)."""
     from ..controller.config import Config
     from ..controller.dhcp import DhcpServers
     from .trace import TraceError, appctl
@@ -355,7 +342,7 @@ def dhcp_and_zone_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:
         except ValueError:
             strangers += 1
             continue
-        if not (src in subnet or str(dst) == nat.address):
+        if not (src in subnet or nat.address in (str(src), str(dst))):  # a guest's, dom0's, a forward
             strangers += 1
     if strangers:
         out.append(
@@ -432,13 +419,19 @@ def routed_problems(host: HostView, b: BridgeView, nat: NatPolicy | None = None)
             )
         )
     for v in sorted(on_it, key=lambda v: (v.domid, v.devid)):
-        if not [i for i in v.keys.get("ip", "").split() if not i.lower().startswith("fe80:")]:
+        addrs = (v.keys.get("ip") or v.keys.get("xvif-nat-ip", "")).split()  # (a NAT guest's, from DHCP)
+        if not [i for i in addrs if not i.lower().startswith("fe80:")]:
             out.append(
                 Problem(
                     name,
-                    f"{v.dev} (domain {v.domain or '?'}) is on routed bridge {b.name} with no address in ip=: "
-                    "nothing is routed for it",
-                    "give it ip= in its vif spec, as vif-route needs (xl network-detach, then network-attach)",
+                    f"{v.dev} (domain {v.domain or '?'}) is on {'NAT' if nat else 'routed'} bridge {b.name} with no "
+                    "address: nothing is routed for it",
+                    "give it ip= in its vif spec (xl network-detach, then network-attach)"
+                    + (
+                        "; on a NAT bridge the controller gives it one unless the subnet is full (see its log)"
+                        if nat
+                        else ""
+                    ),
                 )
             )
         elif "." in v.keys.get("bridge", "") or v.keys.get("vlan"):

@@ -3,8 +3,9 @@
 in XenStore (``xvif-nat-ip``, which only dom0 can write), so the address the DHCP server
 hands out is the one port security enforces, and survives a controller restart. One
 dnsmasq per NAT bridge (Debian's dnsmasq-base) serves exactly those hosts, nothing else:
-no dynamic range, no DNS. It runs on its own (a controller restart keeps it and adopts it
-by its pid file) and rereads its hosts file on SIGHUP."""
+no dynamic range, no DNS, no answer (not even a refusal) to any other client, as the
+LAN's hosts reach it too. It runs on its own: a controller restart adopts it by its pid
+file and command line; a change of hosts restarts it, its leases kept in its lease file."""
 
 from __future__ import annotations
 
@@ -122,7 +123,8 @@ class DhcpServers:
             f"--pid-file={pidfile}",
             f"--log-facility={logfile}",
             "--log-dhcp",
-            "--dhcp-authoritative",
+            # dom0 is on the LAN through this bridge too: its hosts' DHCP is none of ours.
+            "--dhcp-ignore=tag:!known",
             *(f"--dhcp-host={mac},{addr}" for mac, addr in hosts(model)),
         ]
 

@@ -322,6 +322,7 @@ def actions_from_os_ken(ofp: Any, actions: list) -> list[Action | Unknown]:
 # Each learn action's specs as os-ken builds and parses them: (match or load, src, dst, bits).
 _NEIGHBOUR_SPECS = {
     "arp": [
+        ("match", 0x0800, ("eth_type_nxm", 0), 16),  # an IPv6 lookup (reg8 0) never finds it
         ("match", ("arp_spa_nxm", 0), ("reg8", 0), 32),
         ("load", ("arp_sha_nxm", 0), ("eth_dst_nxm", 0), 48),
         ("load", ("in_port", 0), ("reg7", 0), 32),

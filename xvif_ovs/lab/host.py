@@ -197,13 +197,13 @@ class Lab:
         if b.mode == "nat":
             # dom0 as vif-nat and network-nat want it: its LAN address (which the guests
             # leave with) and the guests' gateway on the bridge, and forwarding on this
-            # interface, accepting its own address as a source (a translated packet whose
-            # next hop the bridge does not know yet comes to dom0 once).
+            # interface (a guest's packet whose next hop the bridge has not learned yet
+            # comes to dom0 once, untranslated, and goes back through the bridge).
             dom0 = v4.rsplit(".", 1)[0] + ".254/24"
             subnet, gateway = f"10.0.{index}.0/24", f"10.0.{index}.1"
             run(["ip", "addr", "add", dom0, "dev", b.name])
             run(["ip", "addr", "add", f"{gateway}/24", "dev", b.name])
-            for key, value in (("forwarding", "1"), ("send_redirects", "0"), ("accept_local", "1")):
+            for key, value in (("forwarding", "1"), ("send_redirects", "0")):
                 Path(f"/proc/sys/net/ipv4/conf/{b.name}/{key}").write_text(value)
         if b.mode == "routed":
             # dom0 as vif-route wants it: an address on the LAN, and forwarding on this

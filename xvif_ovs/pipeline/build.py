@@ -465,7 +465,7 @@ def _bridge_flows(
             )
     flows.append(Flow(FORWARD, 10, (), (Resubmit(LEARNED), Resubmit(EGRESS)), cookie(P_FORWARD)))
     if router_mac:
-        flows += _router_flows(router_mac, learn, learn_idle_timeout)
+        flows += _router_flows(router_mac, learn, learn_idle_timeout, nat)
     if router_mac and nat:
         flows += _nat_flows(nat)
     for f in flows:
@@ -473,7 +473,9 @@ def _bridge_flows(
     return tuple(flows)
 
 
-def _router_flows(router_mac: str, learn: LearnSource, learn_idle_timeout: int) -> list[Flow]:
+def _router_flows(
+    router_mac: str, learn: LearnSource, learn_idle_timeout: int, nat: NatSpec | None = None
+) -> list[Flow]:
     """A routed bridge's own flows: the neighbour table learned from ARP and neighbour
     discovery, where a routed guest's packet goes after the lookup, and the last step of
     an answer to a neighbour solicitation."""
@@ -485,8 +487,15 @@ def _router_flows(router_mac: str, learn: LearnSource, learn_idle_timeout: int) 
         Flow(LEARN, 110, match(*lan, F("dl_type", ETH_ARP)), (learn, arp, Goto(FORWARD)), cookie(P_LEARN)),
         Flow(LEARN, 110, match(*lan, *icmp6, F("icmpv6_type", ND_NS)), (learn, ns, Goto(FORWARD)), cookie(P_LEARN)),
         Flow(LEARN, 110, match(*lan, *icmp6, F("icmpv6_type", ND_NA)), (learn, na, Goto(FORWARD)), cookie(P_LEARN)),
-        # Without a link-layer option (duplicate address detection, a unicast probe) there
-        # is no MAC to learn: only the source MAC, as for any frame.
+        # Without a link-layer option (duplicate address detection, a unicast probe), or an
+        # ARP probe from 0.0.0.0, there is no address to learn: only the source MAC.
+        Flow(
+            LEARN,
+            111,
+            match(*lan, F("dl_type", ETH_ARP), F("arp_spa", "0.0.0.0")),
+            (learn, Goto(FORWARD)),
+            cookie(P_LEARN),
+        ),
         Flow(
             LEARN,
             111,
@@ -508,13 +517,16 @@ def _router_flows(router_mac: str, learn: LearnSource, learn_idle_timeout: int) 
     for eth_type in (ETH_IP, ETH_IPV6):
         # No next hop known: dom0 routes it (the frame is already addressed to its MAC), and
         # its ARP or solicitation for the next hop teaches table 6: the next packet stays in
-        # the datapath.
+        # the datapath. (On a NAT bridge it goes untranslated: dom0 sends it back through
+        # the bridge, which translates it then; see _nat_flows.)
         flows.append(
             Flow(ROUTED, 100, match(F("reg7", 0), F("dl_type", eth_type)), (Output(OFPP_LOCAL),), cookie(P_ROUTE))
         )
         # A known next hop. Resubmit: goto_table only goes forward, and egress is table 5;
         # the IP match: OVS refuses dec_ttl without it (each action's prerequisites).
         acts = (SetField("dl_src", router_mac), DecTtl(), Resubmit(EGRESS))
+        if nat is not None and eth_type == ETH_IP:  # a NAT guest's: with dom0's address
+            acts = (Ct(nat.zone, commit=True, nat="src", addr=nat.address, ports=nat.ports), *acts)
         flows.append(Flow(ROUTED, 50, match(F("dl_type", eth_type)), acts, cookie(P_ROUTE)))
     return flows
 
@@ -526,8 +538,31 @@ def _nat_flows(nat: NatSpec) -> list[Flow]:
     connection to a forwarded port is translated to its guest; the rest is dom0's."""
     ck = cookie(P_NAT)
     to_dom0 = match(F("reg5", FROM_UPLINK), F("reg6", 0), F("dl_type", ETH_IP), F("nw_dst", nat.address))
+    # dom0's own connections from that address go through the same zone, committed, so
+    # that their replies are known (not invalid) and the guests' translations never take
+    # their tuples. Then switched as any frame of dom0's.
+    from_dom0 = match(
+        F("reg5", FROM_LOCAL),
+        F("reg6", 0),
+        F("dl_dst", NO_MAC, "01:00:00:00:00:00"),
+        F("dl_type", ETH_IP),
+        F("nw_src", nat.address),
+    )
+    forwarded = match(
+        F("reg5", FROM_LOCAL),
+        F("reg6", 0),
+        F("dl_dst", NO_MAC, "01:00:00:00:00:00"),
+        F("dl_type", ETH_IP),
+        _addr("nw_src", ipaddress.ip_interface(nat.subnet)),
+    )
+    snat = Ct(nat.zone, commit=True, nat="src", addr=nat.address, ports=nat.ports)
     flows = [
         Flow(FORWARD, 130, to_dom0, (Ct(nat.zone, table=NAT_IN, nat=""),), ck),
+        Flow(FORWARD, 130, from_dom0, (Ct(nat.zone, commit=True), Resubmit(LEARNED), Resubmit(EGRESS)), ck),
+        # A guest's packet that dom0 routed (its next hop was not learned yet) comes back
+        # from dom0 untranslated: translated here, then switched to the next hop dom0 chose.
+        # Below dom0's frames to a guest's own MAC (125), which stay untranslated.
+        Flow(FORWARD, 124, forwarded, (snat, Resubmit(LEARNED), Resubmit(EGRESS)), ck),
         Flow(NAT_IN, 120, match(ct_state("+inv", "+trk"), F("dl_type", ETH_IP)), (), ck),
         Flow(NAT_IN, 10, (), (Output(OFPP_LOCAL),), ck),
     ]
@@ -611,7 +646,14 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
         # DHCP, with or without an address yet: its requests to dom0's server, and the
         # server's answers (unicast to its MAC) back to it.
         for p in vif.ports:
-            dhcp = match(F("in_port", p), F("dl_type", ETH_IP), F("nw_proto", UDP), F("tp_src", 68), F("tp_dst", 67))
+            dhcp = match(
+                F("in_port", p),
+                F("dl_type", ETH_IP),
+                F("nw_proto", UDP),
+                F("nw_dst", "255.255.255.255"),  # (renewals go to the gateway: priority 118)
+                F("tp_src", 68),
+                F("tp_dst", 67),
+            )
             fs.flows.append(Flow(FORWARD, 116, dhcp, (Output(OFPP_LOCAL),), route))
         fs.flows.append(Flow(FORWARD, 125, to_it, to, route))
     if port is not None:
@@ -665,22 +707,23 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
         if nat is not None:
             # To its gateway (dom0's address on the NAT network): to dom0, untranslated;
             # to any other address of the NAT network that no guest has: nowhere; to the
-            # rest of the world: with dom0's address, through conntrack.
-            snat = Ct(nat.zone, commit=True, nat="src", addr=nat.address, ports=nat.ports)
-            routed = (Move("nw_dst", "reg8"), snat, Resubmit(NEIGHBOURS), Resubmit(ROUTED))
+            # rest of the world: routed, translated to dom0's address on the way out (table 7).
             fs.flows.append(Flow(FORWARD, 118, match(*ip_in, F("nw_dst", nat.gateway)), (Output(OFPP_LOCAL),), route))
             fs.flows.append(
                 Flow(FORWARD, 117, match(*ip_in, _addr("nw_dst", ipaddress.ip_interface(nat.subnet))), (), drop)
             )
         fs.flows.append(Flow(FORWARD, 60, match(*ip_in), routed, route))
+        if not v6:  # no IPv6 address of its own (or a NAT guest: nothing NATs IPv6)
+            continue
         # IPv6: its solicitations for any address are answered by the gateway, dom0's MAC
         # (not its own duplicate address detection, from ::); what it sends to dom0's MAC is
-        # routed, but never a link-local destination (routers do not forward those).
+        # routed, but never from or to a link-local address (routers do not forward those).
         ns_in = (F("in_port", p), *icmp6, F("icmpv6_type", ND_NS))
         fs.flows.append(Flow(FORWARD, 115, match(*ns_in, F("ipv6_src", "::")), (), drop))
         fs.flows.append(Flow(FORWARD, 110, match(*ns_in), na_reply(router_mac, gateway), answer))
         ip6_in = (F("in_port", p), F("dl_type", ETH_IPV6), F("dl_dst", router_mac))
         fs.flows.append(Flow(FORWARD, 61, match(*ip6_in, F("ipv6_dst", "fe80::", "ffc0::")), (), drop))
+        fs.flows.append(Flow(FORWARD, 61, match(*ip6_in, F("ipv6_src", "fe80::", "ffc0::")), (), drop))
         fs.flows.append(Flow(FORWARD, 60, match(*ip6_in), (Resubmit(NEIGHBOURS), Resubmit(ROUTED)), route))
     return _checked(fs)
 

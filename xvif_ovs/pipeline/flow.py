@@ -215,7 +215,7 @@ class LearnSource:
 # ARP (IPv4, in reg8), a neighbour solicitation (its source, with its source link-layer
 # option) and a neighbour advertisement (its target, with its target link-layer option).
 NEIGHBOUR_SPECS = {
-    "arp": "NXM_NX_REG8[]=NXM_OF_ARP_SPA[],load:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[]",
+    "arp": "eth_type=0x800,NXM_NX_REG8[]=NXM_OF_ARP_SPA[],load:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[]",
     "ns": "eth_type=0x86dd,NXM_NX_IPV6_DST[]=NXM_NX_IPV6_SRC[],load:NXM_NX_ND_SLL[]->NXM_OF_ETH_DST[]",
     "na": "eth_type=0x86dd,NXM_NX_IPV6_DST[]=NXM_NX_ND_TARGET[],load:NXM_NX_ND_TLL[]->NXM_OF_ETH_DST[]",
 }

@@ -231,7 +231,7 @@ class Switch:
     def _learn_neighbour(self, a: LearnNeighbour, pkt: Packet) -> None:
         f = pkt.fields
         if a.source == "arp":
-            m, mac = match(F("reg8", int(ipaddress.ip_address(f["arp_spa"])))), f["arp_sha"]
+            m, mac = match(F("dl_type", 0x0800), F("reg8", int(ipaddress.ip_address(f["arp_spa"])))), f["arp_sha"]
         else:  # IPv6: the solicitation's source, or the advertisement's target
             addr, mac = (f["ipv6_src"], f["nd_sll"]) if a.source == "ns" else (f["nd_target"], f["nd_tll"])
             m = match(F("dl_type", 0x86DD), F("ipv6_dst", addr))

@@ -75,7 +75,7 @@ TABLES = {
             "learn action (in the datapath: no packet-in), then forward. On a routed bridge an ARP "
             "frame from them also teaches table 6 its sender's IPv4 address -> MAC and port, and a "
             "neighbour solicitation or advertisement with a link-layer option the IPv6 one.",
-            frozenset({"reg5", "reg6", "dl_type", "nw_proto", "icmpv6_type", "nd_sll", "nd_tll"}),
+            frozenset({"reg5", "reg6", "dl_type", "arp_spa", "nw_proto", "icmpv6_type", "nd_sll", "nd_tll"}),
             frozenset({FORWARD}),
         ),
         Table(
@@ -109,6 +109,7 @@ TABLES = {
                     "nd_target",
                     "tp_src",
                     "tp_dst",
+                    "nw_src",
                 }
             ),
             frozenset({LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY, NAT_IN}),
@@ -134,7 +135,7 @@ TABLES = {
             "only flows the learn action made (routed bridges): IPv4 address in reg8, or IPv6 destination, "
             "-> eth_dst = its MAC, reg7 = the port it is behind, learned from the ARP and neighbour "
             "discovery the LAN and dom0 send. Idle ones expire.",
-            frozenset({"reg8"}),
+            frozenset({"reg8", "dl_type", "ipv6_dst"}),
             frozenset(),
         ),
         Table(
