@@ -365,3 +365,33 @@ def test_a_routed_bridge_gets_dom0s_mac_and_says_which_guests_it_cannot_route(tm
     assert any("has not reported its LOCAL port's MAC" in p for p in problems)
     models, problems = bridge_models(_bridge(*ports), of, vifs, {}, load(None))  # bridged: none of it
     assert models["xenbr0"].mode == "bridged" and not any("routed" in p for p in problems)
+
+
+def test_address_conflicts_on_routed_and_nat_bridges_give_the_later_vif_no_flows(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text(
+        "[controller]\nbridges = ['xenbr0']\n[bridges.xenbr0]\nmode = 'nat'\n"
+        "address = '192.0.2.254'\nsubnet = '10.0.0.0/24'\n"
+    )
+    cfg = load(str(p))
+    ports = (PortInfo("xenbr0", 0xFFFFFFFE, "local"), PortInfo("peth0", 1, "uplink")) + tuple(
+        PortInfo(f"vif{d}.0", d, "vif", d, 0) for d in (5, 6, 7, 8, 9)
+    )
+    of = {"xenbr0": {p.name: OfPort(p.ofport, True) for p in ports}}
+    vifs = {
+        (5, 0): {"mac": "00:16:3e:00:00:05", "ip": "10.0.0.5"},
+        (6, 0): {"mac": "00:16:3e:00:00:06", "ip": "10.0.0.5"},  # the same as vif5.0
+        (7, 0): {"mac": "00:16:3e:00:00:07", "ip": "10.0.0.1"},  # the gateway: dom0's
+        (8, 0): {"mac": "00:16:3e:00:00:08", "ip": "10.0.0.0/25"},  # overlaps vif5.0
+        (9, 0): {"mac": "00:16:3e:00:00:09", "ip": "0.0.0.0/0"},  # all of it
+    }
+    info = _bridge(*ports)
+    info["xenbr0"] = dataclasses.replace(info["xenbr0"], local_mac="02:00:00:00:00:fe")
+    models, problems = bridge_models(info, of, vifs, {}, cfg)
+    assert [v.key for v in models["xenbr0"].vifs] == ["5.0"]
+    assert set(models["xenbr0"].unmanaged) >= {6, 7, 8, 9}  # dropped and counted, like any port with no flows
+    text = "\n".join(problems)
+    assert "vif6.0 claims 10.0.0.5/32, which vif5.0 has" in text
+    assert "vif7.0 claims 10.0.0.1/32, which dom0 has" in text
+    assert "vif8.0 claims 10.0.0.0/25, which dom0 has" in text  # (the gateway is in it, before vif5.0)
+    assert "vif9.0 on nat bridge xenbr0 claims 0.0.0.0/0" in text

@@ -255,6 +255,13 @@ def _join(
     built: list[VifModel] = []
     seen_macs: dict[str, tuple[int, int]] = {}
     twins: dict[str, list[tuple[int, int]]] = {}  # MAC -> a migrating NIC's vifs, oldest first
+    policy = cfg.bridge_policy.get(bname)
+    mode = policy.mode if policy else "bridged"
+    # On a routed or NAT bridge an address is a route: two guests (or a guest and dom0's
+    # own addresses) must not claim one, or one would silently take the other's traffic.
+    claimed: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    if mode == "nat" and policy and policy.nat:
+        claimed = [(ipaddress.ip_network(a), "dom0") for a in (policy.nat.gateway, policy.nat.address)]
     for (domid, devid), backends in sorted(members.items()):
         keys = vifs.get((domid, devid))
         inputs[(domid, devid)] = (keys, names.get(domid, ""), backends)
@@ -282,6 +289,23 @@ def _join(
                 f"MAC conflict on {bname}: {dev} and vif{other[0]}.{other[1]} both use {vif.mac}; {dev} gets no flows"
             )
             continue
+        elif mode in ("routed", "nat"):
+            dev = f"vif{domid}.{devid}"
+            wide = [str(ip) for ip in vif.ips if ip.network.prefixlen < (8 if ip.version == 4 else 16)]
+            if wide:
+                problems.append(
+                    f"{dev} on {mode} bridge {bname} claims {', '.join(wide)}: the bridge would answer for that much "
+                    f"of the network; {dev} gets no flows (give it its own addresses, or a routed subnet)"
+                )
+                continue
+            clash = next(((ip, who) for ip in vif.ips for net, who in claimed if ip.network.overlaps(net)), None)
+            if clash is not None:
+                problems.append(
+                    f"address conflict on {mode} bridge {bname}: {dev} claims {clash[0]}, which {clash[1]} has; "
+                    f"{dev} gets no flows (give it another ip=)"
+                )
+                continue
+            claimed += [(ip.network, dev) for ip in vif.ips if not ip.ip.is_link_local]
         seen_macs[vif.mac] = (domid, devid)
         position[(domid, devid)] = len(built)
         built.append(vif)
@@ -289,8 +313,6 @@ def _join(
     for group in twins.values():
         _pair_twins(built, position, group)
     plain, special = _uplinks(uplinks)
-    policy = cfg.bridge_policy.get(bname)
-    mode = policy.mode if policy else "bridged"
     nat = None
     if mode in ("routed", "nat"):
         problems += _routed_problems(bname, info.local_mac, built, mode)
