@@ -58,6 +58,14 @@ def test_the_shipped_example_loads():
             "zone = 30838 is \\[bridges.a\\]'s too",
         ),
         (
+            "[controller]\nbridges = ['a', 'b']\n"
+            + "".join(
+                f"[bridges.{n}]\nmode = 'nat'\naddress = '192.0.2.254'\nsubnet = '10.0.0.0/{16 + i * 8}'\nzone = {i + 1}\n"
+                for i, n in enumerate("ab")
+            ),
+            "overlaps",
+        ),
+        (
             NAT + "address = '192.0.2.254'\nsubnet = '10.0.0.0/24'\nforwards = ['tcp:62000 -> web:80']\n",
             "lie in ports",
         ),

@@ -258,6 +258,7 @@ def load(path: str | None, **overrides: object) -> Config:
             _nat(b, f"[bridges.{name}]") if mode == "nat" else None,
         )
     zones: dict[int, str] = {}
+    nets: list[tuple[ipaddress.IPv4Network, str]] = []
     for name, policy in policies.items():
         if policy.nat is None:
             continue
@@ -267,6 +268,14 @@ def load(path: str | None, **overrides: object) -> Config:
                 "each NAT bridge needs a conntrack zone of its own"
             )
         zones[policy.nat.zone] = name
+        subnet = ipaddress.IPv4Network(policy.nat.subnet)
+        for other_net, other in nets:
+            if subnet.overlaps(other_net):
+                raise ConfigError(
+                    f"[bridges.{name}] subnet = {subnet} overlaps [bridges.{other}]'s {other_net}: "
+                    "NAT networks must not share addresses"
+                )
+        nets.append((subnet, name))
     vifs = raw.get("vifs", {})
     _only(vifs, {"private", "trusted"}, f"{path} [vifs]")
     return Config(

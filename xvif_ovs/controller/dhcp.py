@@ -128,13 +128,17 @@ class DhcpServers:
             *(f"--dhcp-host={mac},{addr}" for mac, addr in hosts(model)),
         ]
 
-    def sync(self, models: dict[str, BridgeModel]) -> None:
-        """Each NAT bridge's dnsmasq running with its hosts; a bridge that is no longer NAT
-        has its own stopped."""
+    def sync(self, models: dict[str, BridgeModel], nat_bridges: set[str]) -> bool:
+        """Each NAT bridge's dnsmasq running with its hosts; one of a bridge that is no
+        longer a NAT bridge of the config stopped. False if one would not start (the
+        caller retries)."""
+        ok = True
+        for pidfile in self.rundir.glob("xvif-ovs-dhcp-*.pid"):
+            bridge = self._bridge_of(pidfile)
+            if bridge not in nat_bridges and self.pid(bridge):
+                self.stop(bridge, "is no longer a NAT bridge of the configuration")
         for bridge, model in models.items():
             if model.mode != "nat" or model.nat is None:
-                if self.pid(bridge):
-                    self.stop(bridge, "is no longer NAT")
                 continue
             want = self.argv(bridge, model)
             found = self.running_argv(bridge)
@@ -142,10 +146,15 @@ class DhcpServers:
                 continue
             if found:
                 self.stop(bridge, "has other guests now")
-            self.start(bridge, want)
+            ok = self.start(bridge, want) and ok
+        return ok
 
-    def start(self, bridge: str, argv: list[str]) -> None:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    def start(self, bridge: str, argv: list[str]) -> bool:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except OSError as e:
+            log.error("NAT bridge %s: cannot run %s (%s): apt-get install dnsmasq-base", bridge, DNSMASQ, e.strerror)
+            return False
         if proc.returncode != 0:
             log.error(
                 "NAT bridge %s: dnsmasq would not start (%s); its guests without ip= get no address: %s",
@@ -153,7 +162,7 @@ class DhcpServers:
                 proc.returncode,
                 (proc.stderr or proc.stdout).strip(),
             )
-            return
+            return False
         log.info(
             "NAT bridge %s: DHCP server started (dnsmasq, %d host(s))",
             bridge,

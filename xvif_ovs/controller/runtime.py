@@ -65,6 +65,7 @@ class Runtime:
         self._retry = False
         self.dhcp = dhcp.DhcpServers(cfg.rundir())
         self._nat_given: dict[tuple[int, int], str] = {}
+        self._dhcp_failures = 0
         # vifs and sessions are changed by the XenStore and os-ken threads while the
         # reconciler copies them: copying a dict that another thread resizes can raise.
         self._lock = threading.Lock()
@@ -404,10 +405,13 @@ class Runtime:
         ours = {b: m for b, m in models.items() if self.cfg.managed(b) and b not in self.refused_bridges}
         for bname, model in ours.items():
             self._worker(sessions[bname]).post(model=model)
-        if any(m.mode == "nat" for m in ours.values()) or self.dhcp.running:
-            self._nat_dhcp(ours, vifs)
+        nat_bridges = {b for b, p in self.cfg.bridge_policy.items() if p.nat is not None and self.cfg.managed(b)}
+        if nat_bridges or self.dhcp.running:
+            self._nat_dhcp(ours, vifs, nat_bridges)
 
-    def _nat_dhcp(self, models: dict[str, BridgeModel], vifs: dict[tuple[int, int], dict[str, str]]) -> None:
+    def _nat_dhcp(
+        self, models: dict[str, BridgeModel], vifs: dict[tuple[int, int], dict[str, str]], nat_bridges: set[str]
+    ) -> None:
         """NAT guests without ip= get an address (written to XenStore: the next pass puts it
         in their flows), and each NAT bridge's DHCP server serves what the models say."""
         try:
@@ -434,12 +438,17 @@ class Runtime:
                 where = self.cfg.xenstore
                 with Client(**({"unix_socket_path": where} if where else locate())) as c:
                     for (domid, devid), addr in zip(need, addrs, strict=False):
-                        c.write(
-                            f"/local/domain/0/backend/vif/{domid}/{devid}/{dhcp.NAT_IP_KEY}".encode(), addr.encode()
-                        )
+                        backend = f"/local/domain/0/backend/vif/{domid}/{devid}"
+                        if not c.exists(f"{backend}/mac".encode()):
+                            continue  # destroyed meanwhile: its node must not come back
+                        c.write(f"{backend}/{dhcp.NAT_IP_KEY}".encode(), addr.encode())
                         self._nat_given[(domid, devid)] = addr
                         log.info("NAT bridge %s: vif%d.%d gets %s (DHCP)", bname, domid, devid, addr)
-            self.dhcp.sync(models)
+            if self.dhcp.sync(models, nat_bridges):
+                self._dhcp_failures = 0
+            else:  # a dnsmasq that would not start: again on the next few ticks, then on a change
+                self._dhcp_failures += 1
+                self._retry = self._retry or self._dhcp_failures < 5
         except Exception:  # noqa: BLE001 - DHCP must not stop the flows of every bridge
             log.exception("NAT DHCP: failed; retrying with the next change")
 
