@@ -71,16 +71,17 @@ while True:
 """
 
 
-class LinuxRoute:
-    """vif-route by hand: namespace xbr-dom0 (the host), xbr-lan behind its uplink, and
-    guests xbr-g1, xbr-g2 on vif devices with dom0's LAN address, proxy ARP and a /32
-    route each (tools/hotplug/Linux/vif-route and network-route in Xen's tree)."""
+class LinuxHost:
+    """Xen's own scripts' job done by Linux, in namespaces of its own: PREFIX-dom0 (the
+    host) forwards, with its uplink to PREFIX-lan and each guest PREFIX-gN on a vif device
+    that carries VIF_IP, proxy-ARPs, and has a /32 route to the guest (vif-route,
+    vif-nat and network-route/-nat in tools/hotplug/Linux of Xen's tree)."""
 
-    DOM0, LAN = "xbr-dom0", "xbr-lan"
-    NET, DOM0_IP, LAN_IP = "198.18.60", "198.18.60.254", "198.18.60.1"
-    GUESTS = {"xbr-g1": "198.18.60.21", "xbr-g2": "198.18.60.22"}
+    DOM0_IP = LAN_IP = VIF_IP = ""
+    GUESTS: dict[str, str] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str) -> None:
+        self.DOM0, self.LAN = f"{prefix}-dom0", f"{prefix}-lan"
         for n in (self.DOM0, self.LAN, *self.GUESTS):
             sh("ip", "netns", "add", n)
             ns(n, "ip", "link", "set", "lo", "up")
@@ -96,53 +97,39 @@ class LinuxRoute:
             sh("ip", "link", "add", vif, "netns", d, "type", "veth", "peer", "name", "eth0", "netns", g)
             ns(g, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
             ns(g, "ip", "link", "set", "eth0", "up")
-            # vif-route: the vif gets dom0's address, proxy ARP, and a route to the guest.
-            ns(d, "ip", "addr", "add", f"{self.DOM0_IP}/32", "dev", vif)
+            ns(d, "ip", "addr", "add", f"{self.VIF_IP}/32", "dev", vif)
             ns(d, "ip", "link", "set", vif, "up")
             ns(d, "sysctl", "-qw", f"net.ipv4.conf.{vif}.proxy_arp=1")
-            ns(d, "ip", "route", "add", f"{ip}/32", "dev", vif, "src", self.DOM0_IP)
+            ns(d, "ip", "route", "add", f"{ip}/32", "dev", vif, "src", self.VIF_IP)
 
     def close(self) -> None:
         for n in (self.DOM0, self.LAN, *self.GUESTS):
             sh("ip", "netns", "del", n, check=False)
 
 
-class LinuxNat:
-    """vif-nat by hand: namespace xbn-dom0 (the host) with its uplink to xbn-lan, guests
-    xbn-g1, xbn-g2 on 10.0.9.0/24 behind vif devices carrying dom0's gateway address
-    (tools/hotplug/Linux/vif-nat and network-nat in Xen's tree), iptables MASQUERADE."""
+class LinuxRoute(LinuxHost):
+    """vif-route: guests on the LAN's prefix; each vif carries dom0's LAN address."""
 
-    DOM0, LAN = "xbn-dom0", "xbn-lan"
-    DOM0_IP, LAN_IP, GATEWAY = "198.18.70.254", "198.18.70.1", "10.0.9.1"
+    DOM0_IP, LAN_IP = "198.18.60.254", "198.18.60.1"
+    VIF_IP = DOM0_IP
+    GUESTS = {"xbr-g1": "198.18.60.21", "xbr-g2": "198.18.60.22"}
+
+    def __init__(self) -> None:
+        super().__init__("xbr")
+
+
+class LinuxNat(LinuxHost):
+    """vif-nat: guests on a private subnet behind their gateway (each vif carries it),
+    iptables MASQUERADE on the uplink."""
+
+    DOM0_IP, LAN_IP, VIF_IP = "198.18.70.254", "198.18.70.1", "10.0.9.1"
     GUESTS = {"xbn-g1": "10.0.9.21", "xbn-g2": "10.0.9.22"}
 
     def __init__(self) -> None:
-        for n in (self.DOM0, self.LAN, *self.GUESTS):
-            sh("ip", "netns", "add", n)
-            ns(n, "ip", "link", "set", "lo", "up")
-        d = self.DOM0
-        sh("ip", "link", "add", "peth", "netns", d, "type", "veth", "peer", "name", "eth0", "netns", self.LAN)
-        ns(self.LAN, "ip", "addr", "add", f"{self.LAN_IP}/24", "dev", "eth0")
-        ns(self.LAN, "ip", "link", "set", "eth0", "up")
-        ns(d, "ip", "addr", "add", f"{self.DOM0_IP}/24", "dev", "peth")
-        ns(d, "ip", "link", "set", "peth", "up")
-        ns(d, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        ns(d, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "peth", "-j", "MASQUERADE")
-        for i, (g, ip) in enumerate(self.GUESTS.items(), 1):
-            vif = f"vif{i}"
-            sh("ip", "link", "add", vif, "netns", d, "type", "veth", "peer", "name", "eth0", "netns", g)
-            ns(g, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
-            ns(g, "ip", "link", "set", "eth0", "up")
-            ns(g, "ip", "route", "add", "default", "via", self.GATEWAY)
-            # vif-nat: the vif gets the router address, proxy ARP, and a route to the guest.
-            ns(d, "ip", "addr", "add", f"{self.GATEWAY}/32", "dev", vif)
-            ns(d, "ip", "link", "set", vif, "up")
-            ns(d, "sysctl", "-qw", f"net.ipv4.conf.{vif}.proxy_arp=1")
-            ns(d, "ip", "route", "add", f"{ip}/32", "dev", vif, "src", self.GATEWAY)
-
-    def close(self) -> None:
-        for n in (self.DOM0, self.LAN, *self.GUESTS):
-            sh("ip", "netns", "del", n, check=False)
+        super().__init__("xbn")
+        ns(self.DOM0, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "peth", "-j", "MASQUERADE")
+        for g in self.GUESTS:
+            ns(g, "ip", "route", "add", "default", "via", self.VIF_IP)
 
 
 def connection_rate(server_ns: str, client_ns: str, addr: str, seconds: int) -> float:
@@ -174,9 +161,9 @@ def main() -> int:
     paths = {
         "routed": ("xvl-r1", "xvl-r2", "198.51.100.22", "xvl-lan-xenbr1", "198.51.100.1"),
         "bridged": ("xvl-b1", "xvl-b2", "192.0.2.12", "xvl-lan", "192.0.2.1"),
-        "linux-route": ("xbr-g1", "xbr-g2", LinuxRoute.GUESTS["xbr-g2"], LinuxRoute.LAN, LinuxRoute.LAN_IP),
+        "linux-route": ("xbr-g1", "xbr-g2", LinuxRoute.GUESTS["xbr-g2"], "xbr-lan", LinuxRoute.LAN_IP),
         "nat": ("xvl-n1", "xvl-n2", "10.0.2.22", "xvl-lan-xennat", "203.0.113.1"),
-        "linux-nat": ("xbn-g1", "xbn-g2", LinuxNat.GUESTS["xbn-g2"], LinuxNat.LAN, LinuxNat.LAN_IP),
+        "linux-nat": ("xbn-g1", "xbn-g2", LinuxNat.GUESTS["xbn-g2"], "xbn-lan", LinuxNat.LAN_IP),
     }
     try:
         for name, domid, spec in (

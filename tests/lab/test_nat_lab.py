@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -13,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from frames import Capture
+from labflows import Flows, cli, controller, cookie_of, wait_for
 
 from xvif_ovs.lab.host import BridgeArg
 from xvif_ovs.pipeline.build import P_DROP, P_ROUTE
-from xvif_ovs.pipeline.flow import COOKIE_MAGIC, vif_owner
 
 LAN = "lan-xennat"  # behind peth1: 198.51.100.1
 LAN_IP, ADDRESS, GATEWAY = "198.51.100.1", "198.51.100.254", "10.0.1.1"
@@ -61,30 +60,14 @@ except socket.timeout:
 """
 
 
+FLOWS = Flows("xennat")
+ofctl, packets = FLOWS.ofctl, FLOWS.packets
+
+
 @pytest.fixture(scope="module")
 def lab_bridges():
     # The three models on one host: bridged, NAT, routed (its LAN: 203.0.113.1).
     return [BridgeArg("xenbr0", "peth0"), BridgeArg("xennat", "peth1", "nat"), BridgeArg("xenrt", "peth2", "routed")]
-
-
-def ofctl(host, *args: str) -> str:
-    cmd = ["ovs-ofctl", "-O", "OpenFlow13", args[0], f"unix:{host.lab.dir}/xennat.mgmt", *args[1:]]
-    return subprocess.run(cmd, env=host.lab.env(), capture_output=True, text=True, check=True).stdout
-
-
-def wait_for(cond, what: str, timeout: float = 15.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def cookie_of(purpose: int, domid: int) -> str:
-    return f"cookie={COOKIE_MAGIC | purpose << 40 | vif_owner(domid, 0):#x}/-1"
-
-
-def packets(host, purpose: int, domid: int) -> int:
-    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", ofctl(host, "dump-flows", cookie_of(purpose, domid))))
 
 
 def py(host, ns: str, code: str, *args: str, check: bool = True) -> str:
@@ -101,21 +84,10 @@ def serve(ns: str, port: int) -> subprocess.Popen:
     return p
 
 
-def cli(host, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **host.lab.env()}
-    return subprocess.run(
-        [sys.executable, "-m", "xvif_ovs.cli.main", *args], capture_output=True, text=True, env=env, timeout=60
-    )
-
-
 @pytest.fixture(scope="module")
 def nat(host):
-    cfg = host.lab.dir / "controller.toml"
-    cfg.write_text(CONFIG)
-    host.lab.start_controller(cfg)
-    wait_for(lambda: "connected" in (host.lab.dir / "controller.log").read_text(), "the controller to connect")
-    yield host
-    host.lab.stop_controller()
+    with controller(host, CONFIG):
+        yield host
 
 
 @pytest.fixture

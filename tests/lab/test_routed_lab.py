@@ -5,19 +5,17 @@ shows the two models coexist."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from frames import Capture
+from labflows import Flows, cli, controller, cookie_of, wait_for
 
 from xvif_ovs.lab.host import BridgeArg
 from xvif_ovs.pipeline.build import P_ALLOW, P_DROP, P_ROUTE
-from xvif_ovs.pipeline.flow import COOKIE_MAGIC, vif_owner
 
 CONFIG = """
 [controller]
@@ -32,29 +30,13 @@ R1 = ("r1", 21, "00:16:3e:00:15:01", "198.51.100.21")
 R2 = ("r2", 22, "00:16:3e:00:16:01", "198.51.100.22")
 
 
+FLOWS = Flows("xenbr1")
+ofctl, packets = FLOWS.ofctl, FLOWS.packets
+
+
 @pytest.fixture(scope="module")
 def lab_bridges():
     return [BridgeArg("xenbr0", "peth0"), BridgeArg("xenbr1", "peth1", "routed")]
-
-
-def ofctl(host, *args: str, bridge: str = "xenbr1") -> str:
-    cmd = ["ovs-ofctl", "-O", "OpenFlow13", args[0], f"unix:{host.lab.dir}/{bridge}.mgmt", *args[1:]]
-    return subprocess.run(cmd, env=host.lab.env(), capture_output=True, text=True, check=True).stdout
-
-
-def wait_for(cond, what: str, timeout: float = 15.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def cookie_of(purpose: int, domid: int) -> str:
-    return f"cookie={COOKIE_MAGIC | purpose << 40 | vif_owner(domid, 0):#x}/-1"
-
-
-def packets(host, purpose: int, domid: int) -> int:
-    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", ofctl(host, "dump-flows", cookie_of(purpose, domid))))
 
 
 def router_mac(host) -> str:
@@ -67,12 +49,8 @@ def ping(host, ns: str, addr: str, count: int = 1) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def routed(host):
-    cfg = host.lab.dir / "controller.toml"
-    cfg.write_text(CONFIG)
-    host.lab.start_controller(cfg)
-    wait_for(lambda: "connected" in (host.lab.dir / "controller.log").read_text(), "the controller to connect")
-    yield host
-    host.lab.stop_controller()
+    with controller(host, CONFIG):
+        yield host
 
 
 @pytest.fixture
@@ -144,13 +122,6 @@ def test_bridged_and_routed_bridges_coexist(guests2):
     neigh = guests2.exec("lan", "ip", "neigh", "show", "192.0.2.31").stdout
     assert "00:16:3e:00:1f:01" in neigh  # bridged: the LAN sees the guest's own MAC
     assert ping(guests2, LAN, R2[3]).returncode == 0
-
-
-def cli(host, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **host.lab.env()}
-    return subprocess.run(
-        [sys.executable, "-m", "xvif_ovs.cli.main", *args], capture_output=True, text=True, env=env, timeout=60
-    )
 
 
 def test_the_cli_knows_the_routed_model(guests2):
