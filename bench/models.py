@@ -29,19 +29,6 @@ from xvif_ovs.lab.domain import add_domain, del_domain
 from xvif_ovs.lab.host import BridgeArg, Lab
 
 LAB_DIR = "/run/xvif-ovs/bench-models"
-NAT_CONFIG = """
-[controller]
-bridges = ["xenbr0", "xenbr1", "xennat"]
-
-[bridges.xenbr1]
-mode = "routed"
-
-[bridges.xennat]
-mode = "nat"
-address = "203.0.113.254"
-subnet = "10.0.2.0/24"
-gateway = "10.0.2.1"
-"""
 # The LAN host listens on 7100-7115: connections spread as to several services.
 # Opens and closes TCP connections to HOST:PORT.. for SECONDS; prints how many per second.
 CONNECT = r"""
@@ -152,9 +139,13 @@ def main() -> int:
     lab = Lab(LAB_DIR)
     if lab.dir.exists():
         lab.down()
-    lab.up([BridgeArg("xenbr0", "peth0"), BridgeArg("xenbr1", "peth1", "routed"), BridgeArg("xennat", "peth2", "nat")])
-    (lab.dir / "controller.toml").write_text(NAT_CONFIG)
-    lab.start_controller()
+    # The lab's own config names each bridge's model (NAT: 203.0.113.254, guests on 10.0.2.0/24).
+    bridges = [
+        BridgeArg("xenbr0", "peth0"),
+        BridgeArg("xenbr1", "peth1", "routed"),
+        BridgeArg("xennat", "peth2", "nat"),
+    ]
+    lab.up(bridges, controller=True)
     linux, linux_nat = LinuxRoute(), LinuxNat()
     samples: dict[str, list[float]] = {}
     # (guest ns, other guest ns, other guest's address, LAN ns, LAN address) per model

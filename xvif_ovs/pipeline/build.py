@@ -487,33 +487,18 @@ def _router_flows(
         Flow(LEARN, 110, match(*lan, F("dl_type", ETH_ARP)), (learn, arp, Goto(FORWARD)), cookie(P_LEARN)),
         Flow(LEARN, 110, match(*lan, *icmp6, F("icmpv6_type", ND_NS)), (learn, ns, Goto(FORWARD)), cookie(P_LEARN)),
         Flow(LEARN, 110, match(*lan, *icmp6, F("icmpv6_type", ND_NA)), (learn, na, Goto(FORWARD)), cookie(P_LEARN)),
-        # Without a link-layer option (duplicate address detection, a unicast probe), or an
-        # ARP probe from 0.0.0.0, there is no address to learn: only the source MAC.
-        Flow(
-            LEARN,
-            111,
-            match(*lan, F("dl_type", ETH_ARP), F("arp_spa", "0.0.0.0")),
-            (learn, Goto(FORWARD)),
-            cookie(P_LEARN),
-        ),
-        Flow(
-            LEARN,
-            111,
-            match(*lan, *icmp6, F("icmpv6_type", ND_NS), F("nd_sll", NO_MAC)),
-            (learn, Goto(FORWARD)),
-            cookie(P_LEARN),
-        ),
-        Flow(
-            LEARN,
-            111,
-            match(*lan, *icmp6, F("icmpv6_type", ND_NA), F("nd_tll", NO_MAC)),
-            (learn, Goto(FORWARD)),
-            cookie(P_LEARN),
-        ),
         Flow(
             ND_REPLY, 100, match(*icmp6, F("icmpv6_type", ND_NA)), (Move("dl_src", "nd_tll"), Output(OFPP_IN_PORT)), ck
         ),
     ]
+    # Without a link-layer option (duplicate address detection, a unicast probe), or an
+    # ARP probe from 0.0.0.0, there is no address to learn: only the source MAC.
+    for nothing_to_learn in (
+        (F("dl_type", ETH_ARP), F("arp_spa", "0.0.0.0")),
+        (*icmp6, F("icmpv6_type", ND_NS), F("nd_sll", NO_MAC)),
+        (*icmp6, F("icmpv6_type", ND_NA), F("nd_tll", NO_MAC)),
+    ):
+        flows.append(Flow(LEARN, 111, match(*lan, *nothing_to_learn), (learn, Goto(FORWARD)), cookie(P_LEARN)))
     for eth_type in (ETH_IP, ETH_IPV6):
         # No next hop known: dom0 routes it (the frame is already addressed to its MAC), and
         # its ARP or solicitation for the next hop teaches table 6: the next packet stays in
@@ -637,10 +622,7 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
     for p in vif.ports:
         # Above the flood (50) and the lookup (10): nothing it sends is switched.
         fs.flows.append(Flow(FORWARD, 55, match(F("in_port", p)), (), drop))
-    if vif.twin_ports and port is not None:
-        to = tuple(a for p in (port, *vif.twin_ports) for a in (SetReg("reg7", p), Resubmit(EGRESS)))
-    else:
-        to = (SetReg("reg7", port), Goto(EGRESS))
+    to = _to_vif(vif, port) if port is not None else ()
     to_it = match(F("reg5", FROM_LOCAL), F("reg6", 0), F("dl_dst", vif.mac))
     if nat is not None and port is not None and router_mac and vif.access_vlans == (0,) and vif.forwards:
         # DHCP, with or without an address yet: its requests to dom0's server, and the
@@ -739,6 +721,14 @@ def _refused_flows(vif: VifModel) -> tuple[Flow, ...]:
     return tuple(Flow(CLASSIFY, 100, match(F("in_port", port)), (), cookie(P_REFUSED, owner)) for port in vif.ports)
 
 
+def _to_vif(vif: VifModel, port: int) -> tuple:
+    """The actions that deliver a frame to the vif: through table 5 to its live port, or
+    for a migrating NIC to each of its vifs in turn (table 5 tags each as it needs)."""
+    if vif.twin_ports:
+        return tuple(a for p in (port, *vif.twin_ports) for a in (SetReg("reg7", p), Resubmit(EGRESS)))
+    return (SetReg("reg7", port), Goto(EGRESS))
+
+
 def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
     """Everything one vif owns (a Builder keeps it while the vif is unchanged)."""
     fs = FlowSet()
@@ -747,11 +737,7 @@ def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
     port = vif.active_port
     owner = vif_owner(vif.domid, vif.devid)
     if port is not None:
-        if vif.twin_ports:
-            # A migrating NIC: to each of its vifs in turn (table 5 tags each as it needs).
-            to = tuple(a for p in (port, *vif.twin_ports) for a in (SetReg("reg7", p), Resubmit(EGRESS)))
-        else:
-            to = (SetReg("reg7", port), Goto(EGRESS))
+        to = _to_vif(vif, port)
         for vlan in vif.access_vlans if vif.forwards else ():
             dst = (F("reg6", vlan), F("dl_dst", vif.mac))
             allowed_from = PROMISCUOUS if private else F("reg5", 0, FROM_PRIVATE)
