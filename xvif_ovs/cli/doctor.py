@@ -316,7 +316,8 @@ def dhcp_and_zone_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:
     (a guest's, from the subnet; dom0's own, from its address; a forwarded one, to it)."""
     from ..controller.config import Config
     from ..controller.dhcp import DhcpServers
-    from .trace import TraceError, appctl
+    from ..inspect.vswitchd import VswitchdError as TraceError
+    from ..inspect.vswitchd import appctl
 
     out, name = [], "routed bridges"
     if DhcpServers(Config.rundir()).pid(b.name) is None:

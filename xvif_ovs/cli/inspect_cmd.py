@@ -74,6 +74,19 @@ def add_inspect_parsers(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=_runs("doctor"))
 
+    p = sub.add_parser(
+        "rules",
+        help="firewall rules in force per guest, with counters; `rules check` validates the files",
+        formatter_class=raw,
+        epilog="examples:\n  xvif-ovs rules --domain web\n  xvif-ovs rules check /tmp/20-web.toml",
+    )
+    p.add_argument("action", nargs="?", choices=["list", "check"], default="list")
+    p.add_argument("file", nargs="?", help="for check: a rule file to validate with the directory's others")
+    p.add_argument("--domain", help="only this domain (name or domid)")
+    p.add_argument("--config", help="the controller's config (default /etc/xvif-ovs/controller.toml)")
+    _common(p)
+    p.set_defaults(func=_runs("rules"))
+
     p = sub.add_parser("mac", help="MAC addresses for new vifs", epilog="example: xvif-ovs mac new --count 3")
     macs = p.add_subparsers(dest="mac_command", required=True)
     n = macs.add_parser(

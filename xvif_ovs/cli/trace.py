@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
-from pathlib import Path
 
-from ..errors import XvifError
 from ..inspect.hoststate import HostView, PortView, VifView, read_host
+from ..inspect.vswitchd import appctl
 from ..model.vifspec import is_mac
 from ..pipeline.build import (
     P_ARP_REPLY,
@@ -35,39 +33,6 @@ from .show import NotFound
 
 PROTOS = ("arp", "icmp", "tcp", "udp", "dhcp", "nd")
 NO_IP_SOURCE = "198.18.0.1"  # used as the source when the vif has no ip= (any source is allowed then)
-
-
-class TraceError(XvifError):
-    """ovs-vswitchd could not trace the packet."""
-
-
-def unixctl_path() -> str:
-    rundir = Path(os.environ.get("OVS_RUNDIR", "/var/run/openvswitch"))
-    if (rundir / "ovs-vswitchd.ctl").exists():
-        return str(rundir / "ovs-vswitchd.ctl")
-    try:
-        pid = (rundir / "ovs-vswitchd.pid").read_text().strip()
-    except OSError:
-        raise TraceError(f"ovs-vswitchd is not running (no pidfile in {rundir}; set OVS_RUNDIR)") from None
-    return str(rundir / f"ovs-vswitchd.{pid}.ctl")
-
-
-def appctl(command: str, *args: str) -> str:
-    from ..compat import quiet_eventlet
-
-    quiet_eventlet()
-    import ovs.unixctl.client
-
-    error, client = ovs.unixctl.client.UnixctlClient.create(unixctl_path())
-    if error:
-        raise TraceError(f"cannot reach ovs-vswitchd's control socket: {os.strerror(error)}")
-    try:
-        error, err, result = client.transact(command, list(args))  # python-ovs returns (errno, error, result)
-    finally:
-        client.close()
-    if error or err:
-        raise TraceError(f"{command}: {err or os.strerror(error)}")
-    return result
 
 
 def find_port(host: HostView, dev: str) -> tuple[VifView | None, PortView]:

@@ -5,6 +5,7 @@ listen = "unix"              # unix (OVS_RUNDIR/xvif-ovs.sock), tcp:[HOST:]PORT,
 allow_remote_listen = false  # needed for tcp: on an address other than loopback
 bridges = ["xenbr0"]         # the bridges to manage: no other bridge is ever touched
 learn_idle_timeout = 300     # seconds a MAC learned behind an uplink is kept unused
+rules = "/etc/xvif-ovs/rules.d"   # firewall rule files (xvif_ovs/firewall/rules.py); reloaded on SIGHUP
 
 [bridges.xenbr1]
 uplinks = ["eth1", "bond0"]  # ports (or bonds) trusted as uplinks, besides physical NICs
@@ -69,6 +70,9 @@ from ..model.host import NAT_PORTS
 MODES = ("bridged", "routed", "nat")
 _FORWARD = re.compile(r"^\s*(tcp|udp):(\d{1,5})\s*->\s*([A-Za-z0-9_.\-]+):(\d{1,5})\s*$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+
+
+DEFAULT_RULES = "/etc/xvif-ovs/rules.d"
 
 
 class ConfigError(XvifError):
@@ -150,6 +154,7 @@ class Config:
     trusted_vifs: frozenset[str] = frozenset()
     ovsdb: str | None = None
     xenstore: str | None = None
+    rules_dir: str = DEFAULT_RULES
 
     @staticmethod
     def rundir() -> str:
@@ -212,7 +217,10 @@ def load(path: str | None, **overrides: object) -> Config:
     if set(raw) - known:
         raise ConfigError(f"{path}: unknown section(s) {sorted(set(raw) - known)}; known: {sorted(known)}")
     ctl = raw.get("controller", {})
-    _only(ctl, {"listen", "allow_remote_listen", "bridges", "learn_idle_timeout"}, f"{path} [controller]")
+    _only(ctl, {"listen", "allow_remote_listen", "bridges", "learn_idle_timeout", "rules"}, f"{path} [controller]")
+    rules_dir = ctl.get("rules", DEFAULT_RULES)
+    if not isinstance(rules_dir, str) or not rules_dir.startswith("/"):
+        raise ConfigError(f'rules = {rules_dir!r}: an absolute directory path, e.g. "{DEFAULT_RULES}"')
     allow_remote = ctl.get("allow_remote_listen", False)
     if not isinstance(allow_remote, bool):
         raise ConfigError(f"allow_remote_listen = {allow_remote!r}: true or false")
@@ -289,6 +297,7 @@ def load(path: str | None, **overrides: object) -> Config:
         trusted_vifs=frozenset(map(str, vifs.get("trusted", []))),
         ovsdb=overrides.get("ovsdb"),  # type: ignore[arg-type]
         xenstore=overrides.get("xenstore"),  # type: ignore[arg-type]
+        rules_dir=rules_dir,
     )
 
 

@@ -106,6 +106,7 @@ def run(cfg: Config, verbose: bool = False, use_syslog: bool = True) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda _s, _f: runtime.reload_rules())
     done.wait()
     runtime.stop()
     for s in list(runtime.sessions.values()):  # end os-ken's receive loops

@@ -60,6 +60,9 @@ _TO_OXM = {
     "ipv6_src": "ipv6_src",
     "ipv6_dst": "ipv6_dst",
     "icmpv6_type": "icmpv6_type",
+    "icmpv6_code": "icmpv6_code",
+    "icmp_type": "icmpv4_type",
+    "icmp_code": "icmpv4_code",
     "nd_target": "ipv6_nd_target",
     "nd_sll": "ipv6_nd_sll",
     "nd_tll": "ipv6_nd_tll",
@@ -208,6 +211,8 @@ def actions_to_os_ken(parser: Any, ofp: Any, actions: tuple[Action, ...]) -> tup
                 if a.ports:
                     kw.update(range_proto_min=a.ports[0], range_proto_max=a.ports[1])
                 nat.append(parser.NXActionNAT(flags=_NAT_FLAGS[a.nat], **kw))
+            if a.mark is not None:
+                nat.append(parser.OFPActionSetField(ct_mark=a.mark))
             out.append(
                 parser.NXActionCT(
                     flags=1 if a.commit else 0,
@@ -365,11 +370,15 @@ _NAT_FLAGS = {"": 0, "src": 1, "dst": 2}
 
 def _ct_back(a: Any) -> Ct | Unknown:
     """Our Ct from OVS's reading of it, or Unknown for a form we never install."""
-    if a.zone_src or a.alg or len(a.actions) > 1:
+    acts = list(a.actions)
+    mark = None
+    if acts and type(acts[-1]).__name__ == "OFPActionSetField" and acts[-1].key == "ct_mark":
+        mark = acts.pop().value
+    if a.zone_src or a.alg or len(acts) > 1:
         return Unknown("ct")
     nat, addr, ports = None, "", None
-    if a.actions:
-        n = a.actions[0]
+    if acts:
+        n = acts[0]
         kinds = {v: k for k, v in _NAT_FLAGS.items()}
         if type(n).__name__ != "NXActionNAT" or n.flags not in kinds or n.range_ipv4_min != n.range_ipv4_max:
             return Unknown("ct")
@@ -377,7 +386,7 @@ def _ct_back(a: Any) -> Ct | Unknown:
         if n.range_proto_min is not None:
             ports = (n.range_proto_min, n.range_proto_max if n.range_proto_max is not None else n.range_proto_min)
     table = None if a.recirc_table == 255 else a.recirc_table
-    return Ct(a.zone_ofs_nbits, bool(a.flags & 1), table, nat, addr, ports)
+    return Ct(a.zone_ofs_nbits, bool(a.flags & 1), table, nat, addr, ports, mark)
 
 
 def flow_from_stats(ofp: Any, stats: Any) -> Flow:

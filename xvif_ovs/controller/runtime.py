@@ -26,8 +26,9 @@ from ..pipeline.diff import diff_parts, first_stage
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, decode_cookie
 from ..xenstore.client import locate
 from ..xenstore.vifwatch import VifWatcher
-from . import dhcp
+from . import conntrack, dhcp
 from .config import Config
+from .fwstate import ZONE_KEY, Firewall, Rules
 from .hostmodel import Joiner, OfPort
 from .ovsdb_monitor import BridgeInfo, OvsdbMonitor
 from .session import Session, SwitchError
@@ -66,6 +67,11 @@ class Runtime:
         self.dhcp = dhcp.DhcpServers(cfg.rundir())
         self._nat_given: dict[tuple[int, int], str] = {}
         self._dhcp_failures = 0
+        self.uuids: dict[int, str] = {}  # domid -> VM uuid, for rules that name a guest by it
+        self.rules = Rules(cfg.rules_dir)
+        nat_zones = {p.nat.zone for p in cfg.bridge_policy.values() if p.nat is not None}
+        self.firewall = Firewall(self.rules, nat_zones)
+        self._rules_checked = 0.0
         # vifs and sessions are changed by the XenStore and os-ken threads while the
         # reconciler copies them: copying a dict that another thread resizes can raise.
         self._lock = threading.Lock()
@@ -73,6 +79,7 @@ class Runtime:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.rules.load_initial()  # a bad rule file is fatal here (RuleError): nothing is touched
         if not self.cfg.bridges:
             log.warning("no bridges named in the configuration ([controller] bridges): managing none")
         self.monitor = OvsdbMonitor(self.cfg.ovsdb, self._on_ovsdb, self.cfg.declared_uplinks, self.die)
@@ -81,6 +88,10 @@ class Runtime:
             t = threading.Thread(target=self.guarded(target, name), name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def reload_rules(self) -> None:
+        """SIGHUP: read the rule files again (in the reconciler, which applies them)."""
+        self._queue.put(("rules", None))
 
     def die(self, why: str) -> None:
         """A thread the controller cannot work without has died: end the process (main
@@ -297,7 +308,12 @@ class Runtime:
     def _names_matter(self) -> bool:
         """Only configuration that names domains needs their names kept current."""
         cfg = self.cfg
-        return bool(cfg.private_vifs or cfg.trusted_vifs or any(p.reserved_for for p in cfg.bridge_policy.values()))
+        return bool(
+            cfg.private_vifs
+            or cfg.trusted_vifs
+            or any(p.reserved_for for p in cfg.bridge_policy.values())
+            or any(r.scope in ("guest", "vif") for r in self.rules.current.rules)
+        )
 
     def _refresh_names(self, domids: list[int] | None = None) -> None:
         where = self.cfg.xenstore
@@ -312,6 +328,11 @@ class Runtime:
                         name = c.read(p).decode()
                         with self._lock:
                             self.names[domid] = name
+                    vm = f"/local/domain/{domid}/vm".encode()
+                    if c.exists(vm):
+                        uuid = c.read(vm).decode().rsplit("/", 1)[-1]
+                        with self._lock:
+                            self.uuids[domid] = uuid
         except Exception as e:  # noqa: BLE001 - names are for logs and config matching only
             log.debug("reading domain names: %s", e)
 
@@ -341,6 +362,17 @@ class Runtime:
                     break
             if any(k == "stop" for k, _ in items):
                 return
+            now = time.monotonic()
+            look = now - self._rules_checked >= 1.0  # the files, at most once a second
+            if look:
+                self._rules_checked = now
+            # SIGHUP, or the files changed: a set with an error is refused, and the rules
+            # in force stay in force.
+            wanted = any(k == "rules" for k, _ in items) or (look and self.rules.changed())
+            if wanted and self.rules.reload():
+                items.append(("model", None))
+                if self._names_matter():
+                    self._refresh_names()
             for k, a in items:
                 if k in ("dp_up", "ports"):
                     s = self.sessions.get(a)
@@ -403,11 +435,34 @@ class Runtime:
                 log.warning("%s", p)
         self._reported_problems = set(problems)
         ours = {b: m for b, m in models.items() if self.cfg.managed(b) and b not in self.refused_bridges}
+        with self._lock:
+            uuids = dict(self.uuids)
+        ours = self.firewall.attach(ours, vifs, uuids)
+        for p in self.firewall.problems:
+            if p not in self._reported_problems:
+                log.error("%s", p)
+        self._reported_problems |= set(self.firewall.problems)
+        if self.firewall.to_write:
+            self._write_zones(vifs)
         for bname, model in ours.items():
             self._worker(sessions[bname]).post(model=model)
         nat_bridges = {b for b, p in self.cfg.bridge_policy.items() if p.nat is not None and self.cfg.managed(b)}
         if nat_bridges or self.dhcp.running:
             self._nat_dhcp(ours, vifs, nat_bridges)
+
+    def _write_zones(self, vifs: dict[tuple[int, int], dict[str, str]]) -> None:
+        """Zones just allocated, into XenStore: a restarted controller finds them there
+        and keeps its guests' connections. Best effort: the flows already use them."""
+        todo, self.firewall.to_write = self.firewall.to_write, {}
+        where = self.cfg.xenstore
+        try:
+            with Client(**({"unix_socket_path": where} if where else locate())) as c:
+                for (domid, devid), zone in todo.items():
+                    backend = f"/local/domain/0/backend/vif/{domid}/{devid}"
+                    if (domid, devid) in vifs and c.exists(f"{backend}/mac".encode()):
+                        c.write(f"{backend}/{ZONE_KEY}".encode(), str(zone).encode())
+        except Exception as e:  # noqa: BLE001
+            log.warning("firewall zones not written to XenStore (%s): a controller restart will renumber them", e)
 
     def _nat_dhcp(
         self, models: dict[str, BridgeModel], vifs: dict[tuple[int, int], dict[str, str]], nat_bridges: set[str]
@@ -572,6 +627,8 @@ class SwitchWorker(threading.Thread):
         self._lock = threading.Lock()
         self._connect = self._ports = False
         self._model: BridgeModel | None = None
+        # Each vif's firewall as last programmed (None: it had none), for the cut.
+        self._firewalls: dict[tuple[int, int], Any] = {}
 
     def post(self, connect: bool = False, ports: bool = False, model: BridgeModel | None = None) -> None:
         with self._lock:
@@ -607,9 +664,12 @@ class SwitchWorker(threading.Thread):
                 if ports:
                     s.read_ports()
                     rt._queue.put(("model", None))
-                if model is not None and s.bridge and not rt._program(s, s.bridge, model):
-                    rt._stop.wait(1.0)  # the switch refused: retry (unless a newer model came)
-                    self._again(model)
+                if model is not None and s.bridge:
+                    if rt._program(s, s.bridge, model):
+                        self._cut(model)
+                    else:
+                        rt._stop.wait(1.0)  # the switch refused: retry (unless a newer model came)
+                        self._again(model)
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + DROP_REPORT_INTERVAL
                     rt._report_drops(s)
@@ -620,6 +680,19 @@ class SwitchWorker(threading.Thread):
                 rt._stop.wait(1.0)
                 if model is not None:
                     self._again(model)
+
+    def _cut(self, model: BridgeModel) -> None:
+        """Once the flows of a changed rule set are in the switch, the connections they no
+        longer allow are removed from conntrack (controller/conntrack.py). Not at the first
+        program after a start: nothing changed then, and the connections must survive."""
+        first = not self._firewalls
+        now = {(v.domid, v.devid): v.firewall for v in model.vifs}
+        for key, fw in now.items():
+            before = self._firewalls.get(key, fw)
+            if first or fw is None or before is fw or (before is not None and before == fw):
+                continue
+            conntrack.cut(fw, f"vif{key[0]}.{key[1]}")
+        self._firewalls = now
 
 
 def _record_applied(s: Session, desired: Parts) -> None:

@@ -69,6 +69,11 @@ class Lab:
         """The lab's controller configuration: it names the lab's bridges, nothing else."""
         return self.dir / "controller.toml"
 
+    @property
+    def rules_dir(self) -> Path:
+        """The lab's /etc/xvif-ovs/rules.d: firewall rule files for its controller."""
+        return self.dir / "rules.d"
+
     def env(self) -> dict[str, str]:
         return {
             "XENSTORED_PATH": str(self.xenstore_socket),
@@ -111,7 +116,7 @@ class Lab:
                 )
         self.config.write_text(
             "# Written by `xvif-ovs lab up`: the controller manages the lab's bridges, and only them.\n"
-            f"[controller]\nbridges = [{names}]\n{modes}"
+            f'[controller]\nbridges = [{names}]\nrules = "{self.rules_dir}"\n{modes}'
         )
 
     def stop_controller(self, kill: bool = False) -> None:

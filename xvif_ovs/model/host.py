@@ -10,6 +10,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass, field
 
+from ..firewall.rules import Rule
 from .vifspec import BridgeSpec
 
 IP = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -22,6 +23,18 @@ INCOMING_SUFFIX, MIGRATED_AWAY_SUFFIX = "--incoming", "--migratedaway"
 
 def migrating(domain_name: str) -> bool:
     return domain_name.endswith((INCOMING_SUFFIX, MIGRATED_AWAY_SUFFIX))
+
+
+@dataclass(frozen=True)
+class VifFirewall:
+    """A firewalled vif's part of the pipeline (firewall/select.py chooses it): its
+    conntrack zone, its rules in the order they are tried (a rule's index is in its
+    flows' cookies), and the VLANs whose inbound default is closed."""
+
+    zone: int
+    rules: tuple[Rule, ...] = ()
+    closed: frozenset[int] = frozenset()
+    blocked: bool = False  # it could not be built (no zone free, too many rules): no IP at all
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,7 @@ class VifModel:
     # newest (`forwards`), holds the MAC's forwarding flows, with the others' ports here.
     twin_ports: tuple[int, ...] = ()
     forwards: bool = True
+    firewall: VifFirewall | None = None  # rules or a closed network: stateful, in conntrack
 
     @property
     def key(self) -> str:

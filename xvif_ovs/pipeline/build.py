@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..model.host import BridgeModel, NatSpec, Uplink, VifModel
 from ..model.vifspec import int_to_mac, mac_to_int
+from .firewall import P_FW, P_FW_DEFAULT, P_RULE, firewall_flows
 from .flow import (
     GROUP_BASE,
     OFPP_IN_PORT,
@@ -46,6 +47,8 @@ from .tables import (
     CLASSIFY,
     EGRESS,
     FORWARD,
+    FW_IN,
+    FW_OUT,
     LEARN,
     LEARNED,
     NAT_IN,
@@ -100,6 +103,9 @@ PURPOSES = {
     P_ROUTE: "routed",
     P_NEIGHBOUR: "neighbour (routed)",
     P_NAT: "NAT (conntrack)",
+    P_RULE: "firewall rule",
+    P_FW: "firewall (conntrack)",
+    P_FW_DEFAULT: "firewall default policy (closed)",
 }
 
 ETH_ARP, ETH_IP, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
@@ -398,6 +404,8 @@ def _membership(vif: VifModel, private: bool) -> tuple[tuple[int, tuple[int, tup
     port = vif.active_port
     if port is None:
         return ()
+    if vif.firewall is not None:  # through its firewall (table 12), which tags it in table 5
+        return tuple((v, (port, (SetReg("reg7", port), Resubmit(FW_IN)), private, False)) for v in vif.access_vlans)
     return tuple(
         (v, (port, (PushVlan(v), Output(port)) if vif.tagged_on_wire(v) else (Output(port),), private, False))
         for v in vif.access_vlans
@@ -642,6 +650,8 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
         out = (Output(port),)
         fs.flows.append(Flow(EGRESS, 100, match(F("reg6", 0), F("reg7", port)), out, cookie(P_EGRESS, owner)))
     if port is None or not router_mac or not (v4 or v6) or vif.access_vlans != (0,) or not vif.forwards:
+        if vif.firewall is not None:
+            fs.flows += firewall_flows(vif)
         return _checked(fs)
     allowed_from = PROMISCUOUS if private else F("reg5", 0, FROM_PRIVATE)
     if nat is not None:  # from the LAN a NAT guest is reached only through conntrack (table 9)
@@ -660,7 +670,7 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
         fs.flows.append(Flow(FORWARD, 110, match(*who_has, F("reg5", FROM_LOCAL)), arp_reply(vif.mac), answer))
         if nat is not None:  # replies to its connections, translated back by conntrack (table 9
             # comes after egress: resubmit, as goto_table only goes forward)
-            back = tuple(Resubmit(EGRESS) if isinstance(a, Goto) else a for a in routed_in)
+            back = tuple(Resubmit(a.table) if isinstance(a, Goto) else a for a in routed_in)
             fs.flows.append(Flow(NAT_IN, 100, match(F("dl_type", ETH_IP), dst), back, route))
         for p in vif.ports:  # its own address (a gratuitous ARP, a probe): nobody else has it
             fs.flows.append(Flow(FORWARD, 115, match(F("in_port", p), *who_has[1:]), (), drop))
@@ -707,6 +717,8 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
         fs.flows.append(Flow(FORWARD, 61, match(*ip6_in, F("ipv6_dst", "fe80::", "ffc0::")), (), drop))
         fs.flows.append(Flow(FORWARD, 61, match(*ip6_in, F("ipv6_src", "fe80::", "ffc0::")), (), drop))
         fs.flows.append(Flow(FORWARD, 60, match(*ip6_in), (Resubmit(NEIGHBOURS), Resubmit(ROUTED)), route))
+    if vif.firewall is not None:
+        fs.flows += firewall_flows(vif)
     return _checked(fs)
 
 
@@ -723,10 +735,12 @@ def _refused_flows(vif: VifModel) -> tuple[Flow, ...]:
 
 def _to_vif(vif: VifModel, port: int) -> tuple:
     """The actions that deliver a frame to the vif: through table 5 to its live port, or
-    for a migrating NIC to each of its vifs in turn (table 5 tags each as it needs)."""
+    for a migrating NIC to each of its vifs in turn (table 5 tags each as it needs); for a
+    firewalled vif through its firewall first (table 12, which goes on to table 5)."""
+    via = FW_IN if vif.firewall is not None else EGRESS
     if vif.twin_ports:
-        return tuple(a for p in (port, *vif.twin_ports) for a in (SetReg("reg7", p), Resubmit(EGRESS)))
-    return (SetReg("reg7", port), Goto(EGRESS))
+        return tuple(a for p in (port, *vif.twin_ports) for a in (SetReg("reg7", p), Resubmit(via)))
+    return (SetReg("reg7", port), Goto(via))
 
 
 def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
@@ -747,9 +761,9 @@ def _vif_flows(vif: VifModel, private: bool) -> tuple[Flow, ...]:
         for vlan in vif.access_vlans:
             out = (PushVlan(vlan), Output(port)) if vif.tagged_on_wire(vlan) else (Output(port),)
             fs.flows.append(Flow(EGRESS, 100, match(F("reg6", vlan), F("reg7", port)), out, cookie(P_EGRESS, owner)))
-    for f in fs.flows:
-        check_flow(f)
-    return tuple(fs.flows)
+    if vif.firewall is not None:
+        fs.flows += firewall_flows(vif)
+    return _checked(fs)
 
 
 def _flood_group(vlan: int, members: tuple, klass: int) -> GroupEntry:
@@ -830,6 +844,9 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
     owner = vif_owner(vif.domid, vif.devid)
     allow, drop = cookie(P_ALLOW, owner), cookie(P_DROP, owner)
     go = (Goto(FORWARD),)
+    # A firewalled vif's IP goes through its firewall (table 10) on the way; its ARP, neighbour
+    # discovery and DHCP requests do not.
+    ip_go = (Goto(FW_OUT),) if vif.firewall is not None else go
     ips = list(dict.fromkeys(vif.ips))  # a repeated address must not become two identical flows
     v4 = [i for i in ips if i.version == 4]
     ll = ipaddress.IPv6Interface(f"{link_local(vif.mac)}/128")
@@ -865,7 +882,7 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
         # IPv4.
         if has_ip:
             for ip in v4:
-                add(200, F("dl_type", ETH_IP), _addr("nw_src", ip))
+                add(200, F("dl_type", ETH_IP), _addr("nw_src", ip), acts=ip_go)
             add(
                 200,
                 F("dl_type", ETH_IP),
@@ -876,7 +893,7 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
                 F("tp_dst", 67),
             )
         else:
-            add(200, F("dl_type", ETH_IP))
+            add(200, F("dl_type", ETH_IP), acts=ip_go)
         # IPv6 neighbour discovery: from its own addresses, link-layer options its MAC (or absent).
         icmp6 = (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6))
         sources6 = [ll, *v6] if has_ip else None
@@ -917,10 +934,10 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
         for nd in (ND_NS, ND_NA):  # any other NS/NA from it is a spoof
             add(240, *icmp6, F("icmpv6_type", nd), acts=(), ck=drop)
         if sources6 is None:
-            add(200, F("dl_type", ETH_IPV6))
+            add(200, F("dl_type", ETH_IPV6), acts=ip_go)
         else:
             for s6 in sources6:
-                add(200, F("dl_type", ETH_IPV6), _addr("ipv6_src", s6))
+                add(200, F("dl_type", ETH_IPV6), _addr("ipv6_src", s6), acts=ip_go)
         fs.flows.extend(_source_mac_guard(port, vif.mac, cookie(P_GUARD, owner)))
         # What the guard caught, counted in one flow per port: the vif's drop counters stay
         # few, so reading them does not mean reading 48 guard flows per vif.

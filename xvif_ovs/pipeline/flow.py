@@ -39,7 +39,10 @@ FIELDS = (
     "ipv6_dst",
     "tp_src",
     "tp_dst",
+    "icmp_type",
+    "icmp_code",
     "icmpv6_type",
+    "icmpv6_code",
     "nd_target",
     "nd_sll",
     "nd_tll",
@@ -341,6 +344,7 @@ class Ct:
     nat: str | None = None  # None: no NAT; "": the connection's own; "src" / "dst": a new one
     addr: str = ""
     ports: tuple[int, int] | None = None  # a port range for src, or (port, port) for dst
+    mark: int | None = None  # with commit: set the connection's ct_mark (the firewall's "who opened it")
 
     def render(self) -> str:
         parts = ["commit"] if self.commit else []
@@ -355,6 +359,8 @@ class Ct:
                 lo, hi = self.ports
                 ports = f":{lo}" if lo == hi else f":{lo}-{hi}"
             parts.append(f"nat({self.nat}={self.addr}{ports})")
+        if self.mark is not None:
+            parts.append(f"exec(set_field:{self.mark:#x}->ct_mark)")
         return "ct(" + ",".join(parts) + ")"
 
 

@@ -19,6 +19,25 @@ class Table:
 
 
 CLASSIFY, PORT_SECURITY, LEARN, FORWARD, LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY, NAT_IN = range(10)
+FW_OUT, FW_OUT_CT, FW_IN, FW_IN_CT = range(10, 14)
+_CT_MATCHES = frozenset(
+    {
+        "ct_state",
+        "reg6",
+        "dl_type",
+        "nw_proto",
+        "nw_src",
+        "nw_dst",
+        "ipv6_src",
+        "ipv6_dst",
+        "tp_src",
+        "tp_dst",
+        "icmp_type",
+        "icmp_code",
+        "icmpv6_type",
+        "icmpv6_code",
+    }
+)
 
 TABLES = {
     t.id: t
@@ -66,7 +85,7 @@ TABLES = {
                     "nd_tll",
                 }
             ),
-            frozenset({FORWARD}),
+            frozenset({FORWARD, FW_OUT}),
         ),
         Table(
             LEARN,
@@ -112,7 +131,7 @@ TABLES = {
                     "nw_src",
                 }
             ),
-            frozenset({LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY, NAT_IN}),
+            frozenset({LEARNED, EGRESS, NEIGHBOURS, ROUTED, ND_REPLY, NAT_IN, FW_IN}),
         ),
         Table(
             LEARNED,
@@ -164,7 +183,43 @@ TABLES = {
             "a new connection to a forwarded port is translated to its guest and comes back here; "
             "an invalid one is dropped; the rest is dom0's own and goes to it.",
             frozenset({"ct_state", "dl_type", "nw_proto", "nw_dst", "tp_dst"}),
-            frozenset({NAT_IN, EGRESS}),
+            frozenset({NAT_IN, EGRESS, FW_IN}),
+        ),
+        Table(
+            FW_OUT,
+            "fw_out",
+            "a firewalled guest's IP (port security passed it) goes through conntrack in the guest's "
+            "own zone, then table 11; neighbour discovery and MLD skip the firewall.",
+            frozenset({"in_port", "dl_type", "nw_proto", "icmpv6_type"}),
+            frozenset({FW_OUT_CT, FORWARD}),
+        ),
+        Table(
+            FW_OUT_CT,
+            "fw_out_ct",
+            "a firewalled guest's IP after conntrack: invalid dropped, related passed; a connection it "
+            "opened is judged by its out rules (new ones committed), a reply in one opened towards it by "
+            "its in rules read backwards; first match wins; then the defaults (out open, in the "
+            "network's policy). Allowed packets go on to table 3.",
+            frozenset({"in_port"}) | _CT_MATCHES,
+            frozenset({FORWARD}),
+        ),
+        Table(
+            FW_IN,
+            "fw_in",
+            "a frame about to be delivered to a firewalled guest (reg7 = its port): ARP, neighbour "
+            "discovery, MLD and DHCP answers pass; IP goes through conntrack in its zone, then table 13; "
+            "other ethertypes by its ethertype rules, then the network's policy.",
+            frozenset({"reg7", "reg6", "dl_type", "nw_proto", "icmpv6_type", "tp_src", "tp_dst"}),
+            frozenset({FW_IN_CT, EGRESS}),
+        ),
+        Table(
+            FW_IN_CT,
+            "fw_in_ct",
+            "IP to a firewalled guest after conntrack: as table 11 with the roles swapped (in rules for "
+            "connections opened towards it, out rules backwards for replies); allowed packets egress "
+            "through table 5.",
+            frozenset({"reg7"}) | _CT_MATCHES,
+            frozenset({EGRESS}),
         ),
     )
 }

@@ -1,0 +1,107 @@
+"""The connection tracker's entries of one firewall zone, through ovs-vswitchd's own
+control socket (as `ovs-appctl dpctl/...`): read them, and delete those the rules no
+longer allow, so that a cut connection leaves nothing behind that would make the next
+connection on the same addresses and ports look like part of it (OVS's conntrack calls a
+SYN on an established entry invalid, for as long as the entry lives)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass
+
+from ..firewall.evaluate import Connection, decide
+from ..inspect.vswitchd import VswitchdError, appctl
+from ..model.host import VifFirewall
+from ..pipeline.firewall import MARK_IN, MARK_OUT
+
+log = logging.getLogger("xvif_ovs.controller")
+_ENTRY = re.compile(
+    r"^(?P<proto>\w+),orig=\(src=(?P<src>[^,]+),dst=(?P<dst>[^,]+),(?P<l4>[^)]*)\)"
+    r".*?(?:,mark=(?P<mark>\d+))?(?:,|$)"
+)
+_PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136}
+
+
+@dataclass(frozen=True)
+class Entry:
+    proto: int
+    src: str
+    dst: str
+    l4: dict[str, int]  # sport/dport, or type/code/id
+    mark: int
+
+    def tuple_spec(self) -> str:
+        """The orig tuple as dpctl/flush-conntrack takes it."""
+        v6 = ":" in self.src
+        parts = [f"ct_{'ipv6' if v6 else 'nw'}_src={self.src}", f"ct_{'ipv6' if v6 else 'nw'}_dst={self.dst}"]
+        parts.append(f"ct_nw_proto={self.proto}")
+        if "sport" in self.l4:
+            parts += [f"ct_tp_src={self.l4['sport']}", f"ct_tp_dst={self.l4['dport']}"]
+        elif "type" in self.l4:
+            kind = "icmp" if not v6 else "icmp"
+            parts += [
+                f"{kind}_id={self.l4.get('id', 0)}",
+                f"{kind}_type={self.l4['type']}",
+                f"{kind}_code={self.l4['code']}",
+            ]
+        return ",".join(parts)
+
+
+def parse(dump: str) -> list[Entry]:
+    out = []
+    for line in dump.splitlines():
+        m = _ENTRY.match(line.strip())
+        if not m or m.group("proto") not in _PROTOS:
+            continue
+        l4 = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group("l4"))}
+        mark = re.search(r",mark=(\d+)", line)
+        out.append(
+            Entry(_PROTOS[m.group("proto")], m.group("src"), m.group("dst"), l4, int(mark.group(1)) if mark else 0)
+        )
+    return out
+
+
+def flush_zone(zone: int) -> None:
+    """A zone given to a new vif starts empty: entries of the vif that had it before
+    (and its addresses) must not decide anything for this one."""
+    try:
+        appctl("dpctl/flush-conntrack", f"zone={zone}")
+    except VswitchdError as e:
+        log.warning("conntrack zone %d not flushed (%s)", zone, e)
+
+
+def cut(fw: VifFirewall, what: str) -> int:
+    """Delete the entries of ``fw``'s zone that its rules no longer allow; their packets
+    are dropped by the flows already, this removes what they leave behind."""
+    try:
+        entries = parse(appctl("dpctl/dump-conntrack", f"zone={fw.zone}"))
+    except VswitchdError as e:
+        log.warning("%s: connections not checked against the new rules (%s)", what, e)
+        return 0
+    gone = 0
+    for e in entries:
+        if e.mark not in (MARK_OUT, MARK_IN):
+            continue
+        direction = "out" if e.mark == MARK_OUT else "in"
+        remote = e.dst if direction == "out" else e.src
+        c = Connection(
+            direction,
+            e.proto,
+            ipaddress.ip_address(remote),
+            e.l4.get("dport"),
+            e.l4.get("type"),
+            e.l4.get("code"),
+        )
+        allowed, _ = decide(fw.rules, bool(fw.closed), c)
+        if allowed:
+            continue
+        try:
+            appctl("dpctl/flush-conntrack", f"zone={fw.zone}", e.tuple_spec())
+            gone += 1
+        except VswitchdError as err:
+            log.warning("%s: connection %s not removed (%s)", what, e.tuple_spec(), err)
+    if gone:
+        log.info("%s: %d connection(s) the new rules deny cut", what, gone)
+    return gone

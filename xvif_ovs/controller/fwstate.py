@@ -1,0 +1,174 @@
+"""The controller's firewall state: the rules in force, and each firewalled vif's
+conntrack zone. Both can be rebuilt after a restart: the rules from their files, the
+zones from XenStore (``xvif-ct-zone`` in the vif's backend node, which only dom0 writes),
+so a restarted controller keeps every connection's state where it was."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from ..firewall.rules import EMPTY, RuleError, RuleSet, load_dir
+from ..firewall.select import MAX_RULES_PER_VIF, firewalled, rules_for
+from ..model.host import BridgeModel, VifFirewall, VifModel
+from . import conntrack
+
+log = logging.getLogger("xvif_ovs.controller")
+ZONE_KEY = "xvif-ct-zone"
+ZONES = range(1, 30000)  # firewall zones; a NAT bridge's zone (30838 by default) is never one
+
+
+class Rules:
+    """The rule set in force. A reload that fails leaves it in force, and says why."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.current: RuleSet = EMPTY
+        self._stamp: tuple = ()
+
+    def load_initial(self) -> RuleSet:
+        """At start a bad file is fatal (RuleError): starting without the rules would
+        remove every firewall flow the switch still holds, opening what they closed."""
+        self._stamp = self.stamp()
+        self.current = load_dir(self.path)
+        log.info(
+            "firewall: %d rule(s) from %d file(s) in %s", len(self.current.rules), len(self.current.files), self.path
+        )
+        return self.current
+
+    def stamp(self) -> tuple:
+        """What a file change changes: names, sizes, modification times."""
+        try:
+            entries = sorted(os.scandir(self.path), key=lambda e: e.name)
+        except OSError:
+            return ()
+        out = []
+        for e in entries:
+            if e.name.endswith(".toml"):
+                try:
+                    st = e.stat()
+                except OSError:
+                    continue
+                out.append((e.name, st.st_size, st.st_mtime_ns, st.st_ino))
+        return tuple(out)
+
+    def changed(self) -> bool:
+        return self.stamp() != self._stamp
+
+    def reload(self) -> bool:
+        """True if a new set is in force."""
+        self._stamp = self.stamp()
+        try:
+            new = load_dir(self.path)
+        except RuleError as e:
+            log.error("firewall rules NOT reloaded, the previous ones stay in force: %s", e)
+            return False
+        self.current = new
+        log.info("firewall: reloaded %d rule(s) from %d file(s) in %s", len(new.rules), len(new.files), self.path)
+        return True
+
+
+class Firewall:
+    """Attaches each vif's firewall (its rules, closed VLANs and zone) to the models.
+
+    The same VifModel object comes back for a vif whose inputs did not change, so the
+    pipeline's per-vif cache and the diff skip it."""
+
+    def __init__(self, rules: Rules, reserved_zones: set[int]) -> None:
+        self.rules = rules
+        self.zones: dict[tuple[int, int], int] = {}
+        self.reserved = reserved_zones
+        self._made: dict[tuple[int, int], tuple[VifModel, VifFirewall, VifModel]] = {}
+        self._fw: dict[tuple, VifFirewall] = {}
+        self.to_write: dict[tuple[int, int], int] = {}  # zones allocated, for XenStore
+        self.problems: list[str] = []
+
+    def attach(
+        self,
+        models: dict[str, BridgeModel],
+        vifs: dict[tuple[int, int], dict[str, str]],
+        uuids: dict[int, str],
+    ) -> dict[str, BridgeModel]:
+        rs = self.rules.current
+        self.problems = []
+        self._adopt(vifs)
+        out = {}
+        seen: set[tuple[int, int]] = set()
+        for bname, model in models.items():
+            changed = False
+            new_vifs = []
+            for v in model.vifs:
+                key = (v.domid, v.devid)
+                seen.add(key)
+                fw = self._firewall_of(rs, v, bname, uuids.get(v.domid, ""))
+                if fw is None:
+                    new_vifs.append(v)
+                    continue
+                last = self._made.get(key)
+                if last is not None and last[0] is v and last[1] is fw:
+                    nv = last[2]
+                else:
+                    nv = dataclasses.replace(v, firewall=fw)
+                    self._made[key] = (v, fw, nv)
+                new_vifs.append(nv)
+                changed = True
+            out[bname] = dataclasses.replace(model, vifs=tuple(new_vifs)) if changed else model
+        for key in self._made.keys() - seen:
+            del self._made[key]
+        for key in self.zones.keys() - vifs.keys():  # the vif is gone: its zone is free
+            del self.zones[key]
+        if len(self._fw) > 4 * max(len(seen), 64):
+            self._fw.clear()
+        return out
+
+    def _adopt(self, vifs: dict[tuple[int, int], dict[str, str]]) -> None:
+        """Zones XenStore remembers (a restart), unless two vifs claim one."""
+        taken = {z: k for k, z in self.zones.items()}
+        for key in sorted(vifs):
+            if key in self.zones:
+                continue
+            raw = vifs[key].get(ZONE_KEY, "")
+            if raw.isdigit() and int(raw) in ZONES and int(raw) not in taken and int(raw) not in self.reserved:
+                self.zones[key] = int(raw)
+                taken[int(raw)] = key
+
+    def _zone(self, key: tuple[int, int]) -> int | None:
+        z = self.zones.get(key)
+        if z is not None:
+            return z
+        used = set(self.zones.values()) | self.reserved
+        z = next((z for z in ZONES if z not in used), None)
+        if z is None:
+            return None
+        self.zones[key] = z
+        self.to_write[key] = z
+        conntrack.flush_zone(z)  # whatever its last owner left there is not this vif's
+        return z
+
+    def _firewall_of(self, rs: RuleSet, v: VifModel, bridge: str, uuid: str) -> VifFirewall | None:
+        rules, closed = rules_for(rs, v.name, uuid, v.domid, v.devid, bridge, v.access_vlans)
+        if not firewalled(rules, closed):
+            return None
+        key = (v.domid, v.devid)
+        zone = self._zone(key)
+        if zone is None or len(rules) > MAX_RULES_PER_VIF:
+            # Closed, not open: no conntrack zone left, or more rules than a cookie can
+            # name. Every IP packet to and from it is dropped until that is fixed.
+            why = (
+                "no conntrack zone is free"
+                if zone is None
+                else f"{len(rules)} rules apply (at most {MAX_RULES_PER_VIF})"
+            )
+            self.problems.append(
+                f"vif {v.domid}.{v.devid} ({v.name}): firewall cannot be built: {why}; its IP is dropped"
+            )
+            return self._intern(zone or 0, (), frozenset(v.access_vlans), blocked=True)
+        return self._intern(zone, rules, closed)
+
+    def _intern(self, zone: int, rules: tuple, closed: frozenset[int], blocked: bool = False) -> VifFirewall:
+        k = (zone, tuple(id(r) for r in rules), closed, blocked)
+        fw = self._fw.get(k)
+        if fw is None or fw.rules != rules:
+            fw = self._fw[k] = VifFirewall(zone, rules, closed, blocked)
+        return fw

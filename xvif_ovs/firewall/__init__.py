@@ -1,0 +1,1 @@
+"""Stateful firewall rules per guest and per network (flows/PIPELINE.md, "Firewall")."""

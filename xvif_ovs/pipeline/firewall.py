@@ -1,0 +1,153 @@
+"""A firewalled vif's flows: tables 10-13 (flows/PIPELINE.md, "Firewall").
+
+Each vif has a conntrack zone of its own, so the zone tells whose connection an entry is,
+and ct_state's "rpl" bit which side opened it: from the guest, -rpl is a connection it
+opened (its "out" rules decide), +rpl a reply in one opened towards it (its "in" rules,
+read with source and destination swapped, decide). Every packet, not only the first,
+is judged by the rules in force: a reload that no longer allows a connection cuts it at
+its next packet, in both directions, and one that still allows it lets it run on. Only
+new connections are committed. A packet of a connection no rule decided falls to the
+defaults: out open; in the network's policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..firewall.rules import Rule, port_masks
+from ..model.host import VifModel
+from .flow import Ct, F, Flow, Resubmit, cookie, ct_state, match, vif_owner
+from .tables import EGRESS, FORWARD, FW_IN, FW_IN_CT, FW_OUT, FW_OUT_CT
+
+P_RULE, P_FW, P_FW_DEFAULT = 18, 19, 20
+# A committed connection's ct_mark says who opened it, for the controller's cut after a
+# reload (controller/conntrack.py): the guest (its out rules decide) or the other side (in).
+MARK_OUT, MARK_IN = 1, 2
+ETH_ARP, ETH_IP, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
+UDP, ICMPV6 = 17, 58
+# Neighbour discovery and MLD never go through conntrack (it cannot track them) nor the
+# rules: without them IPv6 does not work, as security groups also assume.
+ICMPV6_ALWAYS = (130, 131, 132, 133, 134, 135, 136, 137, 143)
+RULE_TOP = 10000  # rule i has priority RULE_TOP - i: first match wins
+RULE_SHIFT = 32  # a rule flow's cookie carries the rule's index in bits 32-39
+
+
+def rule_cookie(owner: int, index: int) -> int:
+    return cookie(P_RULE, owner) | (index & 0xFF) << RULE_SHIFT
+
+
+def rule_index(value: int) -> int:
+    return (value >> RULE_SHIFT) & 0xFF
+
+
+def firewall_flows(vif: VifModel) -> list[Flow]:
+    fw = vif.firewall
+    assert fw is not None
+    owner = vif_owner(vif.domid, vif.devid)
+    ck, ck_default = cookie(P_FW, owner), cookie(P_FW_DEFAULT, owner)
+    z = fw.zone
+    flows: list[Flow] = []
+    icmp6 = (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6))
+    for p in vif.ports:
+        inp, to = F("in_port", p), F("reg7", p)
+        # 10: what it sends (port security passed it) into its zone.
+        for t in (ETH_IP, ETH_IPV6):
+            acts = () if fw.blocked else (Ct(z, table=FW_OUT_CT),)
+            flows.append(Flow(FW_OUT, 100, match(inp, F("dl_type", t)), acts, ck_default if fw.blocked else ck))
+        for ty in ICMPV6_ALWAYS:
+            flows.append(Flow(FW_OUT, 200, match(inp, *icmp6, F("icmpv6_type", ty)), (Resubmit(FORWARD),), ck))
+        flows.append(Flow(FW_OUT, 1, match(inp), (), ck))
+        # 12: what is about to be delivered to it.
+        deliver = (Resubmit(EGRESS),)
+        flows.append(Flow(FW_IN, 300, match(to, F("dl_type", ETH_ARP)), deliver, ck))
+        for ty in ICMPV6_ALWAYS:
+            flows.append(Flow(FW_IN, 300, match(to, *icmp6, F("icmpv6_type", ty)), deliver, ck))
+        # Its DHCP and DHCPv6 server's answers (who may serve is port security's business).
+        for t, src, dst in ((ETH_IP, 67, 68), (ETH_IPV6, 547, 546)):
+            dhcp = match(to, F("dl_type", t), F("nw_proto", UDP), F("tp_src", src), F("tp_dst", dst))
+            flows.append(Flow(FW_IN, 300, dhcp, deliver, ck))
+        for t in (ETH_IP, ETH_IPV6):
+            acts = () if fw.blocked else (Ct(z, table=FW_IN_CT),)
+            flows.append(Flow(FW_IN, 200, match(to, F("dl_type", t)), acts, ck_default if fw.blocked else ck))
+        for i, r in enumerate(fw.rules):  # other ethertypes: stateless, inbound only
+            if r.protocol == "ether":
+                vlan = (F("reg6", r.vlan),) if r.vlan is not None else ()
+                acts = deliver if r.action == "allow" else ()
+                m = match(to, *vlan, F("dl_type", r.ethertype))
+                flows.append(Flow(FW_IN, RULE_TOP - i, m, acts, rule_cookie(owner, i)))
+        for vlan in sorted(fw.closed):
+            flows.append(Flow(FW_IN, 2, match(to, F("reg6", vlan)), (), ck_default))
+        flows.append(Flow(FW_IN, 1, match(to), deliver, ck))
+        if fw.blocked:
+            continue
+        # 11 and 13: after conntrack.
+        for table, key, back, mine in ((FW_OUT_CT, inp, FORWARD, "out"), (FW_IN_CT, to, EGRESS, "in")):
+            on = (Resubmit(back),)
+            commit = Ct(z, commit=True, mark=MARK_OUT if mine == "out" else MARK_IN)
+            flows.append(Flow(table, 30000, match(key, ct_state("+inv", "+trk")), (), ck))
+            flows.append(Flow(table, 30000, match(key, ct_state("-inv", "+rel", "+trk")), on, ck))
+            for i, r in enumerate(fw.rules):
+                if r.protocol == "ether":
+                    continue
+                rck, prio = rule_cookie(owner, i), RULE_TOP - i
+                forward = r.direction == mine
+                for fields in rule_fields(r, reverse=not forward):
+                    if not forward:  # a reply in a connection the other side opened
+                        m = match(key, ct_state("+rpl", "+trk"), *fields)
+                        flows.append(Flow(table, prio, m, on if r.action == "allow" else (), rck))
+                    elif r.action == "allow":
+                        new = match(key, ct_state("+new", "-rpl", "+trk"), *fields)
+                        flows.append(Flow(table, prio, new, (commit, *on), rck))
+                        est = match(key, ct_state("-new", "-rpl", "+trk"), *fields)
+                        flows.append(Flow(table, prio, est, on, rck))
+                    else:
+                        flows.append(Flow(table, prio, match(key, ct_state("-rpl", "+trk"), *fields), (), rck))
+            # Defaults. Inbound: the network's policy, for connections opened towards the
+            # guest (-rpl into it, +rpl out of it); outbound: open.
+            inbound = ct_state("-rpl", "+trk") if mine == "in" else ct_state("+rpl", "+trk")
+            for vlan in sorted(fw.closed):
+                flows.append(Flow(table, 11, match(key, F("reg6", vlan), inbound), (), ck_default))
+            for t in (ETH_IP, ETH_IPV6):  # (ct commit needs the match to say IP)
+                new = match(key, ct_state("+new", "-rpl", "+trk"), F("dl_type", t))
+                flows.append(Flow(table, 10, new, (commit, *on), ck))
+            flows.append(Flow(table, 10, match(key, ct_state("-new", "-rpl", "+trk")), on, ck))
+            flows.append(Flow(table, 10, match(key, ct_state("+rpl", "+trk")), on, ck))
+            flows.append(Flow(table, 1, match(key), (), ck))
+    return flows
+
+
+def rule_fields(r: Rule, reverse: bool = False) -> list[tuple[F, ...]]:
+    """The matches of one IP rule, as a packet of a connection it decides looks: "in" is
+    from the remote to the guest, "out" from the guest to the remote; ``reverse`` for the
+    other direction's packets (a reply: addresses and ports swapped, ICMP of any type)."""
+    remote_is_src = (r.direction == "in") != reverse
+    port_field = "tp_src" if reverse else "tp_dst"
+    out: list[tuple[F, ...]] = []
+    for fam in r.families():
+        base: list[F] = [F("dl_type", ETH_IP if fam == 4 else ETH_IPV6)]
+        if r.proto_number is not None:
+            base.append(F("nw_proto", r.proto_number))
+        if r.vlan is not None:
+            base.append(F("reg6", r.vlan))
+        if not reverse and r.icmp_type is not None:
+            kind = "icmp" if fam == 4 else "icmpv6"
+            base.append(F(f"{kind}_type", r.icmp_type))
+            if r.icmp_code is not None:
+                base.append(F(f"{kind}_code", r.icmp_code))
+        name = ("nw_" if fam == 4 else "ipv6_") + ("src" if remote_is_src else "dst")
+        remotes: list[F | None] = [_net(name, n) for n in r.remotes if n.version == fam] if r.remotes else [None]
+        ports: list[F | None] = [
+            F(port_field, v, None if m == 0xFFFF else m) for lo, hi in r.ports for v, m in port_masks(lo, hi)
+        ] or [None]
+        for rem in remotes:
+            for port in ports:
+                out.append(tuple(f for f in (*base, rem, port) if f is not None))
+    return out
+
+
+def _net(name: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> F | None:
+    if net.prefixlen == 0:
+        return None  # anywhere
+    if net.prefixlen == net.max_prefixlen:
+        return F(name, str(net.network_address))
+    return F(name, str(net.network_address), str(net.netmask))
