@@ -3,13 +3,14 @@ namespaces (`ip netns exec ... python3 echo.py ...`): only the standard library.
 
     echo.py serve PORT...            TCP and UDP echo on every address, IPv4 and IPv6
     echo.py try tcp|udp HOST PORT    exit 0 if an echo came back within 1.5 s
-    echo.py session HOST PORT [SRC]  one TCP connection; each stdin line is sent, and the
-                                     echo (or TIMEOUT / CLOSED) printed
+    echo.py session HOST PORT [SPORT]  one TCP connection (from source port SPORT); each
+                                     stdin line is sent, and the echo (or TIMEOUT / CLOSED) printed
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 import sys
 import threading
 
@@ -18,6 +19,7 @@ TIMEOUT = 1.5
 
 def serve(ports: list[int]) -> None:
     def tcp_conn(c: socket.socket) -> None:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # killed: forget at once
         with c:
             while data := c.recv(4096):
                 c.sendall(data)
@@ -65,8 +67,15 @@ def attempt(proto: str, host: str, port: int) -> int:
     return 0 if ok else 1
 
 
-def session(host: str, port: int) -> None:
-    s = socket.create_connection((host, port), timeout=TIMEOUT)
+def session(host: str, port: int, sport: int = 0) -> None:
+    s = socket.socket(family(host), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Killed, it aborts (RST) and frees its ports at once, as a crashed client does.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.settimeout(3 * TIMEOUT)  # (a SYN may need one retransmission, after 1 s)
+    s.bind(("::" if ":" in host else "0.0.0.0", sport))
+    s.connect((host, port))
+    s.settimeout(TIMEOUT)
     print("connected", flush=True)
     for line in sys.stdin:
         try:
@@ -86,4 +95,4 @@ if __name__ == "__main__":
     elif cmd == "try":
         sys.exit(attempt(sys.argv[2], sys.argv[3], int(sys.argv[4])))
     elif cmd == "session":
-        session(sys.argv[2], int(sys.argv[3]))
+        session(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)

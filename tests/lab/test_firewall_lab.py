@@ -50,7 +50,9 @@ def write(d: Path, name: str, text: str) -> None:
 
 
 def rule_flows(host, domid: int) -> str:
-    return ofctl(host, "dump-flows", cookie_of(P_RULE, domid).replace("/-1", "/0xffffff00ffffffff"))  # any rule index (bits 32-39)
+    return ofctl(
+        host, "dump-flows", cookie_of(P_RULE, domid).replace("/-1", "/0xffffff00ffffffff")
+    )  # any rule index (bits 32-39)
 
 
 def settled(host, domid: int, rules: int, has: str = "", lacks: str = "") -> None:
@@ -104,14 +106,17 @@ def servers(host, *where: str, ports: tuple[int, ...] = (22, 25, 53, 2222, 7000)
 class Session:
     """One TCP connection kept open from ``ns``; say() sends a line and returns the echo."""
 
-    def __init__(self, ns: str, addr: str, port: int) -> None:
+    def __init__(self, ns: str, addr: str, port: int, sport: int = 0) -> None:
         self.p = subprocess.Popen(
-            ["ip", "netns", "exec", f"xvl-{ns}", sys.executable, ECHO, "session", addr, str(port)],
+            ["ip", "netns", "exec", f"xvl-{ns}", sys.executable, ECHO, "session", addr, str(port), str(sport)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
-        assert self.p.stdout is not None and self.p.stdout.readline().strip() == "connected"
+        assert self.p.stdout is not None and self.p.stderr is not None
+        first = self.p.stdout.readline().strip()
+        assert first == "connected", self.p.stderr.read()
 
     def say(self, word: str) -> str:
         assert self.p.stdin is not None and self.p.stdout is not None
@@ -269,6 +274,58 @@ def test_a_reload_that_removes_an_allow_cuts_that_connection_and_leaves_the_othe
         finally:
             ssh.close()
             other.close()
+
+
+def test_a_cut_connection_leaves_nothing_behind_the_same_ports_connect_again_once_allowed(guests, rules):
+    """OVS's conntrack calls a SYN on an established entry invalid for as long as the
+    entry lives (a day): the cut must remove it, not only stop its packets."""
+    write(rules, "10-closed.toml", CLOSED)
+    write(rules, "20-web.toml", SSH_FROM_LAN)
+    web(guests)
+    settled(guests, WEB[1], 1, has="tp_dst=22 ")
+    with servers(guests, "web"):
+        s = Session("lan", WEB[3], 22, sport=40022)
+        try:
+            assert s.say("one") == "one"
+            write(rules, "20-web.toml", SSH_FROM_LAN.replace("ports = 22", "ports = 2222"))
+            settled(guests, WEB[1], 1, has="tp_dst=2222", lacks="tp_dst=22 ")
+            assert s.say("two") == "TIMEOUT"
+        finally:
+            s.close()
+    # Both ends forget it (their RSTs are dropped by the firewall): only conntrack could remember.
+    write(rules, "20-web.toml", SSH_FROM_LAN)
+    settled(guests, WEB[1], 1, has="tp_dst=22 ", lacks="tp_dst=2222")
+    with servers(guests, "web"):
+        again = Session("lan", WEB[3], 22, sport=40022)
+        try:
+            assert again.say("three") == "three"
+        finally:
+            again.close()
+
+
+def test_a_cut_connection_stays_cut_whatever_the_guest_sends_on_it(guests, rules):
+    """Conntrack takes up a connection from any of its packets: the guest's next segment
+    on a cut connection must not open it again as the guest's own (out is open), which
+    would let the other side's packets in as its replies."""
+    write(rules, "10-closed.toml", CLOSED)
+    write(rules, "20-web.toml", SSH_FROM_LAN)
+    web(guests)
+    settled(guests, WEB[1], 1, has="tp_dst=22 ")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(servers(guests, "web"))
+        s = Session("lan", WEB[3], 22)
+        try:
+            assert s.say("one") == "one"
+            write(rules, "20-web.toml", SSH_FROM_LAN.replace("ports = 22", "ports = 2222"))
+            settled(guests, WEB[1], 1, has="tp_dst=2222", lacks="tp_dst=22 ")
+            assert s.say("two") == "TIMEOUT"
+            stack.close()  # the guest's server dies: its kernel sends an RST on the connection
+            time.sleep(0.5)
+            # Taken up as the guest's, the LAN's next segment would reach the guest, whose
+            # RST would come back: CLOSED. Cut, it goes nowhere.
+            assert s.say("three") == "TIMEOUT"
+        finally:
+            s.close()
 
 
 def test_a_malformed_file_is_refused_with_its_line_and_changes_nothing(guests, rules):

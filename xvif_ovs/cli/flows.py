@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 
 from ..controller.config import Config, load_installed
+from ..controller.fwstate import Firewall, vm_uuids
 from ..controller.hostmodel import OfPort, bridge_models
 from ..controller.ovsdb_monitor import BridgeInfo, PortInfo, port_vlans
+from ..firewall.rules import RuleError, RuleSet, load_dir
 from ..inspect.hoststate import HostView, read_host
 from ..inspect.openflow import OfClient
 from ..model.host import ALL_VLANS
@@ -146,7 +148,18 @@ def desired(host: HostView, bridge: str, of_ports: dict[str, tuple[int, bool]], 
     names = {v.domid: v.domain for v in host.vifs.values()}
     ports = {bridge: {n: OfPort(no, live) for n, (no, live) in of_ports.items()}}
     models, _problems = bridge_models({bridge: info}, ports, vifs, names, cfg)
+    rules = installed_rules(cfg)
+    models = Firewall(lambda: rules, set(), allocate=False).attach(models, vifs, vm_uuids([info]))
     return build(models[bridge], cfg.learn_idle_timeout)
+
+
+def installed_rules(cfg: Config) -> RuleSet:
+    """The rule files as the controller would read them; with an error, none (the
+    controller keeps its previous set then, which a CLI cannot know: `xvif-ovs rules check`)."""
+    try:
+        return load_dir(cfg.rules_dir)
+    except RuleError:
+        return RuleSet()
 
 
 def drift(host: HostView, bridges: list[str], cfg: Config) -> dict:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable, Iterable
 
 from ..firewall.rules import EMPTY, RuleError, RuleSet, load_dir
 from ..firewall.select import MAX_RULES_PER_VIF, firewalled, rules_for
 from ..model.host import BridgeModel, VifFirewall, VifModel
 from . import conntrack
+from .ovsdb_monitor import BridgeInfo
 
 log = logging.getLogger("xvif_ovs.controller")
 ZONE_KEY = "xvif-ct-zone"
@@ -75,8 +77,11 @@ class Firewall:
     The same VifModel object comes back for a vif whose inputs did not change, so the
     pipeline's per-vif cache and the diff skip it."""
 
-    def __init__(self, rules: Rules, reserved_zones: set[int]) -> None:
+    def __init__(self, rules: Callable[[], RuleSet], reserved_zones: set[int], allocate: bool = True) -> None:
+        """``allocate``: give zones to vifs that have none (the controller); without it
+        (the CLI, which changes nothing) a vif without one in XenStore shows zone 0."""
         self.rules = rules
+        self.allocate = allocate
         self.zones: dict[tuple[int, int], int] = {}
         self.reserved = reserved_zones
         self._made: dict[tuple[int, int], tuple[VifModel, VifFirewall, VifModel]] = {}
@@ -90,7 +95,7 @@ class Firewall:
         vifs: dict[tuple[int, int], dict[str, str]],
         uuids: dict[int, str],
     ) -> dict[str, BridgeModel]:
-        rs = self.rules.current
+        rs = self.rules()
         self.problems = []
         self._adopt(vifs)
         out = {}
@@ -135,8 +140,8 @@ class Firewall:
 
     def _zone(self, key: tuple[int, int]) -> int | None:
         z = self.zones.get(key)
-        if z is not None:
-            return z
+        if z is not None or not self.allocate:
+            return z if z is not None else 0
         used = set(self.zones.values()) | self.reserved
         z = next((z for z in ZONES if z not in used), None)
         if z is None:
@@ -172,3 +177,9 @@ class Firewall:
         if fw is None or fw.rules != rules:
             fw = self._fw[k] = VifFirewall(zone, rules, closed, blocked)
         return fw
+
+
+def vm_uuids(bridges: Iterable[BridgeInfo]) -> dict[int, str]:
+    """Each domain's VM uuid as the hook wrote it on its vifs (external_ids:xen-vm-uuid),
+    for rules that name a guest by it."""
+    return {p.domid: p.vm_uuid for b in bridges for p in b.ports if p.domid is not None and p.vm_uuid}

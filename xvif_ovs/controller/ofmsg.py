@@ -61,13 +61,14 @@ _TO_OXM = {
     "ipv6_dst": "ipv6_dst",
     "icmpv6_type": "icmpv6_type",
     "icmpv6_code": "icmpv6_code",
+    "tcp_flags": "tcp_flags_nxm",
     "icmp_type": "icmpv4_type",
     "icmp_code": "icmpv4_code",
     "nd_target": "ipv6_nd_target",
     "nd_sll": "ipv6_nd_sll",
     "nd_tll": "ipv6_nd_tll",
 }
-_FROM_OXM = {v: k for k, v in _TO_OXM.items()}
+_FROM_OXM = {**{v: k for k, v in _TO_OXM.items()}, "tcp_flags": "tcp_flags"}  # (OVS may use the ONF OXM)
 # os-ken's names of the Nicira (NXM) fields a reg_move names, by our match names: what we
 # send, and what OVS reports back (it may name a field by its NXM or its OXM header).
 _NXM = {

@@ -28,7 +28,7 @@ from ..xenstore.client import locate
 from ..xenstore.vifwatch import VifWatcher
 from . import conntrack, dhcp
 from .config import Config
-from .fwstate import ZONE_KEY, Firewall, Rules
+from .fwstate import ZONE_KEY, Firewall, Rules, vm_uuids
 from .hostmodel import Joiner, OfPort
 from .ovsdb_monitor import BridgeInfo, OvsdbMonitor
 from .session import Session, SwitchError
@@ -67,10 +67,9 @@ class Runtime:
         self.dhcp = dhcp.DhcpServers(cfg.rundir())
         self._nat_given: dict[tuple[int, int], str] = {}
         self._dhcp_failures = 0
-        self.uuids: dict[int, str] = {}  # domid -> VM uuid, for rules that name a guest by it
         self.rules = Rules(cfg.rules_dir)
         nat_zones = {p.nat.zone for p in cfg.bridge_policy.values() if p.nat is not None}
-        self.firewall = Firewall(self.rules, nat_zones)
+        self.firewall = Firewall(lambda: self.rules.current, nat_zones)
         self._rules_checked = 0.0
         # vifs and sessions are changed by the XenStore and os-ken threads while the
         # reconciler copies them: copying a dict that another thread resizes can raise.
@@ -328,11 +327,6 @@ class Runtime:
                         name = c.read(p).decode()
                         with self._lock:
                             self.names[domid] = name
-                    vm = f"/local/domain/{domid}/vm".encode()
-                    if c.exists(vm):
-                        uuid = c.read(vm).decode().rsplit("/", 1)[-1]
-                        with self._lock:
-                            self.uuids[domid] = uuid
         except Exception as e:  # noqa: BLE001 - names are for logs and config matching only
             log.debug("reading domain names: %s", e)
 
@@ -435,9 +429,7 @@ class Runtime:
                 log.warning("%s", p)
         self._reported_problems = set(problems)
         ours = {b: m for b, m in models.items() if self.cfg.managed(b) and b not in self.refused_bridges}
-        with self._lock:
-            uuids = dict(self.uuids)
-        ours = self.firewall.attach(ours, vifs, uuids)
+        ours = self.firewall.attach(ours, vifs, vm_uuids(self.ovsdb.values()))
         for p in self.firewall.problems:
             if p not in self._reported_problems:
                 log.error("%s", p)

@@ -69,6 +69,7 @@ _OXM = {
     "ipv6_dst": (0x8000, 27, 16),
     "icmpv6_type": (0x8000, 29, 1),
     "icmpv6_code": (0x8000, 30, 1),
+    "tcp_flags": (0x0001, 34, 2),  # NXM_NX_TCP_FLAGS
     "icmp_type": (0x8000, 19, 1),
     "icmp_code": (0x8000, 20, 1),
     "nd_target": (0x8000, 31, 16),

@@ -24,10 +24,13 @@ P_RULE, P_FW, P_FW_DEFAULT = 18, 19, 20
 # reload (controller/conntrack.py): the guest (its out rules decide) or the other side (in).
 MARK_OUT, MARK_IN = 1, 2
 ETH_ARP, ETH_IP, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
-UDP, ICMPV6 = 17, 58
+TCP, UDP, ICMPV6 = 6, 17, 58
+TCP_SYN = 0x002
 # Neighbour discovery and MLD never go through conntrack (it cannot track them) nor the
 # rules: without them IPv6 does not work, as security groups also assume.
 ICMPV6_ALWAYS = (130, 131, 132, 133, 134, 135, 136, 137, 143)
+# ICMP requests conntrack tracks, and the type of their replies.
+ICMP_REPLY = {4: {8: 0, 13: 14, 15: 16, 17: 18}, 6: {128: 129}}
 RULE_TOP = 10000  # rule i has priority RULE_TOP - i: first match wins
 RULE_SHIFT = 32  # a rule flow's cookie carries the rule's index in bits 32-39
 
@@ -85,6 +88,15 @@ def firewall_flows(vif: VifModel) -> list[Flow]:
             on = (Resubmit(back),)
             commit = Ct(z, commit=True, mark=MARK_OUT if mine == "out" else MARK_IN)
             flows.append(Flow(table, 30000, match(key, ct_state("+inv", "+trk")), (), ck))
+            # Only a SYN opens a TCP connection. Conntrack would take up a connection from
+            # any of its packets; then a guest whose connection a reload cut could open it
+            # again as its own (out is open) with its next segment, and the other side's
+            # packets would pass as replies.
+            for t in (ETH_IP, ETH_IPV6):
+                no_syn = match(
+                    key, ct_state("+new", "+trk"), F("dl_type", t), F("nw_proto", TCP), F("tcp_flags", 0, TCP_SYN)
+                )
+                flows.append(Flow(table, 30000, no_syn, (), ck))
             flows.append(Flow(table, 30000, match(key, ct_state("-inv", "+rel", "+trk")), on, ck))
             for i, r in enumerate(fw.rules):
                 if r.protocol == "ether":
@@ -119,7 +131,8 @@ def firewall_flows(vif: VifModel) -> list[Flow]:
 def rule_fields(r: Rule, reverse: bool = False) -> list[tuple[F, ...]]:
     """The matches of one IP rule, as a packet of a connection it decides looks: "in" is
     from the remote to the guest, "out" from the guest to the remote; ``reverse`` for the
-    other direction's packets (a reply: addresses and ports swapped, ICMP of any type)."""
+    other direction's packets (a reply: addresses and ports swapped, an ICMP request's
+    reply type)."""
     remote_is_src = (r.direction == "in") != reverse
     port_field = "tp_src" if reverse else "tp_dst"
     out: list[tuple[F, ...]] = []
@@ -129,11 +142,16 @@ def rule_fields(r: Rule, reverse: bool = False) -> list[tuple[F, ...]]:
             base.append(F("nw_proto", r.proto_number))
         if r.vlan is not None:
             base.append(F("reg6", r.vlan))
-        if not reverse and r.icmp_type is not None:
+        if r.icmp_type is not None:
             kind = "icmp" if fam == 4 else "icmpv6"
-            base.append(F(f"{kind}_type", r.icmp_type))
-            if r.icmp_code is not None:
-                base.append(F(f"{kind}_code", r.icmp_code))
+            if not reverse:
+                base.append(F(f"{kind}_type", r.icmp_type))
+                if r.icmp_code is not None:
+                    base.append(F(f"{kind}_code", r.icmp_code))
+            elif r.icmp_type in ICMP_REPLY[fam]:  # a reply to the request the rule names
+                base.append(F(f"{kind}_type", ICMP_REPLY[fam][r.icmp_type]))
+            else:
+                continue  # no connection has replies of it (an error is "related")
         name = ("nw_" if fam == 4 else "ipv6_") + ("src" if remote_is_src else "dst")
         remotes: list[F | None] = [_net(name, n) for n in r.remotes if n.version == fam] if r.remotes else [None]
         ports: list[F | None] = [

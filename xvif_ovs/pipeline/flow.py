@@ -39,6 +39,7 @@ FIELDS = (
     "ipv6_dst",
     "tp_src",
     "tp_dst",
+    "tcp_flags",
     "icmp_type",
     "icmp_code",
     "icmpv6_type",
@@ -48,7 +49,7 @@ FIELDS = (
     "nd_tll",
 )
 _ORDER = {f: i for i, f in enumerate(FIELDS)}
-HEX_FIELDS = {"reg4", "reg5", "reg6", "reg7", "reg8", "vlan_tci", "dl_type"}
+HEX_FIELDS = {"reg4", "reg5", "reg6", "reg7", "reg8", "vlan_tci", "dl_type", "tcp_flags"}
 # ip_frag (value, mask) -> ovs-ofctl's word: bit 0 "is a fragment", bit 1 "not the first".
 IP_FRAG_WORDS = {(0, 1): "no", (1, 1): "yes", (1, 3): "first", (3, 3): "later", (1, 2): "not_later"}
 

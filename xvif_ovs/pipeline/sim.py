@@ -107,7 +107,8 @@ class Connection:
 
 def five_tuple(pkt: Packet) -> tuple:
     f = pkt.fields
-    return (f.get("nw_src"), f.get("nw_dst"), f.get("nw_proto"), f.get("tp_src", 0), f.get("tp_dst", 0))
+    src, dst = f.get("nw_src") or f.get("ipv6_src"), f.get("nw_dst") or f.get("ipv6_dst")
+    return (src, dst, f.get("nw_proto"), f.get("tp_src", 0), f.get("tp_dst", 0))
 
 
 class Switch:

@@ -32,6 +32,7 @@ _CT_MATCHES = frozenset(
         "ipv6_dst",
         "tp_src",
         "tp_dst",
+        "tcp_flags",
         "icmp_type",
         "icmp_code",
         "icmpv6_type",
