@@ -5,6 +5,7 @@ rules as an operator writes them into the controller's rules directory."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import sys
@@ -180,7 +181,32 @@ def test_an_allow_rule_opens_one_port_from_one_network_over_ipv4_and_ipv6(guests
             assert reach(guests, "lan", "tcp", addr, 22), addr
             assert not reach(guests, "lan", "tcp", addr, 2222), addr
             assert not reach(guests, "lan", "udp", addr, 22), addr  # tcp only
+    listing = json.loads(cli(guests, "rules", "--json").stdout)
+    (vif,) = listing["vifs"]
+    (rule,) = vif["rules"]
+    assert rule["comment"] == "SSH from the LAN" and rule["where"].endswith("20-web.toml:5")
+    assert rule["packets"] >= 4 and vif["closed_vlans"] == [0] and vif["default_drops"]["packets"] > 0
     assert "SSH from the LAN" in cli(guests, "rules").stdout
+    verdict = cli(
+        guests, "trace", "--from", "peth0", "--to", "vif31.0", "--src-ip", LAN4, "--proto", "tcp", "--port", "22"
+    ).stdout
+    assert "forwarded to vif31.0 (allowed by firewall rule 0 of vif31.0: in allow tcp 22" in verdict, verdict
+    verdict = cli(
+        guests, "trace", "--from", "peth0", "--to", "vif31.0", "--src-ip", LAN4, "--proto", "tcp", "--port", "2222"
+    ).stdout
+    assert "dropped by the firewall: vif31.0's network is closed" in verdict, verdict
+    grouped = cli(guests, "flows", "--domain", "web").stdout
+    assert "firewall rule 0: in allow tcp 22 from 192.0.2.0/24,2001:db8::/64 (" in grouped, grouped
+
+
+def test_doctor_names_a_rule_whose_guest_is_not_here_and_a_file_the_controller_refuses(guests, rules):
+    write(rules, "20-ghost.toml", SSH_FROM_LAN.replace('guest = "web"', 'guest = "ghost"'))
+    web(guests)
+    out = cli(guests, "doctor", "--interval", "0").stdout
+    assert re.search(r"20-ghost\.toml:5: no guest 'ghost' on this host", out), out
+    write(rules, "20-ghost.toml", SSH_FROM_LAN.replace("ports = 22", "ports = 0"))
+    out = cli(guests, "doctor", "--interval", "0").stdout
+    assert re.search(r"20-ghost\.toml:\d+: port 0 is out of range", out), out
 
 
 def test_rules_for_every_guest_for_the_network_and_for_one_guest_apply_together(guests, rules):

@@ -384,3 +384,24 @@ def test_conntrack_entries_are_read_as_ovs_prints_them():
     assert (icmp.proto, icmp.l4["type"], icmp.mark) == (58, 128, 1)
     assert icmp.tuple_spec().startswith("ct_ipv6_src=2001:db8::1,ct_ipv6_dst=2001:db8::32,ct_nw_proto=58")
     assert udp.mark == 0
+
+
+def test_rules_anyone_but_root_could_change_are_refused(tmp_path):
+    (p,) = files(tmp_path, a=GOOD)
+    p.chmod(0o666)
+    with pytest.raises(RuleError, match="writable by group or others; `chmod go-w"):
+        load_files([p])
+    p.chmod(0o644)
+    tmp_path.chmod(0o777)
+    try:
+        with pytest.raises(RuleError, match="writable by group or others"):
+            load_dir(tmp_path)
+    finally:
+        tmp_path.chmod(0o755)
+    assert len(load_dir(tmp_path).rules) == 1
+
+
+def test_the_shipped_example_is_valid():
+    example = Path(__file__).resolve().parents[2] / "deploy" / "rules.example.toml"
+    rs = load_files([example])
+    assert len(rs.rules) == 5 and rs.policies == {"xenbr0": "closed"}

@@ -233,6 +233,8 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
         mode = cfg.mode(b.name) if cfg else "bridged"
         if mode in ("routed", "nat"):
             problems += routed_problems(host, b, cfg.bridge_policy[b.name].nat if mode == "nat" and cfg else None)
+    check("firewall rules")
+    problems += firewall_problems(host, controller_config(config_path).rules_dir)
     check("flows drifted")
     connected = sorted(b.name for b in host.bridges.values() if b.connected)
     try:
@@ -267,6 +269,41 @@ def check_host(host: HostView, config_path: str | None, interval: float) -> tupl
         except OpenFlowUnavailable:
             pass  # reported above
     return checks, problems
+
+
+def firewall_problems(host: HostView, rules_dir: str) -> list[Problem]:
+    """Rule files the controller would refuse, and rules for a guest that is not here
+    (they wait for it: a typo in a name is a rule that never applies)."""
+    from ..firewall.rules import RuleError, load_dir
+    from ..firewall.select import base_name
+
+    try:
+        rs = load_dir(rules_dir)
+    except RuleError as e:
+        return [
+            Problem(
+                "firewall rules",
+                f"{e} (the controller keeps the rules it had, or does not start)",
+                "fix the file; `xvif-ovs rules check` says when it is right",
+            )
+        ]
+    names, uuids, nics = set(), set(), set()
+    for v in host.vifs.values():
+        names.add(base_name(v.domain))
+        uuids.update(p.vm_uuid for p in v.ports if p.vm_uuid)
+        nics.update({f"{base_name(v.domain)}.{v.devid}", f"{v.domid}.{v.devid}"})
+    out = []
+    for r in rs.rules:
+        missing = (r.scope == "guest" and r.target not in names | uuids) or (r.scope == "vif" and r.target not in nics)
+        if missing:
+            out.append(
+                Problem(
+                    "firewall rules",
+                    f"{r.where}: no {r.scope} {r.target!r} on this host: the rule waits for it",
+                    "check the name (xvif-ovs show lists the guests), or remove the rule if that guest is gone",
+                )
+            )
+    return out
 
 
 def nat_problems(b: BridgeView, nat: NatPolicy) -> list[Problem]:

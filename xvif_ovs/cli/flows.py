@@ -24,6 +24,7 @@ from ..inspect.openflow import OfClient
 from ..model.host import ALL_VLANS
 from ..pipeline.build import P_DROP, PURPOSES, build
 from ..pipeline.diff import diff
+from ..pipeline.firewall import P_RULE, rule_index
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, FlowSet, decode_cookie
 from .show import NotFound
 
@@ -63,13 +64,17 @@ def _owner(host: HostView, domid: int | None, devid: int | None) -> dict | None:
     }
 
 
-def installed(host: HostView, bridges: list[str], keep, table: int | None) -> dict:
+def installed(host: HostView, bridges: list[str], keep, table: int | None, cfg: Config | None = None) -> dict:
+    """Each flow with its owner and purpose; a firewall rule's flows (tables 11-13) are
+    grouped by rule after the rest, each group named by the rule as written."""
+    rules = installed_rules(cfg) if cfg is not None else RuleSet()
+    named: dict[tuple[int, int], tuple] = {}  # (domid, devid) -> its rules in order
     out = {"bridges": []}
     for b in bridges:
         with OfClient(b) as of:
             stats = of.flows()
             groups = of.groups()
-        rows = []
+        rows, by_rule = [], []
         for st in sorted(stats, key=lambda s: (s.flow.table, -s.flow.priority, s.flow.render())):
             d = decode_cookie(st.flow.cookie)
             domid, devid = (d[1], d[2]) if d else (None, None)
@@ -77,10 +82,19 @@ def installed(host: HostView, bridges: list[str], keep, table: int | None) -> di
                 continue
             if table is not None and st.flow.table != table:
                 continue
-            rows.append(
+            purpose = PURPOSES.get(d[0], "?") if d else "not ours"
+            if d and d[0] == P_RULE and domid is not None:
+                if (domid, devid) not in named:
+                    named[(domid, devid)] = _rules_of(host, rules, b, domid, devid or 0)
+                i = rule_index(st.flow.cookie)
+                mine = named[(domid, devid)]
+                purpose = f"firewall rule {i}: " + (
+                    f"{mine[i].describe()} ({mine[i].where})" if i < len(mine) else "not in the rule files now"
+                )
+            (by_rule if d and d[0] == P_RULE else rows).append(
                 {
                     "owner": _owner(host, domid, devid),
-                    "purpose": PURPOSES.get(d[0], "?") if d else "not ours",
+                    "purpose": purpose,
                     "table": st.flow.table,
                     "priority": st.flow.priority,
                     "cookie": f"{st.flow.cookie:#x}",
@@ -89,10 +103,11 @@ def installed(host: HostView, bridges: list[str], keep, table: int | None) -> di
                     "text": st.flow.render(),
                 }
             )
+        by_rule.sort(key=lambda r: (r["owner"]["domid"], r["owner"]["devid"], int(r["cookie"], 16) >> 32 & 0xFF))
         out["bridges"].append(
             {
                 "name": b,
-                "flows": rows,
+                "flows": rows + by_rule,
                 "groups": [{"group_id": g.group_id, "text": g.render()} for g in groups] if keep is None else [],
             }
         )
@@ -151,6 +166,13 @@ def desired(host: HostView, bridge: str, of_ports: dict[str, tuple[int, bool]], 
     rules = installed_rules(cfg)
     models = Firewall(lambda: rules, set(), allocate=False).attach(models, vifs, vm_uuids([info]))
     return build(models[bridge], cfg.learn_idle_timeout)
+
+
+def _rules_of(host: HostView, rules: RuleSet, bridge: str, domid: int, devid: int) -> tuple:
+    from .rules import rules_of_vif
+
+    v = host.vifs.get((domid, devid))
+    return rules_of_vif(v, rules, bridge)[0] if v is not None else ()
 
 
 def installed_rules(cfg: Config) -> RuleSet:
@@ -235,5 +257,5 @@ def run(args) -> tuple[str, int]:  # noqa: ANN001 - argparse namespace
     if args.drops:
         data = drops(host, bridges, keep)
         return (json.dumps(data, indent=2) + "\n" if args.json else render_drops(data)), 0
-    data = installed(host, bridges, keep, args.table)
+    data = installed(host, bridges, keep, args.table, cfg)
     return (json.dumps(data, indent=2) + "\n" if args.json else render_installed(data)), 0

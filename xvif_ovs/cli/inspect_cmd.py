@@ -57,8 +57,14 @@ def add_inspect_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", required=True, metavar="MAC|IP|DEV")
     p.add_argument("--vlan", type=int, help="send it tagged with this VLAN")
     p.add_argument("--proto", choices=["arp", "icmp", "tcp", "udp", "dhcp", "nd"], default="icmp")
+    p.add_argument("--port", type=int, help="tcp/udp destination port (default 80 / 53)")
     p.add_argument("--src-mac", help="source MAC (default: the vif's)")
     p.add_argument("--src-ip", help="source IP (default: the vif's first)")
+    p.add_argument(
+        "--established",
+        action="store_true",
+        help="a packet of an established connection (conntrack's answer; default: a new one)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="also print ofproto/trace's full output")
     _common(p)
     p.set_defaults(func=_runs("trace"))

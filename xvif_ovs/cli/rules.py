@@ -18,9 +18,10 @@ from pathlib import Path
 
 from ..controller.config import load_installed
 from ..controller.fwstate import ZONE_KEY
-from ..firewall.rules import RuleError, RuleSet, load_dir, load_files
+from ..errors import XvifError
+from ..firewall.rules import Rule, RuleError, RuleSet, load_dir, load_files
 from ..firewall.select import rules_for
-from ..inspect.hoststate import read_host
+from ..inspect.hoststate import VifView, read_host
 from ..inspect.openflow import OfClient, OpenFlowUnavailable
 from ..model.host import VifModel
 from ..model.vifspec import vif_vlans
@@ -59,6 +60,17 @@ def check(directory: str, file: str | None) -> tuple[str, int]:
     )
 
 
+def rules_of_vif(v: VifView, rs: RuleSet, bridge: str) -> tuple[tuple[Rule, ...], frozenset[int]]:
+    """The rules the controller gives this vif, in order, and its closed VLANs (as
+    controller/fwstate.py chooses them, from what XenStore and OVSDB say)."""
+    uuid = next((p.vm_uuid for p in v.ports if p.vm_uuid), "")
+    try:
+        vlans = VifModel(v.domid, v.devid, v.mac, vif_vlans(v.keys.get("bridge"), v.keys.get("vlan"))).access_vlans
+    except XvifError:
+        return (), frozenset()  # a vif the controller gives no flows has no rules either
+    return rules_for(rs, v.domain, uuid, v.domid, v.devid, bridge, vlans)
+
+
 def listing(cfg, args: argparse.Namespace) -> tuple[str, int]:  # noqa: ANN001
     error = None
     try:
@@ -86,12 +98,7 @@ def listing(cfg, args: argparse.Namespace) -> tuple[str, int]:  # noqa: ANN001
         if args.domain and args.domain not in (v.domain, str(domid)):
             continue
         bridge = next((p.bridge for p in v.ports), v.keys.get("bridge", "").split(".")[0])
-        uuid = next((p.vm_uuid for p in v.ports if p.vm_uuid), "")
-        try:
-            vlans = VifModel(domid, devid, v.mac, vif_vlans(v.keys.get("bridge"), v.keys.get("vlan"))).access_vlans
-        except Exception:  # noqa: BLE001 - a vif the controller gives no flows has no rules either
-            continue
-        mine, closed = rules_for(rs, v.domain, uuid, domid, devid, bridge, vlans)
+        mine, closed = rules_of_vif(v, rs, bridge)
         if not (mine or closed):
             continue
         d = counters.get((domid, devid, P_FW_DEFAULT, 0), [0, 0])

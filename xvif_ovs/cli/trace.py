@@ -27,8 +27,9 @@ from ..pipeline.build import (
     PURPOSES,
     link_local,
 )
+from ..pipeline.firewall import P_FW_DEFAULT, P_RULE, rule_index
 from ..pipeline.flow import decode_cookie
-from ..pipeline.tables import FORWARD, ROUTED
+from ..pipeline.tables import FORWARD, FW_IN_CT, FW_OUT, FW_OUT_CT, ROUTED
 from .show import NotFound
 
 PROTOS = ("arp", "icmp", "tcp", "udp", "dhcp", "nd")
@@ -58,7 +59,8 @@ def resolve_to(host: HostView, to: str) -> tuple[str, str | None]:
         v, p = find_port(host, to)
         if v is None:
             raise NotFound(f"{to} is a port but not a guest's vif: give --to a MAC or IP") from None
-        return v.mac, None
+        v4 = [a.split("/")[0] for a in v.keys.get("ip", "").split() if ":" not in a]
+        return v.mac, (v4[0] if v4 else None)  # its address, as a packet for it would carry
     for v in host.vifs.values():
         if str(ip) in v.keys.get("ip", "").split():
             return v.mac, str(ip)
@@ -120,8 +122,15 @@ def build_flow(v: VifView | None, port: PortView, to: str, host: HostView, args,
             parts[-1] = f"{proto}6"
         parts += [f"ipv6_src={src}", f"ipv6_dst={dst}"] if six else [f"nw_src={src}", f"nw_dst={dst}"]
         parts.append("nw_ttl=64")  # as a host sends it (a routed hop decrements it; 0 would be dropped)
-        if proto in ("tcp", "udp"):
-            parts.append("tcp_dst=80" if proto == "tcp" else "udp_dst=53")
+        port = getattr(args, "port", None)
+        if proto == "tcp":
+            # A new connection opens with a SYN (the firewall lets nothing else open one).
+            flags = "ack" if getattr(args, "established", False) else "syn"
+            parts += [f"tcp_dst={port or 80}", "tcp_src=40000", f"tcp_flags={flags}"]
+        elif proto == "udp":
+            parts += [f"udp_dst={port or 53}", "udp_src=40000"]
+        elif proto == "icmp":
+            parts.append("icmp_type=128" if six else "icmp_type=8")  # an echo request: ping
     # ofproto/trace parses an exact flow field by field: the protocol must come first.
     keywords = {"udp", "tcp", "icmp", "icmp6", "arp", "udp6", "tcp6"}
     return ",".join([p for p in parts if p in keywords] + [p for p in parts if p not in keywords])
@@ -167,20 +176,23 @@ def interpret(trace: str, bridge: str, host: HostView, v: VifView | None, src_ma
                 "cookie": f"{ck:#x}",
                 "purpose": PURPOSES.get(d[0]) if d else None,
                 "owner": owner,
+                "rule": rule_index(ck) if d and d[0] == P_RULE else None,
             }
         )
-    m = re.search(r"^Datapath actions: (.*)$", trace, re.M)
-    actions = m.group(1).strip() if m else "drop"
+    # After a ct(table=N) the trace goes on in further parts (recirculations), one per
+    # conntrack pass: the packet's outputs are those of every part.
     names = odp_names(bridge)
-    outputs, vlan = [], None
-    for action in top_level(actions):
-        pushed = re.match(r"push_vlan\(vid=(\d+)", action)
-        if pushed:
-            vlan = int(pushed.group(1))
-        elif action == "pop_vlan":
-            vlan = None
-        elif action.isdigit():  # an output; set(...), dec_ttl and the like are rewrites
-            outputs.append({"port": names.get(action, f"odp:{action}"), "vlan": vlan})
+    outputs = []
+    for actions in re.findall(r"^Datapath actions: (.*)$", trace, re.M) or ["drop"]:
+        vlan = None
+        for action in top_level(actions.strip()):
+            pushed = re.match(r"push_vlan\(vid=(\d+)", action)
+            if pushed:
+                vlan = int(pushed.group(1))
+            elif action == "pop_vlan":
+                vlan = None
+            elif action.isdigit():  # an output; set(...), dec_ttl, ct(...) and the like are not
+                outputs.append({"port": names.get(action, f"odp:{action}"), "vlan": vlan})
     nat = "nat(src=" in trace or "nat(dst=" in trace
     return {"tables": tables, "outputs": outputs, "verdict": verdict(tables, outputs, v, src_mac, nat)}
 
@@ -238,6 +250,44 @@ def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac:
     return f"dropped in table {t}"
 
 
+def firewall_words(tables: list[dict], outputs: list[dict], named: dict[str, tuple]) -> str | None:
+    """What the firewall decided, in words: the rule (as written, with its FILE:LINE) or
+    the default that did. ``named``: each firewalled owner's rules in order."""
+
+    def rule(t: dict) -> str:
+        mine = named.get(t["owner"], ())
+        i = t["rule"]
+        what = (
+            f"{mine[i].describe()} ({mine[i].where})" if i is not None and i < len(mine) else "(not in the files now)"
+        )
+        return f"rule {i} of {t['owner']}: {what}"
+
+    fw = [t for t in tables if FW_OUT <= t["table"] <= FW_IN_CT]
+    if not fw:
+        return None
+    decided = [t for t in fw if t["table"] in (FW_OUT_CT, FW_IN_CT) or t["rule"] is not None]
+    if not outputs:
+        last = tables[-1]
+        if last["table"] < FW_OUT:
+            return None
+        if last["rule"] is not None:
+            return f"dropped by firewall {rule(last)}"
+        if last["purpose"] == PURPOSES[P_FW_DEFAULT]:
+            return f"dropped by the firewall: {last['owner']}'s network is closed to connections no rule allows"
+        if last["priority"] == 30000:
+            return "dropped by the firewall: invalid for conntrack, or a TCP segment without SYN opening a connection"
+        return None
+    words = []
+    for t in decided:
+        if t["rule"] is not None:
+            words.append(f"allowed by firewall {rule(t)}")
+        elif t["priority"] == 30000:
+            words.append(f"related to a connection of {t['owner']} (conntrack)")
+        elif t["priority"] == 10:
+            words.append(f"no rule of {t['owner']} decides it: the default allows it")
+    return "; ".join(words) or None
+
+
 def run(args) -> tuple[str, int]:  # noqa: ANN001
     from ..controller.config import load_installed
 
@@ -246,9 +296,16 @@ def run(args) -> tuple[str, int]:  # noqa: ANN001
     v, port = find_port(host, args.src)
     routed = cfg.mode(port.bridge) in ("routed", "nat") and port.bridge in host.bridges
     flow = build_flow(v, port, args.to, host, args, host.bridges[port.bridge].local_mac if routed else "")
-    trace = appctl("ofproto/trace", port.bridge, flow)
+    state = "trk,est" if args.established else "trk,new"
+    trace = appctl("ofproto/trace", port.bridge, flow, *[a for _ in range(3) for a in ("--ct-next", state)])
     src_mac = (args.src_mac or (v.mac if v else "")).lower()
     result = {"bridge": port.bridge, "flow": flow, **interpret(trace, port.bridge, host, v, src_mac), "trace": trace}
+    named = _firewalled(host, cfg, {t["owner"] for t in result["tables"] if t["table"] >= FW_OUT and t["owner"]})
+    words = firewall_words(result["tables"], result["outputs"], named)
+    if words and not result["outputs"]:
+        result["verdict"] = words
+    elif words:
+        result["verdict"] += f" ({'established connection; ' if args.established else ''}{words})"
     if args.json:
         return json.dumps(result, indent=2) + "\n", 0
     lines = [f"{port.bridge}: {flow}"]
@@ -259,3 +316,17 @@ def run(args) -> tuple[str, int]:  # noqa: ANN001
     if args.verbose:
         lines += ["", trace]
     return "\n".join(lines) + "\n", 0
+
+
+def _firewalled(host: HostView, cfg, owners: set[str]) -> dict[str, tuple]:  # noqa: ANN001
+    """The rules of each firewalled vif the trace passed, by its device name."""
+    from .flows import installed_rules
+    from .rules import rules_of_vif
+
+    rs = installed_rules(cfg)
+    out = {}
+    for v in host.vifs.values():
+        if v.dev in owners:
+            bridge = next((p.bridge for p in v.ports), "")
+            out[v.dev] = rules_of_vif(v, rs, bridge)[0]
+    return out

@@ -24,6 +24,7 @@ A rule for a guest that does not exist is not an error: it waits for the guest.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -135,7 +136,18 @@ def load_dir(path: str | Path) -> RuleSet:
         files = sorted(p for p in d.iterdir() if p.suffix == ".toml" and not p.name.startswith("."))
     except OSError as e:
         raise RuleError(f"{d}: cannot list: {e.strerror}") from None
+    _trusted(d)
     return load_files(files)
+
+
+def _trusted(path: Path) -> None:
+    """Rules decide who reaches a guest: only root may write them (as sudoers.d). A file
+    or directory another user could change is refused, so nobody else can open a guest."""
+    st = path.stat()
+    if st.st_mode & 0o022:
+        raise RuleError(f"{path}: writable by group or others; `chmod go-w {path}` (only root may write rules)")
+    if os.geteuid() == 0 and st.st_uid != 0:
+        raise RuleError(f"{path}: owned by uid {st.st_uid}, not root; `chown root {path}` (only root may write rules)")
 
 
 def load_files(files: list[Path]) -> RuleSet:
@@ -169,6 +181,7 @@ class _File:
     @classmethod
     def read(cls, path: Path) -> _File:
         try:
+            _trusted(path)
             text = path.read_text()
         except OSError as e:
             raise RuleError(f"{path}: cannot read: {e.strerror}") from None
@@ -283,6 +296,11 @@ def _rule(r: dict, at, sets: dict[str, tuple[Net, ...]], seq: int) -> Rule:  # n
     if direction not in DIRECTIONS:
         raise RuleError(f'{at("direction")}: direction = {direction!r}: "in" (to the guest) or "out" (from it)')
     action = r.get("action")
+    if action == "reject":
+        raise RuleError(
+            f'{at("action")}: action = "reject" is not supported yet (a reset or ICMP unreachable would be made by '
+            'the controller, and the pipeline sends it nothing): use "deny", which drops silently'
+        )
     if action not in ACTIONS:
         raise RuleError(f'{at("action")}: action = {action!r}: "allow" or "deny"')
     protocol = r.get("protocol", "any")

@@ -62,6 +62,9 @@ def firewall_flows(vif: VifModel) -> list[Flow]:
         flows.append(Flow(FW_OUT, 1, match(inp), (), ck))
         # 12: what is about to be delivered to it.
         deliver = (Resubmit(EGRESS),)
+        # Its own broadcast, flooded back to it (a bucket cannot see the ingress port, as
+        # output does): nowhere, before conntrack sees it again.
+        flows.append(Flow(FW_IN, 400, match(inp, to), (), ck))
         flows.append(Flow(FW_IN, 300, match(to, F("dl_type", ETH_ARP)), deliver, ck))
         for ty in ICMPV6_ALWAYS:
             flows.append(Flow(FW_IN, 300, match(to, *icmp6, F("icmpv6_type", ty)), deliver, ck))

@@ -210,7 +210,7 @@ TABLES = {
             "a frame about to be delivered to a firewalled guest (reg7 = its port): ARP, neighbour "
             "discovery, MLD and DHCP answers pass; IP goes through conntrack in its zone, then table 13; "
             "other ethertypes by its ethertype rules, then the network's policy.",
-            frozenset({"reg7", "reg6", "dl_type", "nw_proto", "icmpv6_type", "tp_src", "tp_dst"}),
+            frozenset({"in_port", "reg7", "reg6", "dl_type", "nw_proto", "icmpv6_type", "tp_src", "tp_dst"}),
             frozenset({FW_IN_CT, EGRESS}),
         ),
         Table(
