@@ -254,6 +254,46 @@ type = 128
         assert not reach(guests, "lan", "tcp", DB[3], 22)
 
 
+def test_a_reject_rule_answers_with_a_reset_or_icmp_unreachable_in_both_directions(guests, rules):
+    write(rules, "10-closed.toml", CLOSED)
+    write(
+        rules,
+        "20-web.toml",
+        """
+[[rule]]
+guest = "web"
+direction = "in"
+action = "reject"
+protocol = "any"
+remote = ["192.0.2.0/24", "2001:db8::/64"]
+
+[[rule]]
+guest = "web"
+direction = "out"
+action = "reject"
+protocol = "tcp"
+ports = 25
+""",
+    )
+    web(guests)
+    settled(guests, WEB[1], 2, has="tp_dst=25")
+    with servers(guests, "web", "lan"):
+        for addr in (WEB[3], WEB[4]):
+            for proto in ("tcp", "udp"):  # a reset, and ICMP port unreachable: refused at once, not timed out
+                r = guests.exec("lan", sys.executable, ECHO, "try", proto, addr, "22", check=False)
+                assert r.returncode == 1 and "Connection refused" in r.stdout, (proto, addr, r.stdout)
+        ping4 = guests.exec("lan", "ping", "-c", "1", "-W", "1", WEB[3], check=False)
+        assert "Packet filtered" in ping4.stdout or "Unreachable" in ping4.stdout, ping4.stdout
+        for addr in (LAN4, LAN6):
+            r = guests.exec("web", sys.executable, ECHO, "try", "tcp", addr, "25", check=False)
+            assert "Connection refused" in r.stdout, r.stdout
+            assert reach(guests, "web", "tcp", addr, 7000)  # only 25
+    log = (guests.lab.dir / "controller.log").read_text()
+    assert "unexpected packet-in" not in log
+    dump = ofctl(guests, "dump-meters")
+    assert "meter=30838 pktps burst" in dump and "rate=100" in dump, dump
+
+
 def test_a_guests_rules_follow_it_across_a_reboot(guests, rules):
     write(rules, "10-closed.toml", CLOSED)
     write(rules, "20-web.toml", SSH_FROM_LAN)

@@ -21,6 +21,7 @@ from xvif_ovs.firewall.select import rules_for
 from xvif_ovs.model.host import BridgeModel, VifFirewall, VifModel
 from xvif_ovs.model.vifspec import parse_ips, vif_vlans
 from xvif_ovs.pipeline.build import build
+from xvif_ovs.pipeline.flow import OFPP_CONTROLLER
 from xvif_ovs.pipeline.sim import Switch
 
 quiet_eventlet()
@@ -76,7 +77,7 @@ def test_a_good_file_is_read_as_written(tmp_path):
         (('ports = [22, "8000-8080"]', 'ports = "90-80"'), 13, "backwards"),
         (('comment = "SSH', 'colour = "red"\ncomment = "SSH'), 15, "unknown key 'colour'"),
         (('direction = "in"', 'direction = "inbound"'), 10, '"in" (to the guest) or "out"'),
-        (('action = "allow"', 'action = "permit"'), 11, '"allow" or "deny"'),
+        (('action = "allow"', 'action = "permit"'), 11, '"allow", "deny" (drop silently) or "reject"'),
         (('protocol = "tcp"', 'protocol = "tcpp"'), 12, "tcp, udp, icmp"),
         (('protocol = "tcp"', 'protocol = "0x0806"'), 12, "ARP always passes"),
         (('guest = "web"', 'guest = "web"\nnetwork = "xenbr0"'), 8, "exactly one of"),
@@ -221,7 +222,7 @@ def random_rule(rng: random.Random) -> Rule:
         rng.choice(["all", "guest"]),
         "" if rng.random() < 0.5 else "web",
         rng.choice(["in", "out"]),
-        rng.choice(["allow", "deny"]),
+        rng.choice(["allow", "deny", "reject"]),
         proto,
         ports=ports,
         remotes=remotes,
@@ -244,8 +245,11 @@ def test_the_flows_decide_what_the_rules_say_and_let_the_replies_of_what_they_al
     for _ in range(12):
         c = random_connection(rng)
         sw = switch(rules, closed)  # a fresh conntrack for each connection
-        allowed, _rule = decide(rules, closed, c)
-        assert delivered(sw, c) == allowed, (rules, closed, c)
+        allowed, rule = decide(rules, closed, c)
+        port, f = packet(c)
+        ports = sw.send(port, f).ports
+        assert ((UPLINK if port == 5 else 5) in ports) == allowed, (rules, closed, c)
+        assert (OFPP_CONTROLLER in ports) == (rule is not None and rule.action == "reject"), (rules, closed, c)
         if allowed:
             assert delivered(sw, c, reply=True), ("reply", rules, closed, c)
 
@@ -405,3 +409,68 @@ def test_the_shipped_example_is_valid():
     example = Path(__file__).resolve().parents[2] / "deploy" / "rules.example.toml"
     rs = load_files([example])
     assert len(rs.rules) == 5 and rs.policies == {"xenbr0": "closed"}
+
+
+# -- reject -----------------------------------------------------------------------------------
+
+
+def frame(l3, l4, src_mac: str = LAN_MAC, dst_mac: str = W_MAC, payload: bytes = b"") -> bytes:
+    from os_ken.lib.packet import ethernet, packet
+
+    p = packet.Packet()
+    p.add_protocol(ethernet.ethernet(dst=dst_mac, src=src_mac, ethertype=0x0800 if l3.version == 4 else 0x86DD))
+    p.add_protocol(l3)
+    p.add_protocol(l4)
+    if payload:
+        p.add_protocol(payload)
+    p.serialize()
+    return bytes(p.data)
+
+
+def parsed(data: bytes):
+    from os_ken.lib.packet import packet
+
+    return packet.Packet(data)
+
+
+def test_a_rejected_tcp_segment_gets_a_reset_that_the_sender_accepts():
+    from os_ken.lib.packet import ethernet, ipv4, ipv6, tcp
+
+    from xvif_ovs.controller.reject import answer
+
+    syn = frame(
+        ipv4.ipv4(src="192.0.2.1", dst=W_IP, proto=6), tcp.tcp(src_port=40000, dst_port=23, seq=1000, bits=tcp.TCP_SYN)
+    )
+    r = parsed(answer(syn))
+    e, ip, t = r.get_protocol(ethernet.ethernet), r.get_protocol(ipv4.ipv4), r.get_protocol(tcp.tcp)
+    assert (e.src, e.dst, ip.src, ip.dst) == (W_MAC, LAN_MAC, W_IP, "192.0.2.1")
+    assert (t.src_port, t.dst_port, t.bits, t.ack) == (23, 40000, tcp.TCP_RST | tcp.TCP_ACK, 1001)
+    data = frame(
+        ipv6.ipv6(src="2001:db8::1", dst="2001:db8::5", nxt=6),
+        tcp.tcp(src_port=40000, dst_port=23, seq=5, ack=777, bits=tcp.TCP_ACK | tcp.TCP_PSH),
+        payload=b"hello",
+    )
+    t = parsed(answer(data)).get_protocol(tcp.tcp)
+    assert (t.bits, t.seq) == (tcp.TCP_RST, 777)  # it acknowledged 777: the reset carries that sequence number
+    rst = frame(ipv4.ipv4(src="192.0.2.1", dst=W_IP, proto=6), tcp.tcp(src_port=1, dst_port=23, bits=tcp.TCP_RST))
+    assert answer(rst) is None
+
+
+def test_other_rejected_packets_get_icmp_unreachable_quoting_them_but_errors_and_broadcasts_get_nothing():
+    from os_ken.lib.packet import icmp, icmpv6, ipv4, ipv6, udp
+
+    from xvif_ovs.controller.reject import answer
+
+    data = frame(ipv4.ipv4(src="192.0.2.1", dst=W_IP, proto=17), udp.udp(src_port=5000, dst_port=53), payload=b"q" * 40)
+    r = parsed(answer(data))
+    i = r.get_protocol(icmp.icmp)
+    assert (i.type, i.code) == (3, 3) and i.data.data == data[14 : 14 + 20 + 8]
+    data6 = frame(ipv6.ipv6(src="2001:db8::1", dst="2001:db8::5", nxt=17), udp.udp(src_port=5000, dst_port=53))
+    i6 = parsed(answer(data6)).get_protocol(icmpv6.icmpv6)
+    assert (i6.type_, i6.code) == (1, 4) and i6.data[4:] == data6[14:]
+    ping = frame(ipv4.ipv4(src="192.0.2.1", dst=W_IP, proto=1), icmp.icmp(type_=8, data=icmp.echo(id_=1, seq=1)))
+    assert parsed(answer(ping)).get_protocol(icmp.icmp).code == 13  # administratively prohibited
+    err = frame(ipv4.ipv4(src="192.0.2.1", dst=W_IP, proto=1), icmp.icmp(type_=3, code=1, data=icmp.dest_unreach()))
+    assert answer(err) is None
+    bcast = frame(ipv4.ipv4(src="192.0.2.1", dst="255.255.255.255", proto=17), udp.udp(), dst_mac="ff:ff:ff:ff:ff:ff")
+    assert answer(bcast) is None

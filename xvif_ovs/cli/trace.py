@@ -271,6 +271,9 @@ def firewall_words(tables: list[dict], outputs: list[dict], named: dict[str, tup
         if last["table"] < FW_OUT:
             return None
         if last["rule"] is not None:
+            mine, i = named.get(last["owner"], ()), last["rule"]
+            if i < len(mine) and mine[i].action == "reject":
+                return f"rejected by firewall {rule(last)}: the controller answers with a TCP reset or ICMP unreachable"
             return f"dropped by firewall {rule(last)}"
         if last["purpose"] == PURPOSES[P_FW_DEFAULT]:
             return f"dropped by the firewall: {last['owner']}'s network is closed to connections no rule allows"

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..pipeline.flow import (
     MOVABLE,
+    OFPP_CONTROLLER,
     OFPP_IN_PORT,
     OFPP_LOCAL,
     OFPVID_PRESENT,
@@ -26,6 +27,7 @@ from ..pipeline.flow import (
     GroupEntry,
     LearnNeighbour,
     LearnSource,
+    Meter,
     Move,
     Output,
     PopVlan,
@@ -92,7 +94,7 @@ _NXM = {
 _FROM_MOVE = {**{v: k for k, v in _NXM.items()}, **{_TO_OXM[k]: k for k in MOVABLE if k in _TO_OXM}}
 # OVS's Ericsson OXMs (class 0x1000), which os-ken parses by number only.
 _ERIC_FIELDS = {"field_524289": "nd_reserved", "field_524290": "nd_options_type"}
-_PORTS_IN = {OFPP_LOCAL: "OFPP_LOCAL", OFPP_IN_PORT: "OFPP_IN_PORT"}
+_PORTS_IN = {OFPP_LOCAL: "OFPP_LOCAL", OFPP_IN_PORT: "OFPP_IN_PORT", OFPP_CONTROLLER: "OFPP_CONTROLLER"}
 _L4 = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
@@ -189,6 +191,8 @@ def actions_to_os_ken(parser: Any, ofp: Any, actions: tuple[Action, ...]) -> tup
             out.append(parser.NXActionResubmitTable(table_id=a.table))
         elif isinstance(a, Goto):
             goto = a.table
+        elif isinstance(a, Meter):
+            pass  # an instruction of its own (flow_mod)
         elif isinstance(a, LearnSource):
             out.append(
                 parser.NXActionLearn(
@@ -242,7 +246,7 @@ def actions_to_os_ken(parser: Any, ofp: Any, actions: tuple[Action, ...]) -> tup
 def flow_mod(dp: Any, flow: Flow, command: str = "add") -> Any:
     ofp, parser = dp.ofproto, dp.ofproto_parser
     acts, goto = actions_to_os_ken(parser, ofp, flow.actions)
-    inst = []
+    inst = [parser.OFPInstructionMeter(a.meter_id, ofp.OFPIT_METER) for a in flow.actions if isinstance(a, Meter)]
     if acts:
         inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, acts))
     if goto is not None:
@@ -287,7 +291,7 @@ def actions_from_os_ken(ofp: Any, actions: list) -> list[Action | Unknown]:
         a = actions[i]
         name = type(a).__name__
         if name == "OFPActionOutput":
-            special = {ofp.OFPP_LOCAL: OFPP_LOCAL, ofp.OFPP_IN_PORT: OFPP_IN_PORT}
+            special = {ofp.OFPP_LOCAL: OFPP_LOCAL, ofp.OFPP_IN_PORT: OFPP_IN_PORT, ofp.OFPP_CONTROLLER: OFPP_CONTROLLER}
             out.append(Output(special.get(a.port, a.port)))
         elif name == "OFPActionSetField" and a.key in _ERIC_FIELDS:
             out.append(SetField(_ERIC_FIELDS[a.key], int.from_bytes(base64.b64decode(a.value), "big")))
@@ -399,6 +403,8 @@ def flow_from_stats(ofp: Any, stats: Any) -> Flow:
             actions += actions_from_os_ken(ofp, inst.actions)
         elif kind == "OFPInstructionGotoTable":
             goto = inst.table_id
+        elif kind == "OFPInstructionMeter":
+            actions.insert(0, Meter(inst.meter_id))
         else:
             actions.append(Unknown(kind))
     if goto is not None:

@@ -23,10 +23,12 @@ from pyxs import Client
 from ..model.host import BridgeModel
 from ..pipeline.build import P_DROP, PURPOSES, Builder, Parts
 from ..pipeline.diff import diff_parts, first_stage
+from ..pipeline.firewall import P_RULE, REJECT_BURST, REJECT_METER, REJECT_RATE
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, decode_cookie
+from ..pipeline.tables import FW_IN_CT, FW_OUT_CT
 from ..xenstore.client import locate
 from ..xenstore.vifwatch import VifWatcher
-from . import conntrack, dhcp
+from . import conntrack, dhcp, reject
 from .config import Config
 from .fwstate import ZONE_KEY, Firewall, Rules, vm_uuids
 from .hostmodel import Joiner, OfPort
@@ -63,6 +65,7 @@ class Runtime:
         self.refused_bridges: set[str] = set()  # named, but another controller's
         self._missing_reported: set[str] = set()
         self.packet_ins = 0
+        self.rejects = 0  # packets a firewall "reject" rule sent, answered
         self._retry = False
         self.dhcp = dhcp.DhcpServers(cfg.rundir())
         self._nat_given: dict[tuple[int, int], str] = {}
@@ -221,7 +224,16 @@ class Runtime:
         self._queue.put(("model", None))
 
     def packet_in(self, dp: Any, msg: Any) -> None:
-        """The pipeline sends nothing to the controller: any packet-in is a bug to see."""
+        """The pipeline sends nothing to the controller but a firewall rule's "reject"
+        (behind a meter): that is answered; any other packet-in is a bug to see."""
+        d = decode_cookie(msg.cookie)
+        if d is not None and d[0] == P_RULE and msg.table_id in (FW_OUT_CT, FW_IN_CT):
+            self.rejects += 1
+            try:
+                reject.respond(dp, msg)
+            except Exception:  # noqa: BLE001 - a malformed packet must not stop os-ken's loop
+                log.exception("firewall reject: no answer for a packet from table %s", msg.table_id)
+            return
         self.packet_ins += 1
         if self.packet_ins <= 10 or self.packet_ins % 1000 == 0:
             s = self.session(dp)
@@ -394,6 +406,7 @@ class Runtime:
         try:
             s.read_ports()
             s.read_tables()
+            s.ensure_meter(REJECT_METER, REJECT_RATE, REJECT_BURST)
             s.synced = True
             log.info(
                 "switch %s connected: %d of our flows and %d groups installed",

@@ -158,6 +158,27 @@ class Session:
         self.installed_flows, self.installed_groups = by_owner(flows), groups
         self.applied = {}  # compare everything against what was just read
 
+    def ensure_meter(self, meter_id: int, rate: int, burst: int) -> None:
+        """Our meter (packets a second, dropped beyond): added, or set to our rate if
+        it exists (a reconnect, or someone changed it). Flows that use it need it first."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        bands = [parser.OFPMeterBandDrop(rate=rate, burst_size=burst)]
+        flags = ofp.OFPMF_PKTPS | ofp.OFPMF_BURST
+        for command in (ofp.OFPMC_ADD, ofp.OFPMC_MODIFY):
+            mod = parser.OFPMeterMod(self.dp, command=command, flags=flags, meter_id=meter_id, bands=bands)
+            w = self._send(mod, "meter")
+            try:
+                self.request(parser.OFPBarrierRequest(self.dp), "barrier")  # answered after the meter's error, if any
+            finally:
+                with self._lock:
+                    self._waiters.pop(mod.xid, None)
+            if w.error is None:
+                return
+            if not (w.error.type == ofp.OFPET_METER_MOD_FAILED and w.error.code == ofp.OFPMMFC_METER_EXISTS):
+                raise SwitchError(
+                    f"meter {meter_id}: {self.bridge} answered error type {w.error.type} code {w.error.code}"
+                )
+
     def flow_stats(self, cookie: int, mask: int) -> list[Any]:
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
         req = parser.OFPFlowStatsRequest(

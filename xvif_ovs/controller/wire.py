@@ -30,6 +30,7 @@ from ..pipeline.flow import (
     GroupEntry,
     LearnNeighbour,
     LearnSource,
+    Meter,
     Move,
     Output,
     PopVlan,
@@ -170,8 +171,9 @@ def action_bytes(a: Action) -> bytes:
 
 
 def _instructions(actions: tuple[Action, ...]) -> bytes:
-    apply = b"".join(action_bytes(a) for a in actions if not isinstance(a, Goto))
-    out = struct.pack("!HH4x", 4, 8 + len(apply)) + apply if apply else b""
+    out = b"".join(struct.pack("!HHI", 6, 8, a.meter_id) for a in actions if isinstance(a, Meter))  # OFPIT_METER
+    apply = b"".join(action_bytes(a) for a in actions if not isinstance(a, Goto | Meter))
+    out += struct.pack("!HH4x", 4, 8 + len(apply)) + apply if apply else b""
     goto = next((a for a in actions if isinstance(a, Goto)), None)
     if goto is not None:
         out += struct.pack("!HHB3x", 1, 8, goto.table)

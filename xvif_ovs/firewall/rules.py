@@ -10,7 +10,7 @@
     [[rule]]
     guest = "web"              # or vif = "web.0" / "5.0", network = "xenbr0" / "xenbr0.10", all = true
     direction = "in"           # in: to the guest; out: from it
-    action = "allow"           # allow, deny
+    action = "allow"           # allow, deny (drop silently), reject (TCP reset, ICMP unreachable)
     protocol = "tcp"           # tcp, udp, icmp, icmpv6, any, or an ethertype ("0x88cc")
     ports = [22, "8000-8080"]  # tcp and udp: the guest's port (in) or the remote's (out)
     remote = ["admins", "198.51.100.7"]   # CIDRs or address-set names; none: anywhere
@@ -33,7 +33,7 @@ from pathlib import Path
 from ..errors import XvifError
 
 DIRECTIONS = ("in", "out")
-ACTIONS = ("allow", "deny")
+ACTIONS = ("allow", "deny", "reject")
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "any": None}
 POLICIES = ("open", "closed")
 TARGET_KEYS = ("guest", "vif", "network", "all")
@@ -296,13 +296,11 @@ def _rule(r: dict, at, sets: dict[str, tuple[Net, ...]], seq: int) -> Rule:  # n
     if direction not in DIRECTIONS:
         raise RuleError(f'{at("direction")}: direction = {direction!r}: "in" (to the guest) or "out" (from it)')
     action = r.get("action")
-    if action == "reject":
-        raise RuleError(
-            f'{at("action")}: action = "reject" is not supported yet (a reset or ICMP unreachable would be made by '
-            'the controller, and the pipeline sends it nothing): use "deny", which drops silently'
-        )
     if action not in ACTIONS:
-        raise RuleError(f'{at("action")}: action = {action!r}: "allow" or "deny"')
+        raise RuleError(
+            f'{at("action")}: action = {action!r}: "allow", "deny" (drop silently) or "reject" '
+            "(a TCP reset, or ICMP unreachable)"
+        )
     protocol = r.get("protocol", "any")
     ethertype = None
     if isinstance(protocol, int) or (isinstance(protocol, str) and protocol.lower().startswith("0x")):
@@ -314,6 +312,10 @@ def _rule(r: dict, at, sets: dict[str, tuple[Net, ...]], seq: int) -> Rule:  # n
             raise RuleError(f"{at('protocol')}: ethertype {protocol!r}: 0x0600-0xffff")
         if ethertype in _RESERVED_ETHERTYPES:
             raise RuleError(f"{at('protocol')}: ethertype 0x{ethertype:04x}: {_RESERVED_ETHERTYPES[ethertype]}")
+        if action == "reject":
+            raise RuleError(
+                f'{at("action")}: reject answers IP (a reset, ICMP unreachable); for an ethertype use "deny"'
+            )
         if direction == "out":
             raise RuleError(
                 f'{at("protocol")}: an "out" rule for ethertype 0x{ethertype:04x} would never match: '

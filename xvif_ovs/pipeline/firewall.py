@@ -16,7 +16,7 @@ import ipaddress
 
 from ..firewall.rules import Rule, port_masks
 from ..model.host import VifModel
-from .flow import Ct, F, Flow, Resubmit, cookie, ct_state, match, vif_owner
+from .flow import OFPP_CONTROLLER, Ct, F, Flow, Meter, Output, Resubmit, cookie, ct_state, match, vif_owner
 from .tables import EGRESS, FORWARD, FW_IN, FW_IN_CT, FW_OUT, FW_OUT_CT
 
 P_RULE, P_FW, P_FW_DEFAULT = 18, 19, 20
@@ -31,7 +31,12 @@ TCP_SYN = 0x002
 ICMPV6_ALWAYS = (130, 131, 132, 133, 134, 135, 136, 137, 143)
 # ICMP requests conntrack tracks, and the type of their replies.
 ICMP_REPLY = {4: {8: 0, 13: 14, 15: 16, 17: 18}, 6: {128: 129}}
-RULE_TOP = 10000  # rule i has priority RULE_TOP - i: first match wins
+RULE_TOP = 10000
+# A rejected packet goes to the controller, which answers with a TCP reset or an ICMP
+# unreachable; the meter (installed by the controller on each switch) keeps a flood of
+# them to REJECT_RATE a second in the datapath, so it costs neither ovs-vswitchd nor us.
+REJECT_METER, REJECT_RATE, REJECT_BURST = 0x7876, 100, 50
+REJECT_ACTIONS = (Meter(REJECT_METER), Output(OFPP_CONTROLLER))  # rule i has priority RULE_TOP - i: first match wins
 RULE_SHIFT = 32  # a rule flow's cookie carries the rule's index in bits 32-39
 
 
@@ -110,6 +115,9 @@ def firewall_flows(vif: VifModel) -> list[Flow]:
                     if not forward:  # a reply in a connection the other side opened
                         m = match(key, ct_state("+rpl", "+trk"), *fields)
                         flows.append(Flow(table, prio, m, on if r.action == "allow" else (), rck))
+                    elif r.action == "reject":  # the controller answers it (controller/reject.py)
+                        m = match(key, ct_state("-rpl", "+trk"), *fields)
+                        flows.append(Flow(table, prio, m, REJECT_ACTIONS, rck))
                     elif r.action == "allow":
                         new = match(key, ct_state("+new", "-rpl", "+trk"), *fields)
                         flows.append(Flow(table, prio, new, (commit, *on), rck))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 OFPP_LOCAL = 0xFFFFFFFE
 OFPP_IN_PORT = 0xFFFFFFF8  # output back where the frame came in (an ARP or ND reply)
+OFPP_CONTROLLER = 0xFFFFFFFD  # a firewall "reject": the controller answers (always behind a meter)
 OFPVID_PRESENT = 0x1000
 
 # ovs-ofctl field names in the order they are rendered.
@@ -147,7 +148,19 @@ class Output:
     port: int
 
     def render(self) -> str:
-        return {OFPP_LOCAL: "LOCAL", OFPP_IN_PORT: "IN_PORT"}.get(self.port, f"output:{self.port}")
+        names = {OFPP_LOCAL: "LOCAL", OFPP_IN_PORT: "IN_PORT", OFPP_CONTROLLER: "CONTROLLER:65535"}
+        return names.get(self.port, f"output:{self.port}")
+
+
+@dataclass(frozen=True)
+class Meter:
+    """OpenFlow 1.3's meter instruction (first of a flow's instructions): packets beyond
+    the meter's rate are dropped in the datapath, before anything else."""
+
+    meter_id: int
+
+    def render(self) -> str:
+        return f"meter:{self.meter_id}"
 
 
 @dataclass(frozen=True)
@@ -376,6 +389,7 @@ class DecTtl:
 
 Action = (
     Output
+    | Meter
     | Group
     | SetReg
     | PushVlan

@@ -27,6 +27,7 @@ from .flow import (
     Group,
     LearnNeighbour,
     LearnSource,
+    Meter,
     Move,
     Output,
     PopVlan,
@@ -195,6 +196,8 @@ class Switch:
                 self._learn_neighbour(a, pkt)
             elif isinstance(a, Ct):
                 self._ct(a, pkt, trace, depth)
+            elif isinstance(a, Meter):
+                pass  # a rate: the simulator sends one packet at a time
             else:  # the pipeline uses no other action
                 raise TypeError(f"not a pipeline action: {a!r}")
 
