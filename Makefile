@@ -25,6 +25,7 @@ bench:
 	cd bench && ../$(VENV)/bin/python scale.py --sizes 1 100 1000 4000 --changes 9
 	cd bench && ../$(VENV)/bin/python dataplane.py
 	cd bench && ../$(VENV)/bin/python models.py
+	cd bench && ../$(VENV)/bin/python firewall.py --repeats 5
 	cd bench && ../$(VENV)/bin/python drills.py
 	cd bench && ../$(VENV)/bin/python adversarial.py
 	cd bench && ../$(VENV)/bin/python soak.py --vifs 1000 --events 100000

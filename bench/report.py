@@ -183,6 +183,41 @@ def models(d: dict) -> list[str]:
     return out
 
 
+def firewall(d: dict) -> list[str]:
+    out = ["## Firewall: a guest behind 0, 10 and 100 rules", ""] + header(d)
+    st, res = d["results"]["stats"], d["results"]
+    out += [
+        "One guest, alternating in one lab run: no firewall (the open pipeline); its network",
+        "closed with no rule; and closed with 10 or 100 rules, all tried before the last one,",
+        "which allows the LAN's connections to it (the others deny ports, port ranges and",
+        "networks the traffic does not use, in and out, tcp and udp). TCP throughput (iperf3)",
+        "and new TCP connections per second, each way: the guest's to the LAN, the LAN's to it.",
+        "",
+        "| rules | guest to LAN Gbit/s | LAN to guest Gbit/s | guest to LAN conn/s | LAN to guest conn/s |",
+        "|---|---|---|---|---|",
+    ]
+    for config in ("open", "0 rules", "10 rules", "100 rules"):
+
+        def cell(what: str, fmt: str, c: str = config) -> str:
+            s = st.get(f"{c} {what}")
+            return mmm(s, 1, fmt) if s else "(nothing allows it)"
+
+        out.append(
+            f"| {'no firewall' if config == 'open' else config} | {cell('guest-LAN Gbit/s', '.2f')} | "
+            f"{cell('LAN-guest Gbit/s', '.2f')} | {cell('guest-LAN conn/s', '.0f')} | {cell('LAN-guest conn/s', '.0f')} |"
+        )
+    out += ["", "Ratios of medians against no firewall (target: 100 rules at 0.9x its throughput or better):", ""]
+    out += [f"- {k}: {v:.2f}" for k, v in res["ratios"].items()]
+    out += ["", "A flood of new connections from the LAN to the guest (`dpctl/del-flows` first):", ""]
+    out += ["| | connections | datapath flows after | upcalls |", "|---|---:|---:|---:|"]
+    for config, f in res["flood"].items():
+        out.append(
+            f"| {'no firewall' if config == 'open' else config} | {f['connections']} | {f['megaflows_after']} | {f['upcalls']} |"
+        )
+    out += ["", f"The controller logged {res['controller_packet_ins']} unexpected packet-ins.", ""]
+    return out
+
+
 def drills(d: dict) -> list[str]:
     out = ["## Fault drills", ""] + header(d)
     out += [
@@ -337,6 +372,7 @@ def main() -> int:
         ("scale", scale),
         ("dataplane", dataplane),
         ("models", models),
+        ("firewall", firewall),
         ("drills", drills),
         ("adversarial", adversarial),
         ("soak", soak),

@@ -9,10 +9,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import threading
 from dataclasses import dataclass
 
 from ..firewall.evaluate import Connection, decide
-from ..inspect.vswitchd import VswitchdError, appctl
+from ..inspect.vswitchd import Unixctl, VswitchdError, appctl
 from ..model.host import VifFirewall
 from ..pipeline.firewall import MARK_IN, MARK_OUT
 
@@ -24,6 +25,12 @@ _ENTRY = re.compile(
 _PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136}
 
 
+# TCP states in which OVS's conntrack lets a SYN open the same addresses and ports again:
+# such an entry holds nothing back, and a flood of short connections leaves thousands.
+_REOPENABLE = {"TIME_WAIT", "CLOSED"}
+_ONE_AT_A_TIME = threading.Lock()  # cuts of quick successive reloads: in order
+
+
 @dataclass(frozen=True)
 class Entry:
     proto: int
@@ -31,6 +38,7 @@ class Entry:
     dst: str
     l4: dict[str, int]  # sport/dport, or type/code/id
     mark: int
+    state: str = ""  # TCP's, as OVS prints it
 
     def tuple_spec(self) -> str:
         """The orig tuple as dpctl/flush-conntrack takes it."""
@@ -75,33 +83,31 @@ def flush_zone(zone: int) -> None:
 def cut(fw: VifFirewall, what: str) -> int:
     """Delete the entries of ``fw``'s zone that its rules no longer allow; their packets
     are dropped by the flows already, this removes what they leave behind."""
+    gone = 0
     try:
-        entries = parse(appctl("dpctl/dump-conntrack", f"zone={fw.zone}"))
+        with _ONE_AT_A_TIME, Unixctl() as u:
+            for e in parse(u.call("dpctl/dump-conntrack", f"zone={fw.zone}")):
+                if e.mark not in (MARK_OUT, MARK_IN) or e.state in _REOPENABLE:
+                    continue
+                direction = "out" if e.mark == MARK_OUT else "in"
+                remote = e.dst if direction == "out" else e.src
+                c = Connection(
+                    direction,
+                    e.proto,
+                    ipaddress.ip_address(remote),
+                    e.l4.get("dport"),
+                    e.l4.get("type"),
+                    e.l4.get("code"),
+                )
+                if decide(fw.rules, bool(fw.closed), c)[0]:
+                    continue
+                try:
+                    u.call("dpctl/flush-conntrack", f"zone={fw.zone}", e.tuple_spec())
+                    gone += 1
+                except VswitchdError as err:
+                    log.warning("%s: connection %s not removed (%s)", what, e.tuple_spec(), err)
     except VswitchdError as e:
         log.warning("%s: connections not checked against the new rules (%s)", what, e)
-        return 0
-    gone = 0
-    for e in entries:
-        if e.mark not in (MARK_OUT, MARK_IN):
-            continue
-        direction = "out" if e.mark == MARK_OUT else "in"
-        remote = e.dst if direction == "out" else e.src
-        c = Connection(
-            direction,
-            e.proto,
-            ipaddress.ip_address(remote),
-            e.l4.get("dport"),
-            e.l4.get("type"),
-            e.l4.get("code"),
-        )
-        allowed, _ = decide(fw.rules, bool(fw.closed), c)
-        if allowed:
-            continue
-        try:
-            appctl("dpctl/flush-conntrack", f"zone={fw.zone}", e.tuple_spec())
-            gone += 1
-        except VswitchdError as err:
-            log.warning("%s: connection %s not removed (%s)", what, e.tuple_spec(), err)
     if gone:
         log.info("%s: %d connection(s) the new rules deny cut", what, gone)
     return gone

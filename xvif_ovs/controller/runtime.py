@@ -688,16 +688,21 @@ class SwitchWorker(threading.Thread):
 
     def _cut(self, model: BridgeModel) -> None:
         """Once the flows of a changed rule set are in the switch, the connections they no
-        longer allow are removed from conntrack (controller/conntrack.py). Not at the first
-        program after a start: nothing changed then, and the connections must survive."""
+        longer allow are removed from conntrack (controller/conntrack.py), in a thread of
+        its own: a zone can hold thousands of entries, and this switch's next change must
+        not wait for them (the flows already drop those connections' packets). Not at the
+        first program after a start: nothing changed then, and the connections must survive."""
         first = not self._firewalls
         now = {(v.domid, v.devid): v.firewall for v in model.vifs}
+        todo = []
         for key, fw in now.items():
             before = self._firewalls.get(key, fw)
             if first or fw is None or before is fw or (before is not None and before == fw):
                 continue
-            conntrack.cut(fw, f"vif{key[0]}.{key[1]}")
+            todo.append((fw, f"vif{key[0]}.{key[1]}"))
         self._firewalls = now
+        if todo:
+            threading.Thread(target=lambda: [conntrack.cut(fw, what) for fw, what in todo], daemon=True).start()
 
 
 def _record_applied(s: Session, desired: Parts) -> None:

@@ -24,19 +24,31 @@ def unixctl_path() -> str:
     return str(rundir / f"ovs-vswitchd.{pid}.ctl")
 
 
+class Unixctl:
+    """One connection to ovs-vswitchd's control socket, for many commands (each new
+    connection costs more than the command)."""
+
+    def __enter__(self) -> Unixctl:
+        from ..compat import quiet_eventlet
+
+        quiet_eventlet()
+        import ovs.unixctl.client
+
+        error, self.client = ovs.unixctl.client.UnixctlClient.create(unixctl_path())
+        if error:
+            raise VswitchdError(f"cannot reach ovs-vswitchd's control socket: {os.strerror(error)}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+    def call(self, command: str, *args: str) -> str:
+        error, err, result = self.client.transact(command, list(args))  # python-ovs: (errno, error, result)
+        if error or err:
+            raise VswitchdError(f"{command}: {err or os.strerror(error)}")
+        return result
+
+
 def appctl(command: str, *args: str) -> str:
-    from ..compat import quiet_eventlet
-
-    quiet_eventlet()
-    import ovs.unixctl.client
-
-    error, client = ovs.unixctl.client.UnixctlClient.create(unixctl_path())
-    if error:
-        raise VswitchdError(f"cannot reach ovs-vswitchd's control socket: {os.strerror(error)}")
-    try:
-        error, err, result = client.transact(command, list(args))  # python-ovs returns (errno, error, result)
-    finally:
-        client.close()
-    if error or err:
-        raise VswitchdError(f"{command}: {err or os.strerror(error)}")
-    return result
+    with Unixctl() as u:
+        return u.call(command, *args)
