@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -292,6 +294,67 @@ ports = 25
     assert "unexpected packet-in" not in log
     dump = ofctl(guests, "dump-meters")
     assert "meter=30838 pktps burst" in dump and "rate=100" in dump, dump
+
+
+def test_in_and_out_rules_decide_in_their_order_on_an_open_network(guests, rules):
+    write(
+        rules,
+        "20-web.toml",
+        """
+[[rule]]
+guest = "web"
+direction = "out"
+action = "allow"
+protocol = "tcp"
+ports = 7000
+
+[[rule]]
+guest = "web"
+direction = "out"
+action = "deny"
+protocol = "tcp"
+
+[[rule]]
+guest = "web"
+direction = "in"
+action = "deny"
+protocol = "udp"
+ports = "50-60"
+""",
+    )
+    web(guests)
+    settled(guests, WEB[1], 3, has="tp_dst=7000")
+    with servers(guests, "lan", "web", ports=(53, 2222, 7000, 7001)):
+        for lan, addr in ((LAN4, WEB[3]), (LAN6, WEB[4])):
+            assert reach(guests, "web", "tcp", lan, 7000)  # allowed before the deny
+            assert not reach(guests, "web", "tcp", lan, 7001)  # denied
+            assert reach(guests, "web", "udp", lan, 7001)  # udp: no rule, out is open
+            assert not reach(guests, "lan", "udp", addr, 53)  # denied in
+            assert reach(guests, "lan", "udp", addr, 2222)  # the network is open
+            assert reach(guests, "lan", "tcp", addr, 53)  # and tcp was never denied
+
+
+def test_reloads_lose_no_packet_of_a_connection_they_do_not_touch_and_sighup_reloads(guests, rules):
+    write(rules, "10-closed.toml", CLOSED)
+    write(rules, "20-web.toml", SSH_FROM_LAN)
+    web(guests)
+    settled(guests, WEB[1], 1, has="tp_dst=22 ")
+    ping = subprocess.Popen(
+        ["ip", "netns", "exec", "xvl-web", "ping", "-q", "-c", "400", "-i", "0.01", LAN4],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    log = guests.lab.dir / "controller.log"
+    for i in range(4):  # rules come and go for other ports; the guest's own ping runs on
+        extra = f'[[rule]]\nguest = "web"\ndirection = "in"\naction = "allow"\nprotocol = "tcp"\nports = {3000 + i}\n'
+        write(rules, f"30-extra{i}.toml", extra)
+        settled(guests, WEB[1], 2 + i, has=f"tp_dst={3000 + i} ")
+    before = log.read_text().count("firewall: reloaded")
+    pid = int((guests.lab.dir / "controller.pid").read_text())
+    os.kill(pid, signal.SIGHUP)
+    wait_for(lambda: log.read_text().count("firewall: reloaded") > before, "a reload on SIGHUP")
+    out, _ = ping.communicate(timeout=30)
+    assert " 0% packet loss" in out, out
 
 
 def test_a_guests_rules_follow_it_across_a_reboot(guests, rules):

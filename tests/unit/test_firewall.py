@@ -474,3 +474,20 @@ def test_other_rejected_packets_get_icmp_unreachable_quoting_them_but_errors_and
     assert answer(err) is None
     bcast = frame(ipv4.ipv4(src="192.0.2.1", dst="255.255.255.255", proto=17), udp.udp(), dst_mac="ff:ff:ff:ff:ff:ff")
     assert answer(bcast) is None
+
+
+def test_rules_check_reads_a_file_with_the_directory_it_is_meant_for(tmp_path):
+    from xvif_ovs.cli.rules import check
+
+    d = tmp_path / "rules.d"
+    d.mkdir()
+    (d / "10-sets.toml").write_text('[address_sets]\nadmins = ["192.0.2.0/24"]\n[policies]\nxenbr0 = "closed"\n')
+    (d / "20-web.toml").write_text("the version in force is broken [")  # what the new one replaces
+    new = tmp_path / "20-web.toml"  # replaces its namesake in the directory
+    new.write_text('[[rule]]\nguest = "web"\ndirection = "in"\naction = "allow"\nremote = "admins"\n')
+    text, code = check(str(d), str(new))
+    assert code == 0 and text.startswith("OK: 1 rule(s) in 2 file(s); closed: xenbr0"), text
+    new.write_text('[[rule]]\nguest = "web"\ndirection = "in"\naction = "allow"\nremote = "nobody"\n')
+    text, code = check(str(d), str(new))
+    assert code == 1 and text.startswith(f"{new}:5: no address set named 'nobody'"), text
+    assert check(str(d), str(tmp_path / "missing.toml"))[1] == 1
