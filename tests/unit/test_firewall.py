@@ -491,3 +491,28 @@ def test_rules_check_reads_a_file_with_the_directory_it_is_meant_for(tmp_path):
     text, code = check(str(d), str(new))
     assert code == 1 and text.startswith(f"{new}:5: no address set named 'nobody'"), text
     assert check(str(d), str(tmp_path / "missing.toml"))[1] == 1
+
+
+def test_a_migrating_nics_new_vif_shares_the_old_ones_zone_so_its_connections_carry_on(tmp_path, monkeypatch):
+    from xvif_ovs.controller import fwstate
+
+    flushed = []
+    monkeypatch.setattr(fwstate.conntrack, "flush_zone", flushed.append)
+    rs = load_files(files(tmp_path, a='[policies]\nxenbr0 = "closed"\n'))
+
+    def nic(domid: int, name: str) -> VifModel:
+        return VifModel(domid, 0, "00:16:3e:00:00:05", vif_vlans("xenbr0", None), vif_port=domid, name=name)
+
+    def zones(*vs: VifModel, keys: dict | None = None) -> dict[int, int]:
+        out = fw.attach({"xenbr0": BridgeModel("xenbr0", vifs=vs)}, keys or {(v.domid, 0): {} for v in vs}, {})
+        return {v.domid: v.firewall.zone for v in out["xenbr0"].vifs}
+
+    fw = fwstate.Firewall(lambda: rs, set())
+    assert zones(nic(5, "web")) == {5: 1}
+    assert zones(nic(5, "web"), nic(9, "web--incoming")) == {5: 1, 9: 1}  # xl migrate's new domain
+    assert zones(nic(9, "web")) == {9: 1} and flushed == [1]  # the old one gone, renamed: kept, not emptied
+    assert zones(nic(9, "web"), nic(12, "other")) == {9: 1, 12: 2}  # not a twin: a zone of its own
+    # After a controller restart, XenStore's record is adopted for both twins alike.
+    fw = fwstate.Firewall(lambda: rs, set())
+    keys = {(5, 0): {fwstate.ZONE_KEY: "4"}, (9, 0): {fwstate.ZONE_KEY: "4"}}
+    assert zones(nic(5, "web--migratedaway"), nic(9, "web"), keys=keys) == {5: 4, 9: 4}

@@ -11,8 +11,8 @@ import os
 from collections.abc import Callable, Iterable
 
 from ..firewall.rules import EMPTY, RuleError, RuleSet, load_dir
-from ..firewall.select import MAX_RULES_PER_VIF, firewalled, rules_for
-from ..model.host import BridgeModel, VifFirewall, VifModel
+from ..firewall.select import MAX_RULES_PER_VIF, base_name, firewalled, rules_for
+from ..model.host import BridgeModel, VifFirewall, VifModel, migrating
 from . import conntrack
 from .ovsdb_monitor import BridgeInfo
 
@@ -87,6 +87,7 @@ class Firewall:
         self._made: dict[tuple[int, int], tuple[VifModel, VifFirewall, VifModel]] = {}
         self._fw: dict[tuple, VifFirewall] = {}
         self.to_write: dict[tuple[int, int], int] = {}  # zones allocated, for XenStore
+        self._twins: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
         self.problems: list[str] = []
 
     def attach(
@@ -97,6 +98,7 @@ class Firewall:
     ) -> dict[str, BridgeModel]:
         rs = self.rules()
         self.problems = []
+        self._twins = _twins(models)
         self._adopt(vifs)
         out = {}
         seen: set[tuple[int, int]] = set()
@@ -134,7 +136,10 @@ class Firewall:
             if key in self.zones:
                 continue
             raw = vifs[key].get(ZONE_KEY, "")
-            if raw.isdigit() and int(raw) in ZONES and int(raw) not in taken and int(raw) not in self.reserved:
+            if not raw.isdigit() or int(raw) not in ZONES or int(raw) in self.reserved:
+                continue
+            holder = taken.get(int(raw))
+            if holder is None or holder in self._twins.get(key, ()):  # a migrating NIC's two vifs share it
                 self.zones[key] = int(raw)
                 taken[int(raw)] = key
 
@@ -142,6 +147,14 @@ class Firewall:
         z = self.zones.get(key)
         if z is not None or not self.allocate:
             return z if z is not None else 0
+        # A NIC being migrated (or restored) on this host: the new vif takes the zone of
+        # the old one, so the guest's connections carry on across the move, as they do
+        # without a firewall (a new zone would know none of them: only a SYN opens one).
+        shared = next((self.zones[t] for t in self._twins.get(key, ()) if t in self.zones), None)
+        if shared is not None:
+            self.zones[key] = shared
+            self.to_write[key] = shared
+            return shared
         used = set(self.zones.values()) | self.reserved
         z = next((z for z in ZONES if z not in used), None)
         if z is None:
@@ -177,6 +190,22 @@ class Firewall:
         if fw is None or fw.rules != rules:
             fw = self._fw[k] = VifFirewall(zone, rules, closed, blocked)
         return fw
+
+
+def _twins(models: dict[str, BridgeModel]) -> dict[tuple[int, int], tuple[tuple[int, int], ...]]:
+    """The vifs of one NIC under two domids while libxl migrates or restores it on this
+    host (NAME--incoming beside NAME, or NAME beside NAME--migratedaway): each key's twins."""
+    nics: dict[tuple[str, int], list[VifModel]] = {}
+    for m in models.values():
+        for v in m.vifs:
+            nics.setdefault((base_name(v.name), v.devid), []).append(v)
+    out = {}
+    for group in nics.values():
+        if len(group) > 1 and any(migrating(v.name) for v in group):
+            keys = [(v.domid, v.devid) for v in group]
+            for k in keys:
+                out[k] = tuple(x for x in keys if x != k)
+    return out
 
 
 def vm_uuids(bridges: Iterable[BridgeInfo]) -> dict[int, str]:
