@@ -294,13 +294,30 @@ def test_a_closed_network_still_lets_arp_neighbour_discovery_and_dhcp_answers_in
         {"dl_type": 0x0800, "nw_proto": 17, "nw_src": "192.0.2.1", "nw_dst": W_IP, "tp_src": 67, "tp_dst": 68},
         {"dl_type": 0x86DD, "nw_proto": 17, "ipv6_src": "fe80::1", "ipv6_dst": "fe80::5", "tp_src": 547, "tp_dst": 546},
     ] + [
-        {"dl_type": 0x86DD, "nw_proto": 58, "ipv6_src": "fe80::1", "ipv6_dst": "fe80::5", "icmpv6_type": t}
-        for t in (134, 135, 136, 130)
+        {"dl_type": 0x86DD, "nw_proto": 58, "ipv6_src": "fe80::1", "ipv6_dst": "fe80::5", "icmpv6_type": t, "nw_ttl": h}
+        for t, h in ((134, 255), (135, 255), (136, 255), (130, 1))
     ]
     for f in passes:
         assert 5 in sw.send(UPLINK, lan | f).ports, f
     stopped = [
         {"dl_type": 0x0800, "nw_proto": 17, "nw_src": "192.0.2.1", "nw_dst": W_IP, "tp_src": 1234, "tp_dst": 68},
+        # Neighbour discovery and MLD that crossed a router (from off the link): not let in.
+        {
+            "dl_type": 0x86DD,
+            "nw_proto": 58,
+            "ipv6_src": "2001:db8:9::1",
+            "ipv6_dst": "2001:db8::5",
+            "icmpv6_type": 134,
+            "nw_ttl": 63,
+        },
+        {
+            "dl_type": 0x86DD,
+            "nw_proto": 58,
+            "ipv6_src": "2001:db8:9::1",
+            "ipv6_dst": "ff02::1",
+            "icmpv6_type": 130,
+            "nw_ttl": 1,
+        },
         {"dl_type": 0x86DD, "nw_proto": 58, "ipv6_src": "2001:db8::1", "ipv6_dst": "2001:db8::5", "icmpv6_type": 128},
         {"dl_type": 0x88CC},
     ]
@@ -367,9 +384,14 @@ def test_the_rules_in_force_stay_when_a_reload_finds_an_error(tmp_path):
     first = r.load_initial()
     assert not r.changed()
     (tmp_path / "a.toml").write_text(GOOD.replace("ports = [22", "ports = [99999"))
+    assert not r.changed()  # changed, but maybe still being written: read at the next look
     assert r.changed() and not r.reload() and r.current is first
     (tmp_path / "a.toml").write_text(GOOD.replace("ports = [22", "ports = [2222"))
     assert r.reload() and r.current.rules[0].ports[0] == (2222, 2222)
+    (tmp_path / "a.toml").unlink()
+    tmp_path.rmdir()  # the directory gone (a mount that failed, a typo in a move): not "no rules"
+    kept = r.current
+    assert not r.reload() and r.current is kept
 
 
 def test_conntrack_entries_are_read_as_ovs_prints_them():
@@ -383,7 +405,13 @@ def test_conntrack_entries_are_read_as_ovs_prints_them():
         "udp,orig=(src=10.0.0.5,dst=10.0.0.1,sport=68,dport=67),reply=(src=10.0.0.1,dst=10.0.0.5,sport=67,dport=68),zone=3\n"
     )
     tcp, icmp, udp = parse(dump)
-    assert (tcp.proto, tcp.src, tcp.l4, tcp.mark) == (6, "192.0.2.1", {"sport": 40022, "dport": 22}, 2)
+    assert (tcp.proto, tcp.src, tcp.l4, tcp.mark, tcp.state) == (
+        6,
+        "192.0.2.1",
+        {"sport": 40022, "dport": 22},
+        2,
+        "ESTABLISHED",
+    )
     assert tcp.tuple_spec() == "ct_nw_src=192.0.2.1,ct_nw_dst=192.0.2.31,ct_nw_proto=6,ct_tp_src=40022,ct_tp_dst=22"
     assert (icmp.proto, icmp.l4["type"], icmp.mark) == (58, 128, 1)
     assert icmp.tuple_spec().startswith("ct_ipv6_src=2001:db8::1,ct_ipv6_dst=2001:db8::32,ct_nw_proto=58")
@@ -516,3 +544,90 @@ def test_a_migrating_nics_new_vif_shares_the_old_ones_zone_so_its_connections_ca
     fw = fwstate.Firewall(lambda: rs, set())
     keys = {(5, 0): {fwstate.ZONE_KEY: "4"}, (9, 0): {fwstate.ZONE_KEY: "4"}}
     assert zones(nic(5, "web--migratedaway"), nic(9, "web"), keys=keys) == {5: 4, 9: 4}
+
+
+def test_a_guest_sends_neighbour_discovery_and_mld_past_its_rules_only_on_the_link():
+    deny_all = (Rule("all", "", "out", "deny", "any"),)
+    sw = switch(deny_all, False)
+    me = {
+        "dl_src": W_MAC,
+        "dl_dst": "33:33:00:00:00:02",
+        "dl_type": 0x86DD,
+        "nw_proto": 58,
+        "ipv6_src": "fe80::216:3eff:fe00:5",
+    }
+    rs = me | {"ipv6_dst": "ff02::2", "icmpv6_type": 133, "nw_ttl": 255}
+    assert UPLINK in sw.send(5, rs).ports
+    assert UPLINK not in sw.send(5, rs | {"nw_ttl": 64}).ports
+    assert UPLINK not in sw.send(5, rs | {"dl_dst": LAN_MAC, "ipv6_dst": "2001:db8:9::1"}).ports  # off the link
+    report = me | {"ipv6_dst": "ff02::16", "icmpv6_type": 143, "nw_ttl": 1}
+    assert UPLINK in sw.send(5, report).ports
+
+
+def test_a_rule_for_neighbour_discovery_is_refused_as_one_that_never_applies(tmp_path):
+    (p,) = files(
+        tmp_path, a='[[rule]]\nall = true\ndirection = "in"\naction = "deny"\nprotocol = "icmpv6"\ntype = 134\n'
+    )
+    with pytest.raises(RuleError, match="a.toml:6: ICMPv6 type 134 is neighbour discovery or MLD"):
+        load_files([p])
+
+
+def test_a_vif_whose_domain_name_cannot_be_read_is_closed_while_rules_name_guests(tmp_path, monkeypatch):
+    from xvif_ovs.controller import fwstate
+
+    monkeypatch.setattr(fwstate.conntrack, "flush_zone", lambda z: None)
+    rs = load_files(files(tmp_path, a=GOOD))
+    fw = fwstate.Firewall(lambda: rs, set())
+    v = VifModel(5, 0, W_MAC, vif_vlans("xenbr1", None), vif_port=5, name="")
+    out = fw.attach({"xenbr1": BridgeModel("xenbr1", vifs=(v,))}, {(5, 0): {}}, {})
+    assert out["xenbr1"].vifs[0].firewall.blocked and "name is not known" in fw.problems[0]
+    named = dataclasses.replace(v, name="db")  # known, and no rule for it on xenbr1: the open pipeline
+    assert (
+        fw.attach({"xenbr1": BridgeModel("xenbr1", vifs=(named,))}, {(5, 0): {}}, {})["xenbr1"].vifs[0].firewall is None
+    )
+
+
+def test_a_rule_for_one_domid_of_a_migrating_nic_firewalls_both_of_its_vifs(tmp_path, monkeypatch):
+    from xvif_ovs.controller import fwstate
+
+    monkeypatch.setattr(fwstate.conntrack, "flush_zone", lambda z: None)
+    rs = load_files(files(tmp_path, a='[[rule]]\nvif = "5.0"\ndirection = "in"\naction = "deny"\nprotocol = "udp"\n'))
+    fw = fwstate.Firewall(lambda: rs, set())
+    old = VifModel(5, 0, W_MAC, vif_vlans("xenbr0", None), vif_port=5, name="web")
+    new = VifModel(9, 0, W_MAC, vif_vlans("xenbr0", None), vif_port=9, name="web--incoming")
+    out = fw.attach({"xenbr0": BridgeModel("xenbr0", vifs=(old, new))}, {(5, 0): {}, (9, 0): {}}, {})
+    a, b = out["xenbr0"].vifs
+    assert a.firewall is not None and b.firewall is a.firewall
+
+
+def test_an_icmp_rule_with_a_code_leaves_the_replies_of_other_codes_to_the_rule_that_allowed_them():
+    odd = Rule("guest", "web", "in", "deny", "icmp", icmp_type=8, icmp_code=1)
+    ping = Rule("guest", "web", "in", "allow", "icmp")
+    sw = switch((odd, ping), True)
+    c = Connection("in", 1, ipaddress.ip_address("192.0.2.9"), None, 8, 0)
+    port, f = packet(c)
+    assert 5 in sw.send(port, f | {"icmp_code": 0}).ports
+    assert delivered(sw, c, reply=True)
+
+
+def test_a_reject_speaks_only_for_its_guest():
+    from os_ken.lib.packet import ipv4, tcp
+
+    from xvif_ovs.controller.reject import answer
+
+    me = guest((), True)
+    syn = tcp.tcp(src_port=40000, dst_port=23, seq=1, bits=tcp.TCP_SYN)
+    to_me = frame(ipv4.ipv4(src="192.0.2.1", dst=W_IP, proto=6), syn)
+    assert answer(to_me, me, towards_guest=True) is not None
+    other_mac = frame(ipv4.ipv4(src="192.0.2.1", dst=W_IP, proto=6), syn, dst_mac="00:16:3e:00:00:99")
+    assert answer(other_mac, me, towards_guest=True) is None  # an unknown unicast frame flooded to it
+    other_ip = frame(ipv4.ipv4(src="192.0.2.1", dst="192.0.2.99", proto=6), syn)
+    assert answer(other_ip, me, towards_guest=True) is None
+    spoofed = frame(ipv4.ipv4(src="0.0.0.0", dst=W_IP, proto=6), syn)
+    assert answer(spoofed, me, towards_guest=True) is None
+
+
+def test_an_unquoted_bridge_and_vlan_policy_says_to_quote_it(tmp_path):
+    (p,) = files(tmp_path, a='[policies]\nxenbr0.10 = "closed"\n')
+    with pytest.raises(RuleError, match='write a bridge and VLAN in quotes: "xenbr0.10" = "closed"'):
+        load_files([p])

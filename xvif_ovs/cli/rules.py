@@ -44,8 +44,14 @@ def check(directory: str, file: str | None) -> tuple[str, int]:
             f = Path(file)
             if not f.is_file():
                 raise RuleError(f"{file}: no such file")
+            if f.suffix != ".toml" or f.name.startswith("."):
+                raise RuleError(f"{file}: the controller reads only NAME.toml files (not hidden ones): rename it")
             d = Path(directory)
-            others = sorted(p for p in d.glob("*.toml") if p.name != f.name) if d.is_dir() else []
+            others = (
+                sorted(p for p in d.glob("*.toml") if p.name != f.name and not p.name.startswith("."))
+                if d.is_dir()
+                else []
+            )
             rs = load_files(sorted([*others, f], key=lambda p: p.name))
         else:
             rs = load_dir(directory)

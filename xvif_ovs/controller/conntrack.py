@@ -6,10 +6,12 @@ SYN on an established entry invalid, for as long as the entry lives)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..firewall.evaluate import Connection, decide
@@ -28,7 +30,6 @@ _PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite":
 # TCP states in which OVS's conntrack lets a SYN open the same addresses and ports again:
 # such an entry holds nothing back, and a flood of short connections leaves thousands.
 _REOPENABLE = {"TIME_WAIT", "CLOSED"}
-_ONE_AT_A_TIME = threading.Lock()  # cuts of quick successive reloads: in order
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,9 @@ def parse(dump: str) -> list[Entry]:
             continue
         l4 = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group("l4"))}
         mark = re.search(r",mark=(\d+)", line)
-        out.append(
-            Entry(_PROTOS[m.group("proto")], m.group("src"), m.group("dst"), l4, int(mark.group(1)) if mark else 0)
-        )
+        state = re.search(r"protoinfo=\(state=(\w+)", line)
+        e = Entry(_PROTOS[m.group("proto")], m.group("src"), m.group("dst"), l4, int(mark.group(1)) if mark else 0)
+        out.append(dataclasses.replace(e, state=state.group(1)) if state else e)
     return out
 
 
@@ -80,12 +81,15 @@ def flush_zone(zone: int) -> None:
         log.warning("conntrack zone %d not flushed (%s)", zone, e)
 
 
-def cut(fw: VifFirewall, what: str) -> int:
+def cut(fw: VifFirewall, what: str, closed: bool, current: Callable[[], bool] = lambda: True) -> int:
     """Delete the entries of ``fw``'s zone that its rules no longer allow; their packets
-    are dropped by the flows already, this removes what they leave behind."""
+    are dropped by the flows already, this removes what they leave behind. ``closed``:
+    inbound is closed on every VLAN of the vif (a trunk closed on some only is judged
+    open: an entry kept is only an entry, one wrongly deleted kills a connection the flows
+    allow). Stops when ``current()`` says a newer rule set has come for the vif."""
     gone = 0
     try:
-        with _ONE_AT_A_TIME, Unixctl() as u:
+        with Unixctl() as u:
             for e in parse(u.call("dpctl/dump-conntrack", f"zone={fw.zone}")):
                 if e.mark not in (MARK_OUT, MARK_IN) or e.state in _REOPENABLE:
                     continue
@@ -99,8 +103,10 @@ def cut(fw: VifFirewall, what: str) -> int:
                     e.l4.get("type"),
                     e.l4.get("code"),
                 )
-                if decide(fw.rules, bool(fw.closed), c)[0]:
+                if decide(fw.rules, closed, c)[0]:
                     continue
+                if not current():
+                    break  # superseded: the newer set's own cut follows
                 try:
                     u.call("dpctl/flush-conntrack", f"zone={fw.zone}", e.tuple_spec())
                     gone += 1
@@ -111,3 +117,38 @@ def cut(fw: VifFirewall, what: str) -> int:
     if gone:
         log.info("%s: %d connection(s) the new rules deny cut", what, gone)
     return gone
+
+
+class Cutter:
+    """The cuts, one at a time in a thread of their own, each with the newest rules of
+    its vif: a cut of a set a later reload replaced must not delete what the later one
+    allows. A zone can hold thousands of entries; no switch waits for them."""
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[int, int], tuple[VifFirewall, bool, str]] = {}
+        self._todo: dict[tuple[int, int], None] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        threading.Thread(target=self._run, name="conntrack-cut", daemon=True).start()
+
+    def post(self, key: tuple[int, int], fw: VifFirewall, closed: bool, what: str) -> None:
+        with self._lock:
+            self._latest[key] = (fw, closed, what)
+            self._todo[key] = None
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    if not self._todo:
+                        break
+                    key = next(iter(self._todo))
+                    del self._todo[key]
+                    fw, closed, what = self._latest[key]
+                try:
+                    cut(fw, what, closed, lambda k=key, f=fw: self._latest.get(k, (None,))[0] is f)
+                except Exception:  # noqa: BLE001 - a cleanup: the flows already enforce the rules
+                    log.exception("%s: cut failed", what)

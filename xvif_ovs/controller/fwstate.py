@@ -27,12 +27,13 @@ class Rules:
     def __init__(self, path: str) -> None:
         self.path = path
         self.current: RuleSet = EMPTY
-        self._stamp: tuple = ()
+        self._stamp: tuple = ()  # the files in force
+        self._seen: tuple = ()  # the files at the last look
 
     def load_initial(self) -> RuleSet:
         """At start a bad file is fatal (RuleError): starting without the rules would
         remove every firewall flow the switch still holds, opening what they closed."""
-        self._stamp = self.stamp()
+        self._stamp = self._seen = self.stamp()
         self.current = load_dir(self.path)
         log.info(
             "firewall: %d rule(s) from %d file(s) in %s", len(self.current.rules), len(self.current.files), self.path
@@ -56,11 +57,24 @@ class Rules:
         return tuple(out)
 
     def changed(self) -> bool:
-        return self.stamp() != self._stamp
+        """The files differ from those in force, and have not changed since the last look
+        (a second ago): an editor saving (a truncate then a write, or a rename out and one
+        back) is not read halfway."""
+        now = self.stamp()
+        settled = now == self._seen
+        self._seen = now
+        return now != self._stamp and settled
 
     def reload(self) -> bool:
         """True if a new set is in force."""
-        self._stamp = self.stamp()
+        self._stamp = self._seen = self.stamp()
+        if not os.path.isdir(self.path) and self.current.rules + tuple(self.current.policies.items()):
+            log.error(
+                "firewall rules NOT reloaded, the previous ones stay in force: %s is gone; recreate it "
+                "(an empty directory means no rules)",
+                self.path,
+            )
+            return False
         try:
             new = load_dir(self.path)
         except RuleError as e:
@@ -100,6 +114,16 @@ class Firewall:
         self.problems = []
         self._twins = _twins(models)
         self._adopt(vifs)
+        fws = {
+            (v.domid, v.devid): self._firewall_of(rs, v, bname, uuids.get(v.domid, ""))
+            for bname, model in models.items()
+            for v in model.vifs
+        }
+        for key, twins in self._twins.items():
+            # A migrating NIC is one NIC: a rule that names one of its domids (vif = "5.0")
+            # firewalls both, or frames delivered through the other would pass around it.
+            if fws.get(key) is None:
+                fws[key] = next((fws[t] for t in twins if fws.get(t) is not None), None)
         out = {}
         seen: set[tuple[int, int]] = set()
         for bname, model in models.items():
@@ -108,7 +132,7 @@ class Firewall:
             for v in model.vifs:
                 key = (v.domid, v.devid)
                 seen.add(key)
-                fw = self._firewall_of(rs, v, bname, uuids.get(v.domid, ""))
+                fw = fws[key]
                 if fw is None:
                     new_vifs.append(v)
                     continue
@@ -165,6 +189,13 @@ class Firewall:
         return z
 
     def _firewall_of(self, rs: RuleSet, v: VifModel, bridge: str, uuid: str) -> VifFirewall | None:
+        if not v.name and any(r.scope == "guest" or (r.scope == "vif" and not r.target[0].isdigit()) for r in rs.rules):
+            # Rules name guests, and this one's name could not be read: closed until it can.
+            self.problems.append(
+                f"vif {v.domid}.{v.devid}: its domain's name is not known (XenStore /local/domain/{v.domid}/name), "
+                "and rules name guests: its IP is dropped until the name can be read"
+            )
+            return self._intern(self._zone((v.domid, v.devid)) or 0, (), frozenset(v.access_vlans), blocked=True)
         rules, closed = rules_for(rs, v.name, uuid, v.domid, v.devid, bridge, v.access_vlans)
         if not firewalled(rules, closed):
             return None

@@ -79,6 +79,8 @@ def run(cfg: Config, verbose: bool = False, use_syslog: bool = True) -> int:
     os_ken_cfg.CONF(args=[], project="os_ken")
 
     runtime = Runtime(cfg)
+    # Before anything starts: a `systemctl reload` while it does must not end the process.
+    signal.signal(signal.SIGHUP, lambda _s, _f: runtime.reload_rules())
     app_module.RUNTIME = runtime
     mgr = AppManager.get_instance()
     mgr.load_apps(["xvif_ovs.controller.app"])
@@ -106,7 +108,6 @@ def run(cfg: Config, verbose: bool = False, use_syslog: bool = True) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, lambda _s, _f: runtime.reload_rules())
     done.wait()
     runtime.stop()
     for s in list(runtime.sessions.values()):  # end os-ken's receive loops

@@ -64,6 +64,7 @@ _TO_OXM = {
     "icmpv6_type": "icmpv6_type",
     "icmpv6_code": "icmpv6_code",
     "tcp_flags": "tcp_flags_nxm",
+    "nw_ttl": "nw_ttl",
     "icmp_type": "icmpv4_type",
     "icmp_code": "icmpv4_code",
     "nd_target": "ipv6_nd_target",

@@ -20,7 +20,8 @@ from typing import Any
 
 from os_ken.lib.packet import ethernet, icmp, icmpv6, ipv4, ipv6, packet, tcp
 
-from ..pipeline.build import FROM_VIF
+from ..model.host import VifModel
+from ..pipeline.build import FROM_PRIVATE, FROM_VIF
 from ..pipeline.tables import EGRESS, FORWARD, FW_IN_CT
 
 log = logging.getLogger("xvif_ovs.controller")
@@ -29,17 +30,28 @@ ICMP_REQUESTS = {8, 13, 15, 17}  # echo, timestamp, information, address mask: n
 ICMPV6_ERRORS = range(0, 128)
 
 
-def answer(data: bytes) -> bytes | None:
-    """The reply to the rejected frame ``data`` (Ethernet, no VLAN tag), or None."""
+def answer(data: bytes, guest: VifModel | None = None, towards_guest: bool = True) -> bytes | None:
+    """The reply to the rejected frame ``data`` (Ethernet, no VLAN tag), or None. With
+    ``guest``: only for a frame addressed to it (``towards_guest``) or sent by it, so that
+    no answer ever speaks for another host (an unknown unicast frame flooded to the guest
+    is not the guest's to refuse)."""
     pkt = packet.Packet(data)
     eth = pkt.get_protocol(ethernet.ethernet)
     ip4, ip6 = pkt.get_protocol(ipv4.ipv4), pkt.get_protocol(ipv6.ipv6)
     if eth is None or (ip4 is None and ip6 is None):
         return None
     src, dst = (ip4.src, ip4.dst) if ip4 else (ip6.src, ip6.dst)
-    d = ipaddress.ip_address(dst)
+    d, s_ = ipaddress.ip_address(dst), ipaddress.ip_address(src)
     if d.is_multicast or dst == "255.255.255.255" or int(eth.dst.split(":")[0], 16) & 1:
         return None
+    if s_.is_multicast or s_.is_unspecified or src == "255.255.255.255" or int(eth.src.split(":")[0], 16) & 1:
+        return None  # nobody to answer
+    if guest is not None:
+        mac, mine = (eth.dst, d) if towards_guest else (eth.src, s_)
+        if mac.lower() != guest.mac.lower():
+            return None
+        if guest.ips and not any(mine in ip.network for ip in guest.ips) and not mine.is_link_local:
+            return None
     orig = data[14:]
     proto = ip4.proto if ip4 else ip6.nxt
     out = packet.Packet()
@@ -80,18 +92,24 @@ def _ip(ip4: Any, ip6: Any, src: str, dst: str, proto: int) -> Any:
     return ipv6.ipv6(src=src, dst=dst, nxt=proto, hop_limit=64)
 
 
-def respond(dp: Any, msg: Any) -> bool:
-    """Answer one rejected packet-in; False if it gets no answer."""
-    reply = answer(bytes(msg.data))
+def respond(dp: Any, msg: Any, guests: dict[int, tuple[VifModel, bool]]) -> bool:
+    """Answer one rejected packet-in; False if it gets no answer. ``guests``: the bridge's
+    vifs (and whether each is private) by port."""
+    m = msg.match
+    towards = msg.table_id == FW_IN_CT
+    found = guests.get(m.get("reg7") if towards else m.get("in_port"))
+    if found is None:
+        return False
+    guest, private = found
+    reply = answer(bytes(msg.data), guest, towards)
     if reply is None:
         return False
     ofp, parser = dp.ofproto, dp.ofproto_parser
-    m = msg.match
     vlan = m.get("reg6", 0)
-    if msg.table_id == FW_IN_CT:  # it was going to the guest: the guest answers it
+    if towards:  # it was going to the guest: the guest answers it
         in_port = m.get("reg7")
         actions = [
-            parser.OFPActionSetField(reg5=FROM_VIF),
+            parser.OFPActionSetField(reg5=FROM_PRIVATE if private else FROM_VIF),
             parser.OFPActionSetField(reg6=vlan),
             parser.NXActionResubmitTable(table_id=FORWARD),
         ]

@@ -66,6 +66,9 @@ class Runtime:
         self._missing_reported: set[str] = set()
         self.packet_ins = 0
         self.rejects = 0  # packets a firewall "reject" rule sent, answered
+        self._reject_failures = 0
+        # bridge -> ofport -> (the vif on it, private?): whom a rejected packet concerns
+        self._guests_by_port: dict[str, dict[int, tuple[Any, bool]]] = {}
         self._retry = False
         self.dhcp = dhcp.DhcpServers(cfg.rundir())
         self._nat_given: dict[tuple[int, int], str] = {}
@@ -74,6 +77,7 @@ class Runtime:
         nat_zones = {p.nat.zone for p in cfg.bridge_policy.values() if p.nat is not None}
         self.firewall = Firewall(lambda: self.rules.current, nat_zones)
         self._rules_checked = 0.0
+        self.cutter = conntrack.Cutter()
         # vifs and sessions are changed by the XenStore and os-ken threads while the
         # reconciler copies them: copying a dict that another thread resizes can raise.
         self._lock = threading.Lock()
@@ -229,10 +233,13 @@ class Runtime:
         d = decode_cookie(msg.cookie)
         if d is not None and d[0] == P_RULE and msg.table_id in (FW_OUT_CT, FW_IN_CT):
             self.rejects += 1
+            s = self.session(dp)
             try:
-                reject.respond(dp, msg)
+                reject.respond(dp, msg, self._guests_by_port.get(s.bridge if s else "", {}))
             except Exception:  # noqa: BLE001 - a malformed packet must not stop os-ken's loop
-                log.exception("firewall reject: no answer for a packet from table %s", msg.table_id)
+                self._reject_failures += 1
+                if self._reject_failures <= 10 or self._reject_failures % 1000 == 0:
+                    log.exception("firewall reject #%d: no answer (table %s)", self._reject_failures, msg.table_id)
             return
         self.packet_ins += 1
         if self.packet_ins <= 10 or self.packet_ins % 1000 == 0:
@@ -406,7 +413,10 @@ class Runtime:
         try:
             s.read_ports()
             s.read_tables()
-            s.ensure_meter(REJECT_METER, REJECT_RATE, REJECT_BURST)
+            try:
+                s.ensure_meter(REJECT_METER, REJECT_RATE, REJECT_BURST)
+            except SwitchError as e:  # only "reject" rules need it: they will fail to install, and say so
+                log.error("switch %s: %s: firewall rules that reject cannot be installed on it", s.bridge, e)
             s.synced = True
             log.info(
                 "switch %s connected: %d of our flows and %d groups installed",
@@ -449,6 +459,10 @@ class Runtime:
         self._reported_problems |= set(self.firewall.problems)
         if self.firewall.to_write:
             self._write_zones(vifs)
+        self._guests_by_port = {
+            b: {p: (v, m.is_private(v)) for v in m.vifs if v.firewall is not None for p in v.ports}
+            for b, m in ours.items()
+        }
         for bname, model in ours.items():
             self._worker(sessions[bname]).post(model=model)
         nat_bridges = {b for b, p in self.cfg.bridge_policy.items() if p.nat is not None and self.cfg.managed(b)}
@@ -688,21 +702,18 @@ class SwitchWorker(threading.Thread):
 
     def _cut(self, model: BridgeModel) -> None:
         """Once the flows of a changed rule set are in the switch, the connections they no
-        longer allow are removed from conntrack (controller/conntrack.py), in a thread of
-        its own: a zone can hold thousands of entries, and this switch's next change must
-        not wait for them (the flows already drop those connections' packets). Not at the
-        first program after a start: nothing changed then, and the connections must survive."""
+        longer allow are removed from conntrack (controller/conntrack.py, in a thread of
+        its own: the flows already drop those connections' packets). Not at the first
+        program after a start: nothing changed then, and the connections must survive."""
         first = not self._firewalls
-        now = {(v.domid, v.devid): v.firewall for v in model.vifs}
-        todo = []
-        for key, fw in now.items():
-            before = self._firewalls.get(key, fw)
-            if first or fw is None or before is fw or (before is not None and before == fw):
+        now = {(v.domid, v.devid): v for v in model.vifs}
+        for key, v in now.items():
+            fw, before = v.firewall, self._firewalls.get(key, v.firewall)
+            if first or fw is None or fw.blocked or before is fw or (before is not None and before == fw):
                 continue
-            todo.append((fw, f"vif{key[0]}.{key[1]}"))
-        self._firewalls = now
-        if todo:
-            threading.Thread(target=lambda: [conntrack.cut(fw, what) for fw, what in todo], daemon=True).start()
+            closed = fw.closed >= frozenset(v.access_vlans)
+            self.runtime.cutter.post(key, fw, closed, f"vif{key[0]}.{key[1]}")
+        self._firewalls = {k: v.firewall for k, v in now.items()}
 
 
 def _record_applied(s: Session, desired: Parts) -> None:

@@ -71,6 +71,7 @@ _OXM = {
     "icmpv6_type": (0x8000, 29, 1),
     "icmpv6_code": (0x8000, 30, 1),
     "tcp_flags": (0x0001, 34, 2),  # NXM_NX_TCP_FLAGS
+    "nw_ttl": (0x0001, 29, 1),  # NXM_NX_IP_TTL: the IPv4 TTL or IPv6 hop limit
     "icmp_type": (0x8000, 19, 1),
     "icmp_code": (0x8000, 20, 1),
     "nd_target": (0x8000, 31, 16),

@@ -41,6 +41,7 @@ RULE_KEYS = {*TARGET_KEYS, "direction", "action", "protocol", "ports", "remote",
 # Ethertypes a rule may not name: ARP always passes (a guest without it has no network),
 # and IP is what the other protocols are for.
 _RESERVED_ETHERTYPES = {0x0806: "ARP always passes", 0x0800: 'use protocol = "any"', 0x86DD: 'use protocol = "any"'}
+_ICMPV6_ON_LINK = {130, 131, 132, 133, 134, 135, 136, 137, 143}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _VIF = re.compile(r"^(?P<dom>[A-Za-z0-9_.\-]+)\.(?P<devid>\d{1,5})$")
 _NETWORK = re.compile(r"^(?P<bridge>[A-Za-z0-9_\-]{1,15})(?:\.(?P<vlan>\d{1,4}))?$")
@@ -241,6 +242,9 @@ class _File:
         out = {}
         for net, policy in raw.items():
             where = self.at(self.line_of(net, top - 1))
+            if isinstance(policy, dict):  # xenbr0.10 = ... unquoted: a TOML dotted key
+                sub = next(iter(policy), "10")
+                raise RuleError(f'{where}: write a bridge and VLAN in quotes: "{net}.{sub}" = "closed"')
             _network(net, where)
             if policy not in POLICIES:
                 raise RuleError(f'{where}: {net} = {policy!r}: "open" (the default) or "closed"')
@@ -331,6 +335,11 @@ def _rule(r: dict, at, sets: dict[str, tuple[Net, ...]], seq: int) -> Rule:  # n
     icmp_code = _icmp(r, "code", protocol, at)
     if icmp_code is not None and icmp_type is None:
         raise RuleError(f"{at('code')}: code needs a type")
+    if protocol == "icmpv6" and icmp_type in _ICMPV6_ON_LINK:
+        raise RuleError(
+            f"{at('type')}: ICMPv6 type {icmp_type} is neighbour discovery or MLD, which always pass on the link "
+            "(and nowhere else): a rule for it would never apply"
+        )
     remotes = _remotes(r.get("remote"), sets, at("remote"))
     if protocol == "ether" and remotes:
         raise RuleError(f"{at('remote')}: an ethertype rule has no IP remote")

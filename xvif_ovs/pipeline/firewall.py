@@ -27,8 +27,15 @@ ETH_ARP, ETH_IP, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
 TCP, UDP, ICMPV6 = 6, 17, 58
 TCP_SYN = 0x002
 # Neighbour discovery and MLD never go through conntrack (it cannot track them) nor the
-# rules: without them IPv6 does not work, as security groups also assume.
-ICMPV6_ALWAYS = (130, 131, 132, 133, 134, 135, 136, 137, 143)
+# rules: without them IPv6 does not work, as security groups also assume. But only on the
+# link, as RFC 4861 and RFC 2710/3810 define them: hop limit 255 for neighbour discovery,
+# 1 and a link-local source for MLD, which no router's forwarding leaves; and from the
+# guest, only to link-local or multicast destinations. Anything else of those types goes
+# through conntrack, which calls it invalid: a host off the link cannot use them to
+# reach a guest past its rules, nor a guest to reach one.
+ND_TYPES, MLD_TYPES = (133, 134, 135, 136, 137), (130, 131, 132, 143)
+ICMPV6_ALWAYS = tuple(sorted(ND_TYPES + MLD_TYPES))
+LINK_LOCAL, MULTICAST6 = F("ipv6_src", "fe80::", "ffc0::"), ("ff00::", "ff00::")
 # ICMP requests conntrack tracks, and the type of their replies.
 ICMP_REPLY = {4: {8: 0, 13: 14, 15: 16, 17: 18}, 6: {128: 129}}
 RULE_TOP = 10000
@@ -62,8 +69,9 @@ def firewall_flows(vif: VifModel) -> list[Flow]:
         for t in (ETH_IP, ETH_IPV6):
             acts = () if fw.blocked else (Ct(z, table=FW_OUT_CT),)
             flows.append(Flow(FW_OUT, 100, match(inp, F("dl_type", t)), acts, ck_default if fw.blocked else ck))
-        for ty in ICMPV6_ALWAYS:
-            flows.append(Flow(FW_OUT, 200, match(inp, *icmp6, F("icmpv6_type", ty)), (Resubmit(FORWARD),), ck))
+        for ty, on_link in _link_only(out=True):
+            m = match(inp, *icmp6, F("icmpv6_type", ty), *on_link)
+            flows.append(Flow(FW_OUT, 200, m, (Resubmit(FORWARD),), ck))
         flows.append(Flow(FW_OUT, 1, match(inp), (), ck))
         # 12: what is about to be delivered to it.
         deliver = (Resubmit(EGRESS),)
@@ -71,8 +79,8 @@ def firewall_flows(vif: VifModel) -> list[Flow]:
         # output does): nowhere, before conntrack sees it again.
         flows.append(Flow(FW_IN, 400, match(inp, to), (), ck))
         flows.append(Flow(FW_IN, 300, match(to, F("dl_type", ETH_ARP)), deliver, ck))
-        for ty in ICMPV6_ALWAYS:
-            flows.append(Flow(FW_IN, 300, match(to, *icmp6, F("icmpv6_type", ty)), deliver, ck))
+        for ty, on_link in _link_only(out=False):
+            flows.append(Flow(FW_IN, 300, match(to, *icmp6, F("icmpv6_type", ty), *on_link), deliver, ck))
         # Its DHCP and DHCPv6 server's answers (who may serve is port security's business).
         for t, src, dst in ((ETH_IP, 67, 68), (ETH_IPV6, 547, 546)):
             dhcp = match(to, F("dl_type", t), F("nw_proto", UDP), F("tp_src", src), F("tp_dst", dst))
@@ -139,6 +147,22 @@ def firewall_flows(vif: VifModel) -> list[Flow]:
     return flows
 
 
+def _link_only(out: bool) -> list[tuple[int, tuple[F, ...]]]:
+    """(ICMPv6 type, the fields that keep it on the link) for neighbour discovery and MLD."""
+    flows: list[tuple[int, tuple[F, ...]]] = []
+    for ty in ND_TYPES:
+        if out:
+            flows += [
+                (ty, (F("nw_ttl", 255), F("ipv6_dst", *MULTICAST6))),
+                (ty, (F("nw_ttl", 255), F("ipv6_dst", "fe80::", "ffc0::"))),
+            ]
+        else:
+            flows.append((ty, (F("nw_ttl", 255),)))
+    for ty in MLD_TYPES:
+        flows.append((ty, (F("nw_ttl", 1), F("ipv6_dst", *MULTICAST6)) if out else (F("nw_ttl", 1), LINK_LOCAL)))
+    return flows
+
+
 def rule_fields(r: Rule, reverse: bool = False) -> list[tuple[F, ...]]:
     """The matches of one IP rule, as a packet of a connection it decides looks: "in" is
     from the remote to the guest, "out" from the guest to the remote; ``reverse`` for the
@@ -161,6 +185,8 @@ def rule_fields(r: Rule, reverse: bool = False) -> list[tuple[F, ...]]:
                     base.append(F(f"{kind}_code", r.icmp_code))
             elif r.icmp_type in ICMP_REPLY[fam]:  # a reply to the request the rule names
                 base.append(F(f"{kind}_type", ICMP_REPLY[fam][r.icmp_type]))
+                if r.icmp_code is not None:  # (conntrack keeps the request's code in the reply's tuple)
+                    base.append(F(f"{kind}_code", r.icmp_code))
             else:
                 continue  # no connection has replies of it (an error is "related")
         name = ("nw_" if fam == 4 else "ipv6_") + ("src" if remote_is_src else "dst")

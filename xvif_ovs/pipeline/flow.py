@@ -35,6 +35,7 @@ FIELDS = (
     "nw_src",
     "nw_dst",
     "nw_proto",
+    "nw_ttl",
     "ip_frag",
     "ipv6_src",
     "ipv6_dst",

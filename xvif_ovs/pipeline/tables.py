@@ -191,7 +191,7 @@ TABLES = {
             "fw_out",
             "a firewalled guest's IP (port security passed it) goes through conntrack in the guest's "
             "own zone, then table 11; neighbour discovery and MLD skip the firewall.",
-            frozenset({"in_port", "dl_type", "nw_proto", "icmpv6_type"}),
+            frozenset({"in_port", "dl_type", "nw_proto", "nw_ttl", "icmpv6_type", "ipv6_dst"}),
             frozenset({FW_OUT_CT, FORWARD}),
         ),
         Table(
@@ -210,7 +210,20 @@ TABLES = {
             "a frame about to be delivered to a firewalled guest (reg7 = its port): ARP, neighbour "
             "discovery, MLD and DHCP answers pass; IP goes through conntrack in its zone, then table 13; "
             "other ethertypes by its ethertype rules, then the network's policy.",
-            frozenset({"in_port", "reg7", "reg6", "dl_type", "nw_proto", "icmpv6_type", "tp_src", "tp_dst"}),
+            frozenset(
+                {
+                    "in_port",
+                    "reg7",
+                    "reg6",
+                    "dl_type",
+                    "nw_proto",
+                    "nw_ttl",
+                    "icmpv6_type",
+                    "ipv6_src",
+                    "tp_src",
+                    "tp_dst",
+                }
+            ),
             frozenset({FW_IN_CT, EGRESS}),
         ),
         Table(
