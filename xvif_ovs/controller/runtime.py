@@ -55,6 +55,7 @@ class Runtime:
         self.failed: str | None = None
         self._threads: list[threading.Thread] = []
         self._reported_problems: set[str] = set()
+        self._reported_fw: set[str] = set()
         self._drops: dict[tuple[int, int], int] = {}
         self._drop_totals: dict[str, int] = {}  # per bridge, as of the last per-flow read
         # bridge -> (the session's port table, the OfPorts made from it): remade only when replaced
@@ -454,9 +455,9 @@ class Runtime:
         ours = {b: m for b, m in models.items() if self.cfg.managed(b) and b not in self.refused_bridges}
         ours = self.firewall.attach(ours, vifs, vm_uuids(self.ovsdb.values()))
         for p in self.firewall.problems:
-            if p not in self._reported_problems:
+            if p not in self._reported_fw:
                 log.error("%s", p)
-        self._reported_problems |= set(self.firewall.problems)
+        self._reported_fw = set(self.firewall.problems)  # each once, while it lasts
         if self.firewall.to_write:
             self._write_zones(vifs)
         self._guests_by_port = {
