@@ -38,12 +38,12 @@ ICMPV6_ALWAYS = tuple(sorted(ND_TYPES + MLD_TYPES))
 LINK_LOCAL, MULTICAST6 = F("ipv6_src", "fe80::", "ffc0::"), ("ff00::", "ff00::")
 # ICMP requests conntrack tracks, and the type of their replies.
 ICMP_REPLY = {4: {8: 0, 13: 14, 15: 16, 17: 18}, 6: {128: 129}}
-RULE_TOP = 10000
+RULE_TOP = 10000  # rule i has priority RULE_TOP - i: first match wins
 # A rejected packet goes to the controller, which answers with a TCP reset or an ICMP
 # unreachable; the meter (installed by the controller on each switch) keeps a flood of
 # them to REJECT_RATE a second in the datapath, so it costs neither ovs-vswitchd nor us.
 REJECT_METER, REJECT_RATE, REJECT_BURST = 0x7876, 100, 50
-REJECT_ACTIONS = (Meter(REJECT_METER), Output(OFPP_CONTROLLER))  # rule i has priority RULE_TOP - i: first match wins
+REJECT_ACTIONS = (Meter(REJECT_METER), Output(OFPP_CONTROLLER))
 RULE_SHIFT = 32  # a rule flow's cookie carries the rule's index in bits 32-39
 
 
