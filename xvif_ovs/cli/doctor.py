@@ -275,7 +275,7 @@ def firewall_problems(host: HostView, rules_dir: str) -> list[Problem]:
     """Rule files the controller would refuse, and rules for a guest that is not here
     (they wait for it: a typo in a name is a rule that never applies)."""
     from ..firewall.rules import RuleError, load_dir
-    from ..firewall.select import base_name
+    from ..firewall.select import applies
 
     try:
         rs = load_dir(rules_dir)
@@ -287,14 +287,13 @@ def firewall_problems(host: HostView, rules_dir: str) -> list[Problem]:
                 "fix the file; `xvif-ovs rules check` says when it is right",
             )
         ]
-    names, uuids, nics = set(), set(), set()
-    for v in host.vifs.values():
-        names.add(base_name(v.domain))
-        uuids.update(p.vm_uuid for p in v.ports if p.vm_uuid)
-        nics.update({f"{base_name(v.domain)}.{v.devid}", f"{v.domid}.{v.devid}"})
+    nics = [(v, next((p.vm_uuid for p in v.ports if p.vm_uuid), "")) for v in host.vifs.values()]
     out = []
     for r in rs.rules:
-        missing = (r.scope == "guest" and r.target not in names | uuids) or (r.scope == "vif" and r.target not in nics)
+        # (a guest or vif rule does not depend on the bridge or VLAN: those are left out)
+        missing = r.scope in ("guest", "vif") and not any(
+            applies(r, v.domain, uuid, v.domid, v.devid, "", ()) for v, uuid in nics
+        )
         if missing:
             out.append(
                 Problem(
