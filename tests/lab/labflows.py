@@ -23,7 +23,7 @@ def wait_for(cond: Callable[[], object], what: str, timeout: float = 15.0) -> No
 
 def cookie_of(purpose: int, domid: int) -> str:
     """An ovs-ofctl cookie match for the flows of one purpose of vif DOMID.0."""
-    return f"cookie={COOKIE_MAGIC | purpose << 40 | vif_owner(domid, 0):#x}/-1"
+    return f"cookie={COOKIE_MAGIC | purpose << 40 | vif_owner(domid, 0):#x}/0xffffff00ffffffff"
 
 
 class Flows:

@@ -44,7 +44,7 @@ def ofctl(host, *args: str, bridge: str = "xenbr0") -> str:
 
 
 def vif_cookie(purpose: int, domid: int, devid: int = 0) -> str:
-    return f"cookie={COOKIE_MAGIC | purpose << 40 | vif_owner(domid, devid):#x}/-1"
+    return f"cookie={COOKIE_MAGIC | purpose << 40 | vif_owner(domid, devid):#x}/0xffffff00ffffffff"
 
 
 def packets(host, purpose: int, domid: int, bridge: str = "xenbr0") -> int:

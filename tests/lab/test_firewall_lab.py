@@ -53,9 +53,7 @@ def write(d: Path, name: str, text: str) -> None:
 
 
 def rule_flows(host, domid: int) -> str:
-    return ofctl(
-        host, "dump-flows", cookie_of(P_RULE, domid).replace("/-1", "/0xffffff00ffffffff")
-    )  # any rule index (bits 32-39)
+    return ofctl(host, "dump-flows", cookie_of(P_RULE, domid))  # any rule index (bits 32-39)
 
 
 def settled(host, domid: int, rules: int, has: str = "", lacks: str = "") -> None:

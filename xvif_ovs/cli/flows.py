@@ -7,7 +7,9 @@ JSON shape (`--json`), stable:
           "purpose", "table", "priority", "cookie", "packets", "bytes", "text"}],
           "groups": [{"group_id", "text"}]}]}
   --diff: {"bridges": [{"name", "missing": [text], "extra": [text], "changed": [text]}], "drift": bool}
-  --drops: {"vifs": [{"bridge", "domid", "devid", "device", "domain", "dropped_packets", "dropped_bytes"}]}
+  --drops: {"vifs": [{"bridge", "domid", "devid", "device", "domain", "dropped_packets", "dropped_bytes",
+             "by_kind": {KIND: packets}}]}  (KIND: source-mac, ipv4, ipv6, arp, nd, dhcp-server, ra, vlan,
+             other, routed, isolation)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..firewall.rules import RuleError, RuleSet, load_dir
 from ..inspect.hoststate import HostView, read_host
 from ..inspect.openflow import OfClient
 from ..model.host import ALL_VLANS
-from ..pipeline.build import P_DROP, PURPOSES, build
+from ..pipeline.build import P_DROP, PURPOSES, build, drop_kind
 from ..pipeline.diff import diff
 from ..pipeline.firewall import P_RULE, rule_index
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, FlowSet, decode_cookie
@@ -216,23 +218,27 @@ def drops(host: HostView, bridges: list[str], keep) -> dict:
     for b in bridges:
         with OfClient(b) as of:
             stats = of.flows(COOKIE_MAGIC | P_DROP << 40, COOKIE_MASK | 0xFF << 40)
-        per: dict[tuple[int, int], list[int]] = {}
+        per: dict[tuple[int, int], list] = {}
         for st in stats:
             d = decode_cookie(st.flow.cookie)
             if d and d[1] is not None and (keep is None or (d[1], d[2]) in keep):
-                acc = per.setdefault((d[1], d[2]), [0, 0])
+                acc = per.setdefault((d[1], d[2]), [0, 0, {}])
                 acc[0] += st.packets
                 acc[1] += st.bytes
-        for (domid, devid), (pk, by) in sorted(per.items()):
+                if st.packets:
+                    kind = drop_kind(st.flow.cookie)
+                    acc[2][kind] = acc[2].get(kind, 0) + st.packets
+        for (domid, devid), (pk, by, kinds) in sorted(per.items()):
             o = _owner(host, domid, devid)
-            rows.append({"bridge": b, **o, "dropped_packets": pk, "dropped_bytes": by})  # type: ignore[dict-item]
+            row = {"bridge": b, **o, "dropped_packets": pk, "dropped_bytes": by, "by_kind": dict(sorted(kinds.items()))}
+            rows.append(row)  # type: ignore[arg-type]
     return {"vifs": rows}
 
 
 def render_drops(data: dict) -> str:
     from .show import table
 
-    rows = [["BRIDGE", "DEVICE", "DOMAIN", "DOMID", "DROPPED", "BYTES"]]
+    rows = [["BRIDGE", "DEVICE", "DOMAIN", "DOMID", "DROPPED", "BYTES", "KINDS"]]
     rows += [
         [
             r["bridge"],
@@ -241,6 +247,7 @@ def render_drops(data: dict) -> str:
             str(r["domid"]),
             str(r["dropped_packets"]),
             str(r["dropped_bytes"]),
+            " ".join(f"{k}={n}" for k, n in r["by_kind"].items()) or "-",
         ]
         for r in data["vifs"]
     ]

@@ -25,6 +25,7 @@ from ..pipeline.build import (
     P_ROUTE,
     P_UNMANAGED,
     PURPOSES,
+    drop_kind,
     link_local,
 )
 from ..pipeline.firewall import P_FW_DEFAULT, P_RULE, rule_index
@@ -238,7 +239,15 @@ def verdict(tables: list[dict], outputs: list[dict], v: VifView | None, src_mac:
     if purpose == P_DROP:
         if v and src_mac != v.mac:
             return f"dropped: source MAC {src_mac} is not this vif's ({v.mac})"
-        return "dropped: source address is not this vif's (port security)"
+        what = {
+            "arp": " (ARP: sender address)",
+            "ipv4": " (IPv4)",
+            "ipv6": " (IPv6)",
+            "other": ": no ethertype but ARP, IPv4 and IPv6 is allowed from a guest",
+        }.get(drop_kind(int(last["cookie"], 16)), "")
+        if what.startswith(":"):
+            return f"dropped{what}"
+        return f"dropped: source address is not this vif's{what} (port security)"
     if purpose == P_REFUSED:
         return "dropped: the bridge is reserved for other domains"
     if purpose == P_UNMANAGED:

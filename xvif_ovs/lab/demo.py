@@ -145,5 +145,5 @@ def _flow_summary(lab: Lab) -> str:
 
 
 def _drops(lab: Lab, domid: int) -> int:
-    cookie = f"cookie={COOKIE_MAGIC | P_DROP << 40 | vif_owner(domid, 0):#x}/-1"
+    cookie = f"cookie={COOKIE_MAGIC | P_DROP << 40 | vif_owner(domid, 0):#x}/0xffffff00ffffffff"
     return sum(int(n) for n in re.findall(r"n_packets=(\d+)", _ofctl(lab, "dump-flows", cookie)))

@@ -108,6 +108,47 @@ PURPOSES = {
     P_FW_DEFAULT: "firewall default policy (closed)",
 }
 
+# Why a port-security flow dropped a frame, in bits 32-39 of its cookie: the flows' own
+# counters then tell drops by kind (`xvif-ovs flows --drops`, the controller's metrics)
+# without another flow or request.
+DROP_SHIFT = 32
+(
+    K_SOURCE_MAC,
+    K_IPV4,
+    K_IPV6,
+    K_ARP,
+    K_ND,
+    K_DHCP_SERVER,
+    K_RA,
+    K_VLAN,
+    K_OTHER,
+    K_ROUTED,
+    K_ISOLATION,
+) = range(1, 12)
+DROP_KINDS = {
+    K_SOURCE_MAC: "source-mac",
+    K_IPV4: "ipv4",
+    K_IPV6: "ipv6",
+    K_ARP: "arp",
+    K_ND: "nd",
+    K_DHCP_SERVER: "dhcp-server",
+    K_RA: "ra",
+    K_VLAN: "vlan",
+    K_OTHER: "other",  # an ethertype it may not send
+    K_ROUTED: "routed",  # what a routed or NAT guest sent that is not routed
+    K_ISOLATION: "isolation",  # to a routed guest from one that may not reach it
+}
+
+
+def drop_cookie(owner: int, kind: int) -> int:
+    return cookie(P_DROP, owner) | kind << DROP_SHIFT
+
+
+def drop_kind(value: int) -> str:
+    """The kind of a P_DROP flow's cookie ("?" for a drop flow from before kinds)."""
+    return DROP_KINDS.get((value >> DROP_SHIFT) & 0xFF, "?")
+
+
 ETH_ARP, ETH_IP, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
 UDP, ICMPV6 = 17, 58
 ND_RS, ND_RA, ND_NS, ND_NA, MLD2_REPORT = 133, 134, 135, 136, 143
@@ -620,7 +661,8 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
     _port_security(fs, vif)
     port = vif.active_port
     owner = vif_owner(vif.domid, vif.devid)
-    drop, route, answer = cookie(P_DROP, owner), cookie(P_ROUTE, owner), cookie(P_ARP_REPLY, owner)
+    drop, route, answer = drop_cookie(owner, K_ROUTED), cookie(P_ROUTE, owner), cookie(P_ARP_REPLY, owner)
+    isolated = drop_cookie(owner, K_ISOLATION)
     v4 = [i for i in dict.fromkeys(vif.ips) if i.version == 4]
     v6 = [i for i in dict.fromkeys(vif.ips) if i.version == 6 and not i.ip.is_link_local]
     if nat is not None:  # a NAT guest: IPv4 on the NAT network only (no NAT for IPv6)
@@ -661,7 +703,7 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
         dst = _addr("nw_dst", ip)
         to_guest = (F("reg6", 0), F("dl_type", ETH_IP), F("dl_dst", router_mac), dst)
         fs.flows.append(Flow(FORWARD, 120, match(*to_guest, allowed_from), routed_in, route))
-        fs.flows.append(Flow(FORWARD, 119, match(*to_guest), (), drop))  # from a guest it may not reach
+        fs.flows.append(Flow(FORWARD, 119, match(*to_guest), (), isolated))  # from a guest it may not reach
         who_has = (F("reg6", 0), F("dl_type", ETH_ARP), F("arp_op", 1), _addr("arp_tpa", ip))
         # The LAN learns dom0's MAC for it (not for a NAT guest: the LAN never sees its
         # address); dom0 its own MAC, and reaches it directly.
@@ -681,7 +723,7 @@ def _routed_vif_flows(vif: VifModel, private: bool, router_mac: str, nat: NatSpe
         to_guest = (F("reg6", 0), F("dl_type", ETH_IPV6), F("dl_dst", router_mac), dst)
         acts = (SetField("dl_src", router_mac), SetField("dl_dst", vif.mac), DecTtl(), *to)
         fs.flows.append(Flow(FORWARD, 120, match(*to_guest, allowed_from), acts, route))
-        fs.flows.append(Flow(FORWARD, 119, match(*to_guest), (), drop))
+        fs.flows.append(Flow(FORWARD, 119, match(*to_guest), (), isolated))
         solicit = (F("reg6", 0), *icmp6, F("icmpv6_type", ND_NS), _addr("nd_target", ip))
         # Duplicate address detection for its address (from ::): not answered, and not passed on.
         fs.flows.append(Flow(FORWARD, 111, match(*solicit, F("ipv6_src", "::")), (), drop))
@@ -796,7 +838,7 @@ def _vif_ingress(fs: FlowSet, klass: int, vif: VifModel) -> None:
             acts = (*pre, SetReg("reg5", klass), SetReg("reg6", vlan), Goto(PORT_SECURITY))
             fs.flows.append(Flow(CLASSIFY, 100, m, acts, cookie(P_CLASSIFY, owner)))
         # Anything else this port sends (a tag it may not use): dropped, counted for the vif.
-        fs.flows.append(Flow(CLASSIFY, 1, match(F("in_port", port)), (), cookie(P_DROP, owner)))
+        fs.flows.append(Flow(CLASSIFY, 1, match(F("in_port", port)), (), drop_cookie(owner, K_VLAN)))
 
 
 @functools.lru_cache(maxsize=4096)  # bounded: addresses recur within a build, not across history
@@ -842,7 +884,7 @@ def _source_mac_guard(port: int, mac: str, ck: int) -> tuple[Flow, ...]:
 
 def _port_security(fs: FlowSet, vif: VifModel) -> None:
     owner = vif_owner(vif.domid, vif.devid)
-    allow, drop = cookie(P_ALLOW, owner), cookie(P_DROP, owner)
+    allow = cookie(P_ALLOW, owner)
     go = (Goto(FORWARD),)
     # A firewalled vif's IP goes through its firewall (table 10) on the way; its ARP, neighbour
     # discovery and DHCP requests do not.
@@ -861,17 +903,18 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
         if not vif.trusted:
             # DHCP/DHCPv6 server messages (by either port: clients look only at the
             # destination) and router advertisements: only from a trusted vif.
-            for fields in (
-                (F("dl_type", ETH_IP), F("nw_proto", UDP), F("tp_src", 67)),
-                (F("dl_type", ETH_IP), F("nw_proto", UDP), F("tp_dst", 68)),
-                (F("dl_type", ETH_IPV6), F("nw_proto", UDP), F("tp_src", 547)),
-                (F("dl_type", ETH_IPV6), F("nw_proto", UDP), F("tp_dst", 546)),
-                (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6), F("icmpv6_type", ND_RA)),
+            for kind, *fields in (
+                (K_DHCP_SERVER, F("dl_type", ETH_IP), F("nw_proto", UDP), F("tp_src", 67)),
+                (K_DHCP_SERVER, F("dl_type", ETH_IP), F("nw_proto", UDP), F("tp_dst", 68)),
+                (K_DHCP_SERVER, F("dl_type", ETH_IPV6), F("nw_proto", UDP), F("tp_src", 547)),
+                (K_DHCP_SERVER, F("dl_type", ETH_IPV6), F("nw_proto", UDP), F("tp_dst", 546)),
+                (K_RA, F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6), F("icmpv6_type", ND_RA)),
                 # A fragmented ICMPv6 packet can carry an RA or NA whose type OVS cannot
                 # see (RFC 6980 forbids fragmented neighbour discovery): not from a guest.
-                (F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6), F("ip_frag", 1, 1)),
+                (K_ND, F("dl_type", ETH_IPV6), F("nw_proto", ICMPV6), F("ip_frag", 1, 1)),
             ):
-                fs.flows.append(Flow(PORT_SECURITY, 300, match(F("in_port", port), *fields), (), drop))
+                ck = drop_cookie(owner, kind)
+                fs.flows.append(Flow(PORT_SECURITY, 300, match(F("in_port", port), *fields), (), ck))
         # ARP: sender hardware address is its MAC; sender IP among its addresses.
         arp = (F("dl_type", ETH_ARP), F("arp_sha", vif.mac))
         if has_ip:
@@ -932,7 +975,7 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
                                 F("nd_tll", tll),
                             )
         for nd in (ND_NS, ND_NA):  # any other NS/NA from it is a spoof
-            add(240, *icmp6, F("icmpv6_type", nd), acts=(), ck=drop)
+            add(240, *icmp6, F("icmpv6_type", nd), acts=(), ck=drop_cookie(owner, K_ND))
         if sources6 is None:
             add(200, F("dl_type", ETH_IPV6), acts=ip_go)
         else:
@@ -941,6 +984,11 @@ def _port_security(fs: FlowSet, vif: VifModel) -> None:
         fs.flows.extend(_source_mac_guard(port, vif.mac, cookie(P_GUARD, owner)))
         # What the guard caught, counted in one flow per port: the vif's drop counters stay
         # few, so reading them does not mean reading 48 guard flows per vif.
-        fs.flows.append(Flow(FORWARD, 200, match(F("in_port", port), GUARDED), (), drop))
-        # Everything else from this port: dropped, and counted as the vif's drops.
-        fs.flows.append(Flow(PORT_SECURITY, 1, match(F("in_port", port)), (), drop))
+        fs.flows.append(Flow(FORWARD, 200, match(F("in_port", port), GUARDED), (), drop_cookie(owner, K_SOURCE_MAC)))
+        # Everything else from this port: dropped, and counted as the vif's drops of its
+        # kind: a source address or ARP sender that is not its own, or another ethertype.
+        for kind, eth in ((K_ARP, ETH_ARP), (K_IPV4, ETH_IP), (K_IPV6, ETH_IPV6)):
+            fs.flows.append(
+                Flow(PORT_SECURITY, 2, match(F("in_port", port), F("dl_type", eth)), (), drop_cookie(owner, kind))
+            )
+        fs.flows.append(Flow(PORT_SECURITY, 1, match(F("in_port", port)), (), drop_cookie(owner, K_OTHER)))
