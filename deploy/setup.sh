@@ -20,6 +20,7 @@ APT_PACKAGES=(
     dnsmasq-base                       # the DHCP server of NAT bridges (started by the controller)
     busybox                            # udhcpc: the lab tests' DHCP client
     iptables                           # bench/models.py: Linux doing vif-nat's job, the baseline
+    prometheus                         # tests/lab/test_metrics_lab.py: a real server scraping the controller
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -47,6 +47,8 @@ class XvifOvsApp(app_manager.OSKenApp):
             ofp_event.EventOFPFlowStatsReply,
             ofp_event.EventOFPAggregateStatsReply,
             ofp_event.EventOFPGroupDescStatsReply,
+            ofp_event.EventOFPPortStatsReply,
+            ofp_event.EventOFPTableStatsReply,
         ],
         MAIN_DISPATCHER,
     )

@@ -26,6 +26,10 @@ forwards = ["tcp:8080 -> web:80"]   # dom0's port 8080 to domain web's port 80
 private = ["web"]            # domain names, domids or DOMID.DEVID
 trusted = ["router"]         # may send DHCP server replies and router advertisements
 
+[metrics]
+listen = "9876"              # Prometheus /metrics on 127.0.0.1:9876; HOST:PORT for another address
+hotplug_log = "/var/log/xen/xen-hotplug.log"   # where the hook's lines are read from
+
 Nothing is trusted by default: an empty ``bridges`` manages nothing, and a port that is
 neither a vif nor a declared uplink gets no forwarding (see flows/PIPELINE.md, "Trust").
 
@@ -73,6 +77,7 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 
 
 DEFAULT_RULES = "/etc/xvif-ovs/rules.d"
+DEFAULT_HOTPLUG_LOG = "/var/log/xen/xen-hotplug.log"  # (hotplug/log.py writes it)
 
 
 class ConfigError(XvifError):
@@ -96,6 +101,17 @@ class NatPolicy:
     zone: int = 0x7876
     forwards: tuple[tuple[str, int, str, int], ...] = ()  # (proto, port, domain, guest port)
     ports: tuple[int, int] = NAT_PORTS  # the translated source ports
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str  # an IP address
+    port: int
+    hotplug_log: str = DEFAULT_HOTPLUG_LOG
+
+    @property
+    def remote(self) -> bool:
+        return not ipaddress.ip_address(self.host).is_loopback
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,7 @@ class Config:
     ovsdb: str | None = None
     xenstore: str | None = None
     rules_dir: str = DEFAULT_RULES
+    metrics: MetricsConfig | None = None  # the [metrics] section: None serves no /metrics
 
     @staticmethod
     def rundir() -> str:
@@ -186,7 +203,7 @@ class Config:
         ip = ipaddress.ip_address(host)
         if ip.is_unspecified:
             ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
-        return f"{kind}:{_host(ip)}:{port}"
+        return f"{kind}:{url_host(ip)}:{port}"
 
     def managed(self, bridge: str) -> bool:
         """Only a bridge the configuration names is ours: never "every bridge"."""
@@ -213,7 +230,7 @@ def load(path: str | None, **overrides: object) -> Config:
             raise ConfigError(f"cannot read {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from None
-    known = {"controller", "ssl", "bridges", "vifs"}
+    known = {"controller", "ssl", "bridges", "vifs", "metrics"}
     if set(raw) - known:
         raise ConfigError(f"{path}: unknown section(s) {sorted(set(raw) - known)}; known: {sorted(known)}")
     ctl = raw.get("controller", {})
@@ -298,7 +315,43 @@ def load(path: str | None, **overrides: object) -> Config:
         ovsdb=overrides.get("ovsdb"),  # type: ignore[arg-type]
         xenstore=overrides.get("xenstore"),  # type: ignore[arg-type]
         rules_dir=rules_dir,
+        metrics=_metrics(raw.get("metrics"), path),
     )
+
+
+def _metrics(section: object, path: str | None) -> MetricsConfig | None:
+    """[metrics]: off unless asked for; a bare port listens on loopback only, since the
+    metrics name every guest and its traffic."""
+    if section is None:
+        return None
+    where = f"{path or 'the configuration file'} [metrics]"
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where} must be a section")
+    _only(section, {"listen", "hotplug_log"}, where)
+    value = section.get("listen")
+    usage = f'{where} listen = {value!r}: a port ("9876", on 127.0.0.1) or HOST:PORT ("192.0.2.1:9876", "[::1]:9876")'
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ConfigError(usage)
+    text = str(value)
+    if text.startswith("["):
+        host, close, port = text[1:].partition("]")
+        if not close or not port.startswith(":"):
+            raise ConfigError(usage)
+        port = port[1:]
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    else:
+        host, port = "127.0.0.1", text
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{usage}; {host!r} is not an IP address") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{usage}; the port is 1-65535")
+    log_path = section.get("hotplug_log", DEFAULT_HOTPLUG_LOG)
+    if not isinstance(log_path, str) or not log_path.startswith("/"):
+        raise ConfigError(f'{where} hotplug_log = {log_path!r}: an absolute path, e.g. "{DEFAULT_HOTPLUG_LOG}"')
+    return MetricsConfig(str(ip), int(port), log_path)
 
 
 def _nat(b: dict, where: str) -> NatPolicy:
@@ -359,7 +412,8 @@ def _nat(b: dict, where: str) -> NatPolicy:
     return NatPolicy(str(address), str(subnet), str(gateway), zone, tuple(forwards), (lo, hi))
 
 
-def _host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+def url_host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> str:
+    ip = ipaddress.ip_address(ip)
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
@@ -390,11 +444,11 @@ def _listen(value: str, allow_remote: bool, path: str | None) -> str:
     if kind == "tcp" and not ip.is_loopback and not allow_remote:
         raise ConfigError(
             f"listen = {value!r} is plain TCP on {ip}, which other hosts can reach: anyone who reaches it "
-            f"can pose as a switch. Use ssl:{_host(ip)}:{int(port)} with an [ssl] section, or tcp:{int(port)} "
+            f"can pose as a switch. Use ssl:{url_host(ip)}:{int(port)} with an [ssl] section, or tcp:{int(port)} "
             f"(loopback), or if it is really meant add allow_remote_listen = true to [controller] in "
             f"{path or 'the configuration file'}"
         )
-    return f"{kind}:{_host(ip)}:{int(port)}"
+    return f"{kind}:{url_host(ip)}:{int(port)}"
 
 
 def _tls(section: object, listen: str, path: str | None) -> TlsFiles | None:

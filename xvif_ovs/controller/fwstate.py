@@ -29,6 +29,7 @@ class Rules:
         self.current: RuleSet = EMPTY
         self._stamp: tuple = ()  # the files in force
         self._seen: tuple = ()  # the files at the last look
+        self.refused = False  # the files on disk are not what is in force: the last reload failed
 
     def load_initial(self) -> RuleSet:
         """At start a bad file is fatal (RuleError): starting without the rules would
@@ -74,13 +75,15 @@ class Rules:
                 "(an empty directory means no rules)",
                 self.path,
             )
+            self.refused = True
             return False
         try:
             new = load_dir(self.path)
         except RuleError as e:
             log.error("firewall rules NOT reloaded, the previous ones stay in force: %s", e)
+            self.refused = True
             return False
-        self.current = new
+        self.current, self.refused = new, False
         log.info("firewall: reloaded %d rule(s) from %d file(s) in %s", len(new.rules), len(new.files), self.path)
         return True
 

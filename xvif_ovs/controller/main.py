@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import XvifError
 from ..instance import AlreadyRunning, PidLock
-from .config import Config, ConfigError
+from .config import Config, ConfigError, url_host
 from .listen import Listener
 
 log = logging.getLogger("xvif_ovs.controller")
@@ -79,6 +79,17 @@ def run(cfg: Config, verbose: bool = False, use_syslog: bool = True) -> int:
     os_ken_cfg.CONF(args=[], project="os_ken")
 
     runtime = Runtime(cfg)
+    if cfg.metrics is not None:
+        try:
+            runtime.metrics.serve()
+        except OSError as e:
+            log.error(
+                "cannot serve metrics on %s:%d ([metrics] listen): %s",
+                cfg.metrics.host,
+                cfg.metrics.port,
+                e.strerror or e,
+            )
+            return _exit(listener, lock, 1)
     # Before anything starts: a `systemctl reload` while it does must not end the process.
     signal.signal(signal.SIGHUP, lambda _s, _f: runtime.reload_rules())
     app_module.RUNTIME = runtime
@@ -99,6 +110,8 @@ def run(cfg: Config, verbose: bool = False, use_syslog: bool = True) -> int:
         cfg.target(),
         ", ".join(cfg.bridges) or "no bridge",
     )
+    if cfg.metrics is not None:
+        log.info("metrics: http://%s:%d/metrics", url_host(cfg.metrics.host), cfg.metrics.port)
 
     done = runtime.done  # set by a signal, or by a thread of the runtime that died
 

@@ -126,6 +126,11 @@ class OvsdbMonitor:
         self._thread.join(5)
         self.idl.close()
 
+    def connected(self) -> bool:
+        """python-ovs's Idl has no public question for it; its session has (Session.is_connected)."""
+        session = getattr(self.idl, "_session", None)
+        return bool(session is not None and session.is_connected())
+
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the IDL thread (the IDL is not thread-safe)."""
         with self._lock:

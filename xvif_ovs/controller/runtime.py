@@ -32,6 +32,7 @@ from . import conntrack, dhcp, reject
 from .config import Config
 from .fwstate import ZONE_KEY, Firewall, Rules, vm_uuids
 from .hostmodel import Joiner, OfPort
+from .metrics import Metrics
 from .ovsdb_monitor import BridgeInfo, OvsdbMonitor
 from .session import Session, SwitchError
 
@@ -79,6 +80,9 @@ class Runtime:
         self.firewall = Firewall(lambda: self.rules.current, nat_zones)
         self._rules_checked = 0.0
         self.cutter = conntrack.Cutter()
+        self.models: dict[str, BridgeModel] = {}  # as last posted to the switches: for the metrics
+        self.xenstore_up = False
+        self.metrics = Metrics(self, cfg.metrics)
         # vifs and sessions are changed by the XenStore and os-ken threads while the
         # reconciler copies them: copying a dict that another thread resizes can raise.
         self._lock = threading.Lock()
@@ -299,6 +303,7 @@ class Runtime:
                 kwargs = {"unix_socket_path": where} if where else locate()
                 with VifWatcher(kwargs.get("unix_socket_path")) as w:
                     scanned = w.scan()
+                    self.xenstore_up = True
                     with self._lock:
                         self.vifs = scanned
                     self._refresh_names()
@@ -307,6 +312,7 @@ class Runtime:
                     self._queue.put(("model", None))
                     while not self._stop.is_set():
                         for ev in w.events(timeout=2.0):
+                            self.metrics.xenstore_events.inc()
                             with self._lock:
                                 if ev.kind == "removed":
                                     self.vifs.pop((ev.domid, ev.devid), None)
@@ -320,6 +326,7 @@ class Runtime:
                             self._queue.put(("model", None))
                         w.ping()
             except Exception as e:  # noqa: BLE001 - XenStore went away: keep the flows, retry
+                self.xenstore_up = False
                 if not self._stop.is_set():
                     log.warning("XenStore connection lost (%s); flows stay as they are, reconnecting", e)
                     self._stop.wait(1.0)
@@ -383,10 +390,13 @@ class Runtime:
             # SIGHUP, or the files changed: a set with an error is refused, and the rules
             # in force stay in force.
             wanted = any(k == "rules" for k, _ in items) or (look and self.rules.changed())
-            if wanted and self.rules.reload():
-                items.append(("model", None))
-                if self._names_matter():
-                    self._refresh_names()
+            if wanted:
+                if self.rules.reload():
+                    items.append(("model", None))
+                    if self._names_matter():
+                        self._refresh_names()
+                else:
+                    self.metrics.rules_reload_failures.inc()
             for k, a in items:
                 if k in ("dp_up", "ports"):
                     s = self.sessions.get(a)
@@ -400,7 +410,9 @@ class Runtime:
                     items.append(("model", None))
             if any(k != "tick" for k, _ in items) or self._retry:
                 self._retry = False
-                self._reconcile_all()
+                with self.metrics.reconcile_seconds.time():
+                    self._reconcile_all()
+                self.metrics.reconciles.inc()
 
     def _worker(self, s: Session) -> SwitchWorker:
         """The session's own thread: every request to one switch waits in it, so a switch
@@ -464,6 +476,7 @@ class Runtime:
             b: {p: (v, m.is_private(v)) for v in m.vifs if v.firewall is not None for p in v.ports}
             for b, m in ours.items()
         }
+        self.models = ours
         for bname, model in ours.items():
             self._worker(sessions[bname]).post(model=model)
         nat_bridges = {b for b, p in self.cfg.bridge_policy.items() if p.nat is not None and self.cfg.managed(b)}
@@ -529,17 +542,18 @@ class Runtime:
 
     def _program(self, s: Session, bname: str, model: BridgeModel) -> bool:
         """Bring one switch to ``model`` (in its worker); False if it must be retried."""
-        builder = s.worker.builder if s.worker else Builder()
-        t_build = time.monotonic()
-        if not s.installed_flows and not s.installed_groups:
-            return self._fill(s, bname, model, builder)  # a new or restarted switch: all of it, streamed
-        desired = builder.build_parts(model, self.cfg.learn_idle_timeout)
-        first = first_stage(desired, s.installed_flows)
-        for stage in (first, desired) if first is not None else (desired,):
-            if not self._apply(s, bname, stage, t_build):
-                return False
+        with self.metrics.program_seconds.labels(bname).time():
+            builder = s.worker.builder if s.worker else Builder()
             t_build = time.monotonic()
-        return True
+            if not s.installed_flows and not s.installed_groups:
+                return self._fill(s, bname, model, builder)  # a new or restarted switch: all of it, streamed
+            desired = builder.build_parts(model, self.cfg.learn_idle_timeout)
+            first = first_stage(desired, s.installed_flows)
+            for stage in (first, desired) if first is not None else (desired,):
+                if not self._apply(s, bname, stage, t_build):
+                    return False
+                t_build = time.monotonic()
+            return True
 
     def _apply(self, s: Session, bname: str, desired: Parts, t_build: float) -> bool:
         """Bring the switch to ``desired``; False (and a retry is due) if it refused."""
@@ -584,6 +598,7 @@ class Runtime:
         return True
 
     def _failed(self, s: Session, bname: str, e: SwitchError) -> None:
+        self.metrics.bundle_failures.labels(bname).inc()
         log.error("applying flows to %s failed, re-reading the switch and retrying: %s", bname, e)
         with contextlib.suppress(SwitchError):
             s.read_tables()

@@ -85,8 +85,8 @@ class Session:
 
     # -- called from the reconciler thread -----------------------------------------------
 
-    def request(self, msg: Any, what: str) -> list[Any]:
-        return self._await(self._send(msg, what), msg.xid, what)
+    def request(self, msg: Any, what: str, timeout: float = TIMEOUT) -> list[Any]:
+        return self._await(self._send(msg, what), msg.xid, what, timeout)
 
     def _send(self, msg: Any, what: str) -> _Waiter:
         """Send without waiting for the answer: requests on one connection are answered
@@ -102,10 +102,10 @@ class Session:
             raise SwitchError(f"{what}: the connection to {self.bridge} is closed")
         return w
 
-    def _await(self, w: _Waiter, xid: int, what: str) -> list[Any]:
+    def _await(self, w: _Waiter, xid: int, what: str, timeout: float = TIMEOUT) -> list[Any]:
         try:
-            if not w.done.wait(TIMEOUT) or self.closed:
-                raise SwitchError(f"{what}: no answer from {self.bridge} within {TIMEOUT:.0f} s")
+            if not w.done.wait(timeout) or self.closed:
+                raise SwitchError(f"{what}: no answer from {self.bridge} within {timeout:.0f} s")
             if w.error is not None:
                 raise SwitchError(f"{what}: {self.bridge} answered error type {w.error.type} code {w.error.code}")
             return w.replies
@@ -179,21 +179,42 @@ class Session:
                     f"meter {meter_id}: {self.bridge} answered error type {w.error.type} code {w.error.code}"
                 )
 
-    def flow_stats(self, cookie: int, mask: int) -> list[Any]:
+    def flow_stats(self, cookie: int, mask: int, timeout: float = TIMEOUT) -> list[Any]:
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
         req = parser.OFPFlowStatsRequest(
             self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, mask, parser.OFPMatch()
         )
-        return [s for r in self.request(req, "flow stats") for s in r.body]
+        return [s for r in self.request(req, "flow stats", timeout) for s in r.body]
 
     def packet_count(self, cookie: int, mask: int) -> int:
         """Packets matched by our flows with that cookie, summed by the switch: one short
         reply however many flows there are."""
+        return self.aggregate(cookie, mask)[0]
+
+    def aggregate(self, cookie: int, mask: int, timeout: float = TIMEOUT) -> tuple[int, int, int]:
+        """(packets, bytes, flows) of our flows with that cookie."""
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
         req = parser.OFPAggregateStatsRequest(
             self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, mask, parser.OFPMatch()
         )
-        return sum(r.body.packet_count for r in self.request(req, "aggregate stats"))
+        bodies = [r.body for r in self.request(req, "aggregate stats", timeout)]
+        return (
+            sum(b.packet_count for b in bodies),
+            sum(b.byte_count for b in bodies),
+            sum(b.flow_count for b in bodies),
+        )
+
+    def port_stats(self, timeout: float = TIMEOUT) -> dict[int, Any]:
+        """Every port's counters (OFPPortStats, by ofport) in one request."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        req = parser.OFPPortStatsRequest(self.dp, 0, ofp.OFPP_ANY)
+        return {p.port_no: p for r in self.request(req, "port stats", timeout) for p in r.body}
+
+    def table_stats(self, timeout: float = TIMEOUT) -> dict[int, int]:
+        """Flows in each table that holds any (every application's, learned ones too)."""
+        parser = self.dp.ofproto_parser
+        req = parser.OFPTableStatsRequest(self.dp, 0)
+        return {t.table_id: t.active_count for r in self.request(req, "table stats", timeout) for t in r.body}
 
     def _next_xid(self) -> int:
         """As Datapath.set_xid does, for messages we encode ourselves."""

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import syslog
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 DEFAULT_LOG = "/var/log/xen/xen-hotplug.log"
 TAG = "vif-xvif-ovs"
@@ -35,3 +37,47 @@ class HotplugLog:
 
     def error(self, msg: str) -> None:
         self._emit(syslog.LOG_ERR, "error: ", msg)
+
+
+# One of the lines above, as read back by the controller's metrics and `xvif-ovs log`:
+# TIME TAG[PID]: [error: ]ACTION DEV (domid D devid N)[ what happened] (MS ms)
+_LINE = re.compile(
+    rf"^(?P<time>\S+) {TAG}\[(?P<pid>\d+)\]: (?P<error>error: )?"
+    r"(?P<action>online|offline|add|remove) (?P<dev>\S+) \(domid (?P<domid>\d+) devid (?P<devid>\d+)\)"
+    r"(?P<rest>.*?)(?: \((?P<ms>\d+) ms\))?$"
+)
+
+
+@dataclass(frozen=True)
+class HotplugRecord:
+    time: str  # local time, as written (seconds)
+    pid: int
+    ok: bool
+    action: str
+    dev: str
+    domid: int
+    devid: int
+    message: str
+    ms: int | None  # None: a line from before durations were logged on errors
+
+    @property
+    def outcome(self) -> str:
+        return "ok" if self.ok else "error"
+
+
+def parse_line(line: str) -> HotplugRecord | None:
+    """A hook line of ours, or None for anything else (Xen's own scripts log here too)."""
+    m = _LINE.match(line.rstrip("\n"))
+    if m is None:
+        return None
+    return HotplugRecord(
+        m["time"],
+        int(m["pid"]),
+        m["error"] is None,
+        m["action"],
+        m["dev"],
+        int(m["domid"]),
+        int(m["devid"]),
+        m["rest"].lstrip(": ").strip(),
+        int(m["ms"]) if m["ms"] else None,
+    )

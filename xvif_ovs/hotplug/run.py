@@ -35,24 +35,28 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     if not req.applies:
         return 0  # vif-common.sh: online/offline is for the vif, add/remove for the tap
     where = f"{req.action} {req.dev} (domid {req.domid} devid {req.devid})"
+
+    def took() -> str:  # every outcome's line ends with it: metrics read the hook's time from the log
+        return f"({(time.monotonic() - t0) * 1000:.0f} ms)"
+
     try:
         with connect(env.get("XENSTORED_PATH")) as xs:
             try:
                 summary = _attach(xs, req, env) if req.attach else _detach(xs, req, env)
             except XvifError as e:
-                log.error(f"{where}: {e}")
+                log.error(f"{where}: {e} {took()}")
                 if req.attach:
                     _report_error(xs, req, str(e))
                 return 1
             except Exception as e:  # noqa: BLE001 - libxl must hear "error" now, not time out in 40 s
-                log.error(f"{where}: unexpected {type(e).__name__}: {e}")
+                log.error(f"{where}: unexpected {type(e).__name__}: {e} {took()}")
                 if req.attach:
                     _report_error(xs, req, f"internal error ({type(e).__name__}: {e}); see xen-hotplug.log")
                 return 1
     except XenStoreUnavailable as e:
-        log.error(f"{where}: {e}")
+        log.error(f"{where}: {e} {took()}")
         return 1
-    log.info(f"{where} {summary} ({(time.monotonic() - t0) * 1000:.0f} ms)")
+    log.info(f"{where} {summary} {took()}")
     return 0
 
 

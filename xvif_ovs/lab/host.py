@@ -35,6 +35,7 @@ class BridgeArg:
 
 
 LAB_MODES = ("bridged", "routed", "nat")
+METRICS_PORT = 9876  # the lab controller's /metrics, on loopback (one lab per machine)
 
 
 def parse_bridge_arg(text: str) -> BridgeArg:
@@ -117,6 +118,7 @@ class Lab:
         self.config.write_text(
             "# Written by `xvif-ovs lab up`: the controller manages the lab's bridges, and only them.\n"
             f'[controller]\nbridges = [{names}]\nrules = "{self.rules_dir}"\n{modes}'
+            f'\n[metrics]\nlisten = "127.0.0.1:{METRICS_PORT}"\nhotplug_log = "{self.dir / "xen-hotplug.log"}"\n'
         )
 
     def stop_controller(self, kill: bool = False) -> None:

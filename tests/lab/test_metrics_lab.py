@@ -1,0 +1,289 @@
+"""The controller's /metrics as an operator's monitoring sees it: a real Prometheus
+server (Debian's prometheus package) scraping the lab's controller, queried through its
+HTTP API, with the alert rules and the Grafana dashboard shipped in deploy/."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from labflows import Flows, controller, wait_for
+
+from xvif_ovs.lab.host import METRICS_PORT
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOK = ROOT / "deploy/vif-xvif-ovs"
+ALERTS = ROOT / "deploy/prometheus/xvif-ovs-alerts.yml"
+DASHBOARD = ROOT / "deploy/grafana/xvif-ovs-dashboard.json"
+PROM_PORT = 19090
+WEB = ("web", 41, "00:16:3e:00:29:01", "192.0.2.41")
+LAN = "192.0.2.1"
+
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus package")
+
+
+def scrape() -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """One series' value in the exposition text (None: absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+@pytest.fixture(scope="module")
+def metered(host):
+    config = (
+        '[controller]\nbridges = ["xenbr0"]\n\n'
+        f'[metrics]\nlisten = "{METRICS_PORT}"\nhotplug_log = "{host.lab.dir / "xen-hotplug.log"}"\n'
+    )
+    with controller(host, config):
+        wait_for(lambda: "xvif_switch_connected" in scrape(), "the controller's /metrics")
+        yield host
+
+
+class Prometheus:
+    def __init__(self, d: Path) -> None:
+        self.dir = d
+        cfg = d / "prometheus.yml"
+        cfg.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"rule_files: ['{ALERTS}']\n"
+            "scrape_configs:\n"
+            "  - job_name: xvif-ovs\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{METRICS_PORT}']}}]\n"
+        )
+        self.log = open(d / "prometheus.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={d / 'data'}",
+                f"--web.listen-address=127.0.0.1:{PROM_PORT}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def ready(self) -> bool:
+        assert self.proc.poll() is None, (self.dir / "prometheus.log").read_text()[-3000:]
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://127.0.0.1:{PROM_PORT}/-/ready", timeout=2) as r,
+        ):
+            return r.status == 200
+        return False
+
+    def api(self, path: str, **params: str) -> dict:
+        url = f"http://127.0.0.1:{PROM_PORT}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def value(self, expr: str) -> float | None:
+        result = self.api("query", query=expr)["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def prom(metered, tmp_path_factory) -> Iterator[Prometheus]:
+    p = Prometheus(tmp_path_factory.mktemp("prometheus"))
+    try:
+        wait_for(p.ready, "prometheus to start", timeout=60)
+        wait_for(lambda: p.value('up{job="xvif-ovs"}') == 1.0, "prometheus to scrape the controller", timeout=30)
+        yield p
+    finally:
+        p.stop()
+
+
+def web(host) -> None:
+    name, domid, mac, ip = WEB
+    host.guest(name, domid, f"mac={mac},bridge=xenbr0,ip={ip}")
+
+
+def test_prometheus_sees_a_guests_drops_rise_by_kind_after_it_spoofs(guests, prom):
+    web(guests)
+    ipv4 = 'xvif_vif_port_security_drops_total{domain="web",domid="41",devid="0",vif="vif41.0",kind="ipv4"}'
+    mac = ipv4.replace('"ipv4"', '"source-mac"')
+    wait_for(lambda: prom.value(ipv4) is not None, "the guest's drop series in Prometheus", timeout=30)
+    before_ip, before_mac = prom.value(ipv4), prom.value(mac)
+    assert before_mac is not None
+    # Its own address first (the LAN's MAC is then in its neighbour cache), then another's.
+    guests.exec("web", "ping", "-c1", "-W2", LAN)
+    guests.exec("web", "ip", "addr", "add", "192.0.2.99/32", "dev", "eth0")
+    guests.exec("web", "ping", "-c3", "-i0.2", "-W1", "-I", "192.0.2.99", LAN, check=False)
+    wait_for(lambda: (prom.value(ipv4) or 0) >= before_ip + 3, "Prometheus to see the IPv4 spoof", timeout=30)
+    assert prom.value(f"increase({ipv4}[1m])") > 0
+    assert prom.value(mac) == before_mac  # counted as what it was, not as every kind
+    guests.exec("web", "ip", "link", "set", "eth0", "address", "00:16:3e:00:29:99")
+    guests.exec("web", "ping", "-c3", "-i0.2", "-W1", LAN, check=False)
+    wait_for(lambda: (prom.value(mac) or 0) > before_mac, "Prometheus to see the source-MAC spoof", timeout=30)
+    # The guest's traffic counters and identity carry its domain, domid, devid and VM uuid.
+    info = prom.api("query", query='xvif_vif_info{domain="web"}')["result"][0]["metric"]
+    assert info["mac"] == WEB[2] and info["bridge"] == "xenbr0" and re.fullmatch(r"[0-9a-f-]{36}", info["vm"])
+    assert prom.value('xvif_vif_packets_total{domain="web",direction="from_guest"}') > 0
+    # The alert the rules ship for it goes pending (its for: is a minute).
+    wait_for(
+        lambda: any(
+            a["labels"]["alertname"] == "XvifOvsPortSecurityDrops" and a["labels"].get("domain") == "web"
+            for a in prom.api("alerts")["alerts"]
+        ),
+        "the port-security alert",
+        timeout=30,
+    )
+
+
+def test_hook_time_and_outcome_reach_the_metrics(guests, prom):
+    before = scrape()
+    ok0 = sample(before, "xvif_hotplug_total", action="online", outcome="ok")
+    err0 = sample(before, "xvif_hotplug_total", action="online", outcome="error")
+    assert ok0 is not None and err0 is not None  # from zero, before any run
+    web(guests)
+    # The hook run as libxl runs it, for a vif whose backend is not in XenStore: it fails.
+    env = {**os.environ, **guests.lab.hook_env(), "XENBUS_TYPE": "vif", "XENBUS_PATH": "backend/vif/42/0"}
+    env.update(XENBUS_BASE_PATH="backend", netdev="", vif="vif42.0")
+    failed = subprocess.run([str(HOOK), "online", "type_if=vif"], env=env, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1, failed.stderr
+    text = scrape()
+    assert sample(text, "xvif_hotplug_total", action="online", outcome="ok") >= ok0 + 1
+    assert sample(text, "xvif_hotplug_total", action="online", outcome="error") >= err0 + 1
+    took = sample(text, "xvif_vif_hotplug_seconds", domain="web", vif="vif41.0")
+    assert took is not None and 0 < took < 30
+    assert sample(text, "xvif_vif_hotplug_ok", domain="web") == 1.0
+    assert sample(text, "xvif_hotplug_seconds_count", action="online") >= 1
+    wait_for(
+        lambda: (prom.value('sum(increase(xvif_hotplug_total{outcome="error"}[1m]))') or 0) > 0,
+        "Prometheus to see the failed hotplug",
+        timeout=30,
+    )
+
+
+def test_a_quiet_scrape_asks_each_switch_three_short_questions(guests, metered):
+    """Port stats, table stats, and the drop counters' sum: the drop flows are dumped only
+    when that sum moved (a spoof, a vif added or removed)."""
+    web(guests)
+    wait_for(lambda: sample(scrape(), "xvif_vif_info", domain="web") == 1.0, "the guest in the metrics")
+    scrape()  # the first after a change dumps the drop flows once
+    assert sample(scrape(), "xvif_metrics_scrape_requests") == 3
+    guests.exec("web", "ip", "link", "set", "eth0", "address", "00:16:3e:00:29:98")
+    guests.exec("web", "ping", "-c1", "-W1", LAN, check=False)
+    assert sample(scrape(), "xvif_metrics_scrape_requests") == 4  # the sum moved: one dump
+    assert sample(scrape(), "xvif_metrics_scrape_requests") == 3
+
+
+def test_state_metrics_follow_the_switch_and_the_rules(guests, metered):
+    text = scrape()
+    assert sample(text, "xvif_switch_connected", bridge="xenbr0") == 1.0
+    assert sample(text, "xvif_ovsdb_connected") == 1.0 and sample(text, "xvif_xenstore_connected") == 1.0
+    assert sample(text, "xvif_bridge_flows_drift", bridge="xenbr0") == 0.0
+    assert sample(text, "process_resident_memory_bytes") > 10e6
+    flows = metered.lab.dir / "extra.flows"
+    flows.write_text("table=3,priority=7,dl_dst=00:16:3e:7e:7e:7e,actions=drop\n")
+    Flows("xenbr0").ofctl(metered, "add-flows", str(flows))
+    try:
+        assert sample(scrape(), "xvif_bridge_flows_drift", bridge="xenbr0") == 1.0
+    finally:
+        Flows("xenbr0").ofctl(metered, "del-flows", "table=3,dl_dst=00:16:3e:7e:7e:7e")
+    assert sample(scrape(), "xvif_bridge_flows_drift", bridge="xenbr0") == 0.0
+
+
+def test_the_alert_rules_pass_promtool_and_fire_on_what_they_watch(tmp_path):
+    check = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # What fires and when (expr, for, labels): promtool compares annotations too, and the
+    # operator's words in them are not what this test is about.
+    rules = yaml.safe_load(ALERTS.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    bare = tmp_path / "alerts.yml"
+    bare.write_text(yaml.safe_dump(rules))
+    tests = tmp_path / "alerts_test.yml"
+    tests.write_text(
+        f"rule_files: ['{bare}']\n"
+        "evaluation_interval: 1m\n"
+        "tests:\n"
+        "  - interval: 1m\n"
+        "    input_series:\n"
+        '      - series: \'xvif_switch_connected{instance="h1",bridge="xenbr0"}\'\n'
+        "        values: '1 1 0 0 0 0'\n"
+        '      - series: \'xvif_bridge_flows_drift{instance="h1",bridge="xenbr0"}\'\n'
+        "        values: '0 0 2 2 2 2 2 2 2 2'\n"
+        '      - series: \'xvif_vif_port_security_drops_total{instance="h1",bridge="xenbr0",domain="web",'
+        'domid="5",devid="0",vif="vif5.0",vm="u",kind="ipv4"}\'\n'
+        "        values: '0 0 0 5 10 15 20'\n"
+        '      - series: \'xvif_hotplug_total{instance="h1",action="online",outcome="error"}\'\n'
+        "        values: '0 0 1 1'\n"
+        "    alert_rule_test:\n"
+        "      - {eval_time: 1m, alertname: XvifOvsSwitchDisconnected, exp_alerts: []}\n"
+        "      - eval_time: 4m\n"
+        "        alertname: XvifOvsSwitchDisconnected\n"
+        "        exp_alerts: [{exp_labels: {severity: critical, instance: h1, bridge: xenbr0, "
+        "}}]\n"
+        "      - {eval_time: 5m, alertname: XvifOvsFlowDrift, exp_alerts: []}\n"
+        "      - eval_time: 8m\n"
+        "        alertname: XvifOvsFlowDrift\n"
+        "        exp_alerts: [{exp_labels: {severity: warning, instance: h1, bridge: xenbr0}}]\n"
+        "      - {eval_time: 2m, alertname: XvifOvsPortSecurityDrops, exp_alerts: []}\n"
+        "      - eval_time: 5m\n"
+        "        alertname: XvifOvsPortSecurityDrops\n"
+        "        exp_alerts: [{exp_labels: {severity: warning, instance: h1, bridge: xenbr0, domain: web, "
+        "domid: '5', vif: vif5.0, kind: ipv4}}]\n"
+        "      - {eval_time: 1m, alertname: XvifOvsHotplugErrors, exp_alerts: []}\n"
+        "      - eval_time: 3m\n"
+        "        alertname: XvifOvsHotplugErrors\n"
+        "        exp_alerts: [{exp_labels: {severity: warning, instance: h1, action: online, outcome: error}}]\n"
+    )
+    run = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_dashboard_query_runs_on_prometheus_and_names_metrics_the_controller_serves(guests, prom):
+    web(guests)
+    wait_for(lambda: sample(scrape(), "xvif_vif_info", domain="web") == 1.0, "the guest in the metrics")
+    served = set(re.findall(r"^# TYPE (\S+) ", scrape(), re.M))
+    families = set()
+    for name in served:
+        families |= {name, f"{name}_total", f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    variables = {"$instance": ".*", "$bridge": ".*", "$domain": ".*", "$__rate_interval": "1m"}
+    for expr in exprs:
+        for metric in set(re.findall(r"\b((?:xvif|process)_[a-z_]+)\b", expr)):
+            assert metric in families, f"{metric} in the dashboard is not served by the controller"
+        q = expr
+        for k, v in variables.items():
+            q = q.replace(k, v)
+        prom.api("query", query=q)  # status "success", or the assertion in api() names it
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            metric = re.search(r"label_values\((\w+)", v["query"]["query"]).group(1)
+            assert metric in families or metric == "up"
