@@ -113,3 +113,39 @@ def test_every_drop_flow_of_a_vif_says_its_kind():
     assert "?" not in kinds
     assert {"source-mac", "ipv4", "ipv6", "arp", "nd", "dhcp-server", "ra", "vlan", "other"} <= kinds
     assert kinds <= set(DROP_KINDS.values())
+
+
+def test_sflow_and_ipfix_per_bridge(tmp_path):
+    c = cfg(
+        tmp_path,
+        '[controller]\nbridges = ["xenbr0"]\n[bridges.xenbr0]\n'
+        'sflow = { targets = ["192.0.2.9:6343", "[2001:db8::9]:6343"], sampling = 64, agent = "eth0" }\n'
+        'ipfix = { targets = ["192.0.2.9:4739"], obs_domain_id = 7, cache_active_timeout = 60 }\n',
+    )
+    p = c.bridge_policy["xenbr0"]
+    assert p.sflow.targets == ("192.0.2.9:6343", "[2001:db8::9]:6343")
+    assert (p.sflow.sampling, p.sflow.polling, p.sflow.header, p.sflow.agent) == (64, 30, 128, "eth0")
+    assert (p.ipfix.targets, p.ipfix.sampling, p.ipfix.obs_domain_id, p.ipfix.cache_active_timeout) == (
+        ("192.0.2.9:4739",),
+        400,
+        7,
+        60,
+    )
+
+
+@pytest.mark.parametrize(
+    "line, hint",
+    [
+        ('sflow = { targets = ["collector.example:6343"] }', "not a collector address"),
+        ('sflow = { targets = ["192.0.2.9"] }', "not a collector address"),
+        ("sflow = { targets = [] }", "a list of collectors"),
+        ('sflow = { targets = ["192.0.2.9:6343"], sampling = 0 }', "sampling = 0"),
+        ('sflow = { targets = ["192.0.2.9:6343"], agent = "not an interface" }', "interface name"),
+        ('sflow = { targets = ["192.0.2.9:6343"], rate = 5 }', "unknown key"),
+        ('ipfix = { targets = ["192.0.2.9:4739"], obs_domain_id = -1 }', "observation domain"),
+        ('ipfix = "192.0.2.9:4739"', "a table"),
+    ],
+)
+def test_bad_collectors_say_what_to_write(tmp_path, line, hint):
+    with pytest.raises(ConfigError, match=hint):
+        cfg(tmp_path, f'[controller]\nbridges = ["xenbr0"]\n[bridges.xenbr0]\n{line}\n')

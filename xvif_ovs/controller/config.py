@@ -22,6 +22,13 @@ zone = 30838                 # the conntrack zone of their connections
 ports = "61000-65535"        # their translated source ports: outside dom0's own
 forwards = ["tcp:8080 -> web:80"]   # dom0's port 8080 to domain web's port 80
 
+[bridges.xenbr0]
+# Traffic samples to collectors, through OVSDB (Bridge sflow / ipfix): each port's counters
+# and one frame in `sampling`. A collector names a guest's port from OVSDB: Interface
+# external_ids xen-vm-name, xen-vm-uuid, xvif-domid, xvif-devid (what the hook writes).
+sflow = { targets = ["192.0.2.9:6343"], sampling = 400, polling = 30, agent = "eth0" }
+ipfix = { targets = ["192.0.2.9:4739"], sampling = 400, obs_domain_id = 1 }
+
 [vifs]
 private = ["web"]            # domain names, domids or DOMID.DEVID
 trusted = ["router"]         # may send DHCP server replies and router advertisements
@@ -91,6 +98,30 @@ class BridgePolicy:
     uplinks: frozenset[str] = frozenset()  # OVSDB Port names declared as uplinks
     mode: str = "bridged"  # Xen's network model: bridged (vif-bridge), routed (vif-route) or nat (vif-nat)
     nat: NatPolicy | None = None
+    sflow: Sflow | None = None
+    ipfix: Ipfix | None = None
+
+
+@dataclass(frozen=True)
+class Sflow:
+    """OVSDB's sFlow row for a bridge (ovs-vswitchd.conf.db(5), sFlow table)."""
+
+    targets: tuple[str, ...]  # IP:PORT (IPv6 in [])
+    sampling: int = 400  # one frame in this many
+    polling: int = 30  # seconds between each port's counters
+    header: int = 128  # bytes of each sampled frame
+    agent: str = ""  # the interface whose address identifies the host ("": OVS chooses)
+
+
+@dataclass(frozen=True)
+class Ipfix:
+    """OVSDB's IPFIX row for a bridge (bridge-wide sampling, ovs-vswitchd.conf.db(5))."""
+
+    targets: tuple[str, ...]
+    sampling: int = 400
+    obs_domain_id: int = 0
+    cache_active_timeout: int = 0  # seconds a flow's record waits before export (0: OVS's default)
+    cache_max_flows: int = 0  # flows held before export (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -253,7 +284,20 @@ def load(path: str | None, **overrides: object) -> Config:
     for name, b in raw.get("bridges", {}).items():
         _only(
             b,
-            {"private", "reserved_for", "uplinks", "mode", "address", "subnet", "gateway", "zone", "forwards", "ports"},
+            {
+                "private",
+                "reserved_for",
+                "uplinks",
+                "mode",
+                "address",
+                "subnet",
+                "gateway",
+                "zone",
+                "forwards",
+                "ports",
+                "sflow",
+                "ipfix",
+            },
             f"{path} [bridges.{name}]",
         )
         if name not in bridges:
@@ -281,6 +325,8 @@ def load(path: str | None, **overrides: object) -> Config:
             frozenset(uplinks),
             mode,
             _nat(b, f"[bridges.{name}]") if mode == "nat" else None,
+            _sflow(b.get("sflow"), f"[bridges.{name}] sflow"),
+            _ipfix(b.get("ipfix"), f"[bridges.{name}] ipfix"),
         )
     zones: dict[int, str] = {}
     nets: list[tuple[ipaddress.IPv4Network, str]] = []
@@ -352,6 +398,81 @@ def _metrics(section: object, path: str | None) -> MetricsConfig | None:
     if not isinstance(log_path, str) or not log_path.startswith("/"):
         raise ConfigError(f'{where} hotplug_log = {log_path!r}: an absolute path, e.g. "{DEFAULT_HOTPLUG_LOG}"')
     return MetricsConfig(str(ip), int(port), log_path)
+
+
+def _target(value: object, where: str, port: int) -> str:
+    """A collector's IP:PORT as OVS wants it (IPv6 in brackets)."""
+    usage = f'{where}: {value!r} is not a collector address: IP:PORT, e.g. "192.0.2.9:{port}" or "[2001:db8::9]:{port}"'
+    if not isinstance(value, str):
+        raise ConfigError(usage)
+    if value.startswith("["):
+        host, close, rest = value[1:].partition("]")
+        if not close or not rest.startswith(":"):
+            raise ConfigError(usage)
+        p = rest[1:]
+    else:
+        host, _, p = value.rpartition(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(usage) from None
+    if not p.isdigit() or not 1 <= int(p) <= 65535:
+        raise ConfigError(usage)
+    return f"{url_host(ip)}:{int(p)}"
+
+
+def _count(section: dict, key: str, default: int, lo: int, hi: int, where: str, what: str) -> int:
+    v = section.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ConfigError(f"{where} {key} = {v!r}: {what}, {lo}-{hi}")
+    return v
+
+
+def _collector(section: object, where: str, keys: set[str], port: int) -> dict:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f'{where}: a table such as {{ targets = ["192.0.2.9:{port}"] }}')
+    _only(section, keys, where)
+    targets = section.get("targets")
+    if not isinstance(targets, list) or not targets:
+        raise ConfigError(f'{where} targets: a list of collectors, e.g. ["192.0.2.9:{port}"]')
+    return {"targets": tuple(_target(t, f"{where} targets", port) for t in targets)}
+
+
+def _sflow(section: object, where: str) -> Sflow | None:
+    keys = {"targets", "sampling", "polling", "header", "agent"}
+    found = _collector(section, where, keys, 6343)
+    if not found:
+        return None
+    assert isinstance(section, dict)
+    agent = section.get("agent", "")
+    if not isinstance(agent, str) or (agent and not _IFNAME.match(agent)):
+        raise ConfigError(
+            f'{where} agent = {agent!r}: an interface name whose address identifies this host, e.g. "eth0"'
+        )
+    return Sflow(
+        found["targets"],
+        _count(section, "sampling", 400, 1, 2**31 - 1, where, "one frame sampled in this many"),
+        _count(section, "polling", 30, 1, 3600, where, "seconds between counter samples"),
+        _count(section, "header", 128, 14, 1518, where, "bytes of each sampled frame"),
+        agent,
+    )
+
+
+def _ipfix(section: object, where: str) -> Ipfix | None:
+    keys = {"targets", "sampling", "obs_domain_id", "cache_active_timeout", "cache_max_flows"}
+    found = _collector(section, where, keys, 4739)
+    if not found:
+        return None
+    assert isinstance(section, dict)
+    return Ipfix(
+        found["targets"],
+        _count(section, "sampling", 400, 1, 2**32 - 1, where, "one packet sampled in this many"),
+        _count(section, "obs_domain_id", 0, 0, 2**32 - 1, where, "the observation domain the collector sees"),
+        _count(section, "cache_active_timeout", 0, 0, 4200, where, "seconds"),
+        _count(section, "cache_max_flows", 0, 0, 2**32 - 1, where, "flows"),
+    )
 
 
 def _nat(b: dict, where: str) -> NatPolicy:

@@ -14,12 +14,14 @@ from ..model.ports import CONTROLLER_MARK, Iface, port_roles
 from ..ovsdb.client import locate
 from ..ovsdb.jsonrpc import JsonRpc
 from ..ovsdb.stream_json import use_with_python_ovs
+from .config import Ipfix, Sflow
 
 log = logging.getLogger("xvif_ovs.controller.ovsdb")
 MAX_BACKOFF_MS = 1000  # OVS retries a lost controller every second, not up to every 8 s
 LEARNED_TABLE, LEARNED_LIMIT = 4, 65536  # MACs learned behind uplinks: bounded, oldest evicted
 NEIGHBOURS_TABLE = 6  # a routed bridge's IPv4 neighbours, learned from the LAN's ARP: bounded too
 BOUNDED_TABLES = {LEARNED_TABLE: "xvif-ovs-learned", NEIGHBOURS_TABLE: "xvif-ovs-neighbours"}
+EXPORT_MARK = "xvif-ovs"  # external_ids key on the sFlow and IPFIX rows the controller made
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,33 @@ def _learned_bounded(br) -> bool:  # noqa: ANN001 - an IDL row
     )
 
 
+def _export_columns(want: Sflow | Ipfix) -> dict[str, object]:
+    """The OVSDB columns of a configured collector (optional columns as lists of 0 or 1)."""
+    if isinstance(want, Sflow):
+        return {
+            "targets": sorted(want.targets),
+            "sampling": [want.sampling],
+            "polling": [want.polling],
+            "header": [want.header],
+            "agent": [want.agent] if want.agent else [],
+        }
+    return {
+        "targets": sorted(want.targets),
+        "sampling": [want.sampling],
+        "obs_domain_id": [want.obs_domain_id],
+        "cache_active_timeout": [want.cache_active_timeout] if want.cache_active_timeout else [],
+        "cache_max_flows": [want.cache_max_flows] if want.cache_max_flows else [],
+    }
+
+
+def _row_columns(row, columns: dict[str, object]) -> dict[str, object]:  # noqa: ANN001 - an IDL row
+    out: dict[str, object] = {}
+    for k in columns:
+        v = getattr(row, k)
+        out[k] = sorted(v) if k == "targets" else (list(v) if isinstance(v, list) else [v])
+    return out
+
+
 def _one(value):  # noqa: ANN001, ANN202 - IDL optional columns are lists of 0 or 1
     return value[0] if isinstance(value, list) and value else (None if isinstance(value, list) else value)
 
@@ -101,7 +130,22 @@ class OvsdbMonitor:
         helper.register_columns("Open_vSwitch", ["bridges"])
         helper.register_columns(
             "Bridge",
-            ["name", "ports", "fail_mode", "controller", "protocols", "datapath_type", "external_ids", "flow_tables"],
+            [
+                "name",
+                "ports",
+                "fail_mode",
+                "controller",
+                "protocols",
+                "datapath_type",
+                "external_ids",
+                "flow_tables",
+                "sflow",
+                "ipfix",
+            ],
+        )
+        helper.register_columns("sFlow", ["targets", "sampling", "polling", "header", "agent", "external_ids"])
+        helper.register_columns(
+            "IPFIX", ["targets", "sampling", "obs_domain_id", "cache_active_timeout", "cache_max_flows", "external_ids"]
         )
         helper.register_columns("Flow_Table", ["name", "flow_limit", "overflow_policy"])
         helper.register_columns("Port", ["name", "interfaces", "external_ids", "tag", "trunks", "vlan_mode"])
@@ -116,6 +160,7 @@ class OvsdbMonitor:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._requests: list[Callable[[], None]] = []
+        self._foreign_export: set[tuple[str, str]] = set()  # (bridge, sflow|ipfix) someone else set
         self._thread = threading.Thread(target=self._run, name="ovsdb", daemon=True)
 
     def start(self) -> None:
@@ -225,6 +270,62 @@ class OvsdbMonitor:
                 local_mac,
             )
         return out
+
+    def ensure_export(self, bridge: str, sflow: Sflow | None, ipfix: Ipfix | None) -> None:
+        """The bridge's sFlow and IPFIX rows as the configuration says, in the IDL thread.
+        Only rows marked ours are replaced or removed: a collector someone set by hand
+        (ovs-vsctl -- --id=@s create sFlow ...) stays, and the conflict is logged once."""
+
+        def do() -> None:
+            import ovs.db.idl
+
+            br = next((b for b in self.idl.tables["Bridge"].rows.values() if b.name == bridge), None)
+            if br is None:
+                return
+            txn = ovs.db.idl.Transaction(self.idl)
+            changed = []
+            for kind, table, want in (("sflow", "sFlow", sflow), ("ipfix", "IPFIX", ipfix)):
+                rows = list(getattr(br, kind))
+                row = rows[0] if rows else None
+                if row is not None and dict(row.external_ids).get(EXPORT_MARK) != "true":
+                    if want is not None and (bridge, kind) not in self._foreign_export:
+                        log.error(
+                            "bridge %s already has an %s collector that xvif-ovs did not set (%s): left as it is; "
+                            "remove it (ovs-vsctl clear Bridge %s %s) for the configured one to apply",
+                            bridge,
+                            table,
+                            ", ".join(sorted(row.targets)),
+                            bridge,
+                            kind,
+                        )
+                    self._foreign_export.add((bridge, kind))
+                    continue
+                self._foreign_export.discard((bridge, kind))
+                columns = _export_columns(want) if want is not None else None
+                if columns == (_row_columns(row, columns) if row is not None and columns is not None else None):
+                    continue
+                if want is None:
+                    if row is None:
+                        continue
+                    setattr(br, kind, [])
+                else:
+                    new = txn.insert(self.idl.tables[table])
+                    for k, v in columns.items():  # type: ignore[union-attr]
+                        setattr(new, k, v)
+                    new.external_ids = {EXPORT_MARK: "true"}
+                    setattr(br, kind, [new])
+                changed.append(f"{table} {'off' if want is None else ', '.join(want.targets)}")
+            if not changed:
+                txn.abort()
+                return
+            txn.add_comment(f"xvif-ovs controller: {bridge} {'; '.join(changed)}")
+            status = txn.commit_block()
+            if status not in (ovs.db.idl.Transaction.SUCCESS, ovs.db.idl.Transaction.UNCHANGED):
+                log.error("bridge %s: could not set %s: %s %s", bridge, "; ".join(changed), status, txn.get_error())
+            else:
+                log.info("bridge %s: %s", bridge, "; ".join(changed))
+
+        self.call_soon(do)
 
     def take_over(self, bridge: str, target: str) -> None:
         """Make ``bridge`` ours: OpenFlow 1.3, fail_mode secure (flows stay when we are

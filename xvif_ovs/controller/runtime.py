@@ -286,6 +286,8 @@ class Runtime:
                 or not info.fast_reconnect
             ):
                 self.monitor.take_over(name, target)
+            policy = self.cfg.bridge_policy.get(name)
+            self.monitor.ensure_export(name, policy.sflow if policy else None, policy.ipfix if policy else None)
         for name in set(self.cfg.bridges) - set(snapshot) - self._missing_reported:
             log.warning("bridge %s is named in the configuration but does not exist in OVSDB (yet)", name)
         self._missing_reported = set(self.cfg.bridges) - set(snapshot)
