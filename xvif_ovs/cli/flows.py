@@ -160,6 +160,7 @@ def desired(host: HostView, bridge: str, of_ports: dict[str, tuple[int, bool]], 
         ("OpenFlow13",),
         bv.connected,
         local_mac=bv.local_mac,
+        mirror_outputs=bv.mirror_outputs,
     )
     vifs = {k: v.keys for k, v in host.vifs.items()}
     names = {v.domid: v.domain for v in host.vifs.values()}

@@ -93,6 +93,31 @@ def add_inspect_parsers(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=_runs("rules"))
 
+    p = sub.add_parser(
+        "mirror",
+        help="copy a guest's traffic to a monitoring guest or a dom0 port",
+        formatter_class=raw,
+        epilog="examples:\n  xvif-ovs mirror add --vif vif5.0 --to vif9.0\n  xvif-ovs mirror add --vif vif5.0 "
+        "--to-port tapmon --direction from-guest\n  xvif-ovs mirror list\n  xvif-ovs mirror del --vif vif5.0",
+    )
+    cmds = p.add_subparsers(dest="mirror_command", required=True)
+    a = cmds.add_parser("add", help="mirror a guest NIC's frames (both its vif and -emu tap)")
+    a.add_argument("--vif", required=True, metavar="DEV", help="the guest's port, e.g. vif5.0")
+    to = a.add_mutually_exclusive_group()
+    to.add_argument("--to", metavar="DEV", help="a monitoring guest's vif on the same bridge")
+    to.add_argument("--to-port", metavar="PORT", help="a dom0 port on the bridge (a tap of its own)")
+    a.add_argument("--direction", choices=["both", "from-guest", "to-guest"], default="both")
+    d = cmds.add_parser("del", help="remove xvif-ovs's mirrors (of a vif, to an output, or all)")
+    d.add_argument("--vif", metavar="DEV")
+    to = d.add_mutually_exclusive_group()
+    to.add_argument("--to", metavar="DEV")
+    to.add_argument("--to-port", metavar="PORT")
+    ls = cmds.add_parser("list", help="every mirror on the host's bridges, ours and others'")
+    for c in (a, d, ls):
+        c.add_argument("--config", help="the controller's config (default /etc/xvif-ovs/controller.toml)")
+        _common(c, json_too=c is ls)
+        c.set_defaults(func=_runs("mirror"))
+
     p = sub.add_parser("mac", help="MAC addresses for new vifs", epilog="example: xvif-ovs mac new --count 3")
     macs = p.add_subparsers(dest="mac_command", required=True)
     n = macs.add_parser(

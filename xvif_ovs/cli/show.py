@@ -5,6 +5,7 @@ JSON shape (`--json`), stable:
   {"bridges": [{"name", "managed", "mode", "router_mac", "nat_address", "fail_mode", "datapath_type",
                 "controllers": [{"target", "connected", "ours"}],
                 "uplinks": [str], "unmanaged": [str], "vlans": [int],
+                "mirrors": [{"name", "source": [str], "output"}],
                 "vifs": [{"domain", "domid", "devid", "device", "mac", "ips": [str], "visible", "bridge_spec",
                           "hotplug_status", "hotplug_error",
                           "ports": [{"name", "bridge", "ofport", "kind", "domid", "devid", "tag",
@@ -95,6 +96,10 @@ def show(
                 "controllers": b.controllers,
                 "uplinks": b.uplinks,
                 "unmanaged": [p.name for p in b.unmanaged] if managed is None or b.name in managed else [],
+                "mirrors": [
+                    {"name": m.name, "source": sorted({*m.from_ports, *m.to_ports}), "output": m.output}
+                    for m in b.mirrors
+                ],
                 "vlans": b.vlans(),
                 "nat_address": nat_address,
                 "vifs": [{**v.as_json(), "visible": visible(v, mode, router, nat_address)} for v in vifs],
@@ -123,6 +128,8 @@ def render(host: HostView, data: dict) -> str:
         lines.append(f"  controller: {ctl or 'none'}")
         if b["unmanaged"]:
             lines.append(f"  unmanaged (no forwarding; declare as uplink or remove): {', '.join(b['unmanaged'])}")
+        for m in b["mirrors"]:
+            lines.append(f"  mirror {m['name']}: {','.join(m['source']) or '(gone)'} -> {m['output'] or '(gone)'}")
         rows = [["DOMAIN", "DOMID", "DEV", "DEVICE", "MAC", "IPS", "VLAN", "OFPORT", "LINK", "HOTPLUG", "LAN SEES"]]
         for vj in b["vifs"]:
             v = host.vifs[(vj["domid"], vj["devid"])]

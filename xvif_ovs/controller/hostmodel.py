@@ -242,6 +242,12 @@ def _join(
                 of = OfPort(p.ofport_request, False)
         if of is None:
             continue
+        if p.port_name in info.mirror_outputs:
+            # A mirror's output (`xvif-ovs mirror add`): it receives only what OVS mirrors
+            # to it. No flow forwards to it, and what it sends is dropped, as for a port
+            # nobody vouches for (OVS itself drops that first).
+            unmanaged.append(of.number)
+            continue
         if p.kind == "uplink":
             uplinks.setdefault(p.port_name, []).append((of.number, p))
         elif p.kind in ("vif", "emu") and p.domid is not None and p.devid is not None:

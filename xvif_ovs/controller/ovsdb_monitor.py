@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model.host import ALL_VLANS, PortVlans
-from ..model.ports import CONTROLLER_MARK, Iface, port_roles
+from ..model.ports import CONTROLLER_MARK, MIRROR_MARK, Iface, port_roles
 from ..ovsdb.client import locate
 from ..ovsdb.jsonrpc import JsonRpc
 from ..ovsdb.stream_json import use_with_python_ovs
@@ -53,6 +53,7 @@ class BridgeInfo:
     fast_reconnect: bool = True  # every controller row has our max_backoff
     foreign_controllers: tuple[str, ...] = ()  # controller targets we did not set
     local_mac: str = ""  # the MAC of the bridge's own (LOCAL) interface: a routed bridge's router MAC
+    mirror_outputs: frozenset[str] = frozenset()  # Port names that only receive mirrored frames
 
 
 def port_vlans(tag: object, trunks: object, mode: object) -> PortVlans:
@@ -141,8 +142,10 @@ class OvsdbMonitor:
                 "flow_tables",
                 "sflow",
                 "ipfix",
+                "mirrors",
             ],
         )
+        helper.register_columns("Mirror", ["name", "select_src_port", "select_dst_port", "output_port", "external_ids"])
         helper.register_columns("sFlow", ["targets", "sampling", "polling", "header", "agent", "external_ids"])
         helper.register_columns(
             "IPFIX", ["targets", "sampling", "obs_domain_id", "cache_active_timeout", "cache_max_flows", "external_ids"]
@@ -215,7 +218,15 @@ class OvsdbMonitor:
 
     def snapshot(self) -> dict[str, BridgeInfo]:
         out = {}
+        stale = []
         for br in self.idl.tables["Bridge"].rows.values():
+            outputs = set()
+            for m in br.mirrors:
+                out_port = [p.name for p in m.output_port]
+                outputs.update(out_port)
+                ours = dict(m.external_ids).get(MIRROR_MARK) == "true"
+                if ours and (not out_port or not (list(m.select_src_port) or list(m.select_dst_port))):
+                    stale.append((br.name, m.name))  # an end went away: the mirror goes too
             ports = []
             declared = self.declared(br.name)
             local_mac = ""
@@ -268,8 +279,38 @@ class OvsdbMonitor:
                 fast,
                 foreign,
                 local_mac,
+                frozenset(outputs),
             )
+        if stale:
+            self.call_soon(lambda: self._prune_mirrors(stale))
         return out
+
+    def _prune_mirrors(self, stale: list[tuple[str, str]]) -> None:
+        """Our mirrors whose source or output port is gone, removed (in the IDL thread)."""
+        import ovs.db.idl
+
+        txn = ovs.db.idl.Transaction(self.idl)
+        gone = []
+        for br in self.idl.tables["Bridge"].rows.values():
+            keep = []
+            for m in br.mirrors:
+                ours = dict(m.external_ids).get(MIRROR_MARK) == "true"
+                dead = not list(m.output_port) or not (list(m.select_src_port) or list(m.select_dst_port))
+                if ours and dead and (br.name, m.name) in stale:
+                    gone.append(f"{m.name} on {br.name}")
+                else:
+                    keep.append(m)
+            if len(keep) != len(br.mirrors):
+                br.mirrors = keep
+        if not gone:
+            txn.abort()
+            return
+        txn.add_comment("xvif-ovs controller: remove mirrors whose port went away")
+        status = txn.commit_block()
+        if status in (ovs.db.idl.Transaction.SUCCESS, ovs.db.idl.Transaction.UNCHANGED):
+            log.info("mirror(s) removed, a port they used went away: %s", ", ".join(gone))
+        else:
+            log.error("could not remove mirror(s) %s: %s %s", ", ".join(gone), status, txn.get_error())
 
     def ensure_export(self, bridge: str, sflow: Sflow | None, ipfix: Ipfix | None) -> None:
         """The bridge's sFlow and IPFIX rows as the configuration says, in the IDL thread.

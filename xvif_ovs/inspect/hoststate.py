@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..model.ports import CONTROLLER_MARK, Iface, port_roles
+from ..model.ports import CONTROLLER_MARK, MIRROR_MARK, Iface, port_roles
 from ..ovsdb.client import Ovsdb, from_map, from_set
 from ..xenstore.client import connect, exists, list_dir, read_str
 from ..xenstore.vifwatch import BACKEND_ROOT
@@ -32,6 +32,20 @@ class PortView:
     mac: str = ""  # mac_in_use: for LOCAL, a routed bridge's router MAC
 
 
+@dataclass(frozen=True)
+class MirrorView:
+    """An OVSDB Mirror row (port names are OVSDB Port names)."""
+
+    uuid: str
+    name: str
+    bridge: str
+    from_ports: tuple[str, ...]  # select_src_port: what these ports send
+    to_ports: tuple[str, ...]  # select_dst_port: what is sent to these ports
+    output: str  # output_port ("" when it went away)
+    ours: bool  # made by `xvif-ovs mirror add` (external_ids MIRROR_MARK)
+    packets: int = 0  # statistics tx_packets: frames mirrored
+
+
 @dataclass
 class BridgeView:
     name: str
@@ -39,6 +53,12 @@ class BridgeView:
     datapath_type: str
     controllers: list[dict[str, Any]]
     ports: list[PortView] = field(default_factory=list)
+    mirrors: list[MirrorView] = field(default_factory=list)
+
+    @property
+    def mirror_outputs(self) -> frozenset[str]:
+        """Ports that only receive mirrored frames (any mirror's output, ours or not)."""
+        return frozenset(m.output for m in self.mirrors if m.output)
 
     @property
     def uplinks(self) -> list[str]:
@@ -55,7 +75,9 @@ class BridgeView:
 
     @property
     def unmanaged(self) -> list[PortView]:
-        return [p for p in self.ports if p.kind == "unmanaged"]
+        """Ports nobody vouches for; a mirror's output is vouched for by its mirror."""
+        outputs = self.mirror_outputs
+        return [p for p in self.ports if p.kind == "unmanaged" and (p.port or p.name) not in outputs]
 
     @property
     def connected(self) -> bool:
@@ -122,7 +144,7 @@ def read_ovsdb(
                 "op": "select",
                 "table": "Bridge",
                 "where": [],
-                "columns": ["name", "ports", "fail_mode", "controller", "datapath_type"],
+                "columns": ["name", "ports", "fail_mode", "controller", "datapath_type", "mirrors"],
             },
             {
                 "op": "select",
@@ -142,12 +164,27 @@ def read_ovsdb(
                 "where": [],
                 "columns": ["_uuid", "target", "is_connected", "external_ids"],
             },
+            {
+                "op": "select",
+                "table": "Mirror",
+                "where": [],
+                "columns": [
+                    "_uuid",
+                    "name",
+                    "select_src_port",
+                    "select_dst_port",
+                    "output_port",
+                    "external_ids",
+                    "statistics",
+                ],
+            },
         ]
     )
     other = from_map(r[0]["rows"][0]["other_config"]) if r[0]["rows"] else {}
     ports = {row["_uuid"][1]: row for row in r[2]["rows"]}
     ifaces = {row["_uuid"][1]: row for row in r[3]["rows"]}
     ctrls = {row["_uuid"][1]: row for row in r[4]["rows"]}
+    mirrors = {row["_uuid"][1]: row for row in r[5]["rows"]}
     bridges = {}
     for b in r[1]["rows"]:
         name = b["name"]
@@ -203,6 +240,27 @@ def read_ovsdb(
                         str((from_set(iface.get("mac_in_use", ["set", []])) or [""])[0]).lower(),
                     )
                 )
+        for _, mu in _sets(b["mirrors"]):
+            m = mirrors.get(mu)
+            if m is None:
+                continue
+
+            def names(refs: Any) -> tuple[str, ...]:
+                return tuple(sorted(ports[u]["name"] for _, u in _sets(refs) if u in ports))
+
+            out = names(m["output_port"])
+            bv.mirrors.append(
+                MirrorView(
+                    mu,
+                    m["name"],
+                    name,
+                    names(m["select_src_port"]),
+                    names(m["select_dst_port"]),
+                    out[0] if out else "",
+                    from_map(m["external_ids"]).get(MIRROR_MARK) == "true",
+                    int(from_map(m["statistics"]).get("tx_packets", 0)),
+                )
+            )
         order = {"local": 0, "uplink": 1, "vif": 2, "emu": 2, "unmanaged": 3}
         bv.ports.sort(key=lambda p: (order[p.kind], p.domid or 0, p.devid or 0, p.name))
         bridges[name] = bv

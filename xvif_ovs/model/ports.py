@@ -18,6 +18,7 @@ from dataclasses import dataclass
 # `ovs-vsctl set Port PORT external_ids:xvif-uplink=true` declares PORT an uplink.
 UPLINK_MARK = "xvif-uplink"
 CONTROLLER_MARK = "xvif-ovs"  # Controller.external_ids: a controller row the controller made
+MIRROR_MARK = "xvif-ovs-mirror"  # Mirror.external_ids: a mirror `xvif-ovs mirror add` made (removed with its ends)
 _VIF_NAME = re.compile(r"^x?vif(\d+)\.(\d+)(-emu)?$")
 SYSFS_NET = "/sys/class/net"
 KINDS = ("local", "vif", "emu", "uplink", "unmanaged")
