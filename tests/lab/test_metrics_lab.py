@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labflows import Flows, controller, wait_for
+from labflows import Flows, cli, controller, wait_for
 
 from xvif_ovs.lab.host import METRICS_PORT
 
@@ -287,3 +287,30 @@ def test_every_dashboard_query_runs_on_prometheus_and_names_metrics_the_controll
         if v["type"] == "query":
             metric = re.search(r"label_values\((\w+)", v["query"]["query"]).group(1)
             assert metric in families or metric == "up"
+
+
+def test_log_merges_one_guests_hook_and_controller_lines_in_time_order(guests, metered):
+    web(guests)
+    guests.guest("db", 43, "mac=00:16:3e:00:2b:01,bridge=xenbr0,ip=192.0.2.43")
+    controller_log = metered.lab.dir / "controller.log"
+    wait_for(lambda: "[vif=vif41.0 domid=41 domain=web]" in controller_log.read_text(), "a tagged controller line")
+
+    def log(*args: str) -> list[dict]:
+        out = cli(metered, "log", *args, "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["lines"]
+
+    lines = log("--domain", "web")
+    sources = {ln["source"] for ln in lines}
+    assert sources == {"hook", "controller"}, lines
+    assert any(ln["text"].startswith("online vif41.0 (domid 41 devid 0 domain web)") for ln in lines)
+    assert all("vif43.0" not in ln["text"] and "domain=db" not in ln["text"] for ln in lines)
+    assert [ln["time"] for ln in lines] == sorted(ln["time"] for ln in lines)
+    assert log("--domain", "41") == lines
+    assert log("--vif", "vif41.0") == lines
+    theirs = log("--vif", "vif43.0")
+    assert theirs and all("vif43.0" in ln["text"] for ln in theirs)
+    text = cli(metered, "log", "--domain", "web", "-n", "2").stdout
+    assert len(text.splitlines()) == 2 and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (hook|controller) ", text)
+    bad = cli(metered, "log", "--vif", "eth0")
+    assert bad.returncode == 1 and "vif5.0" in bad.stderr

@@ -149,3 +149,22 @@ def test_sflow_and_ipfix_per_bridge(tmp_path):
 def test_bad_collectors_say_what_to_write(tmp_path, line, hint):
     with pytest.raises(ConfigError, match=hint):
         cfg(tmp_path, f'[controller]\nbridges = ["xenbr0"]\n[bridges.xenbr0]\n{line}\n')
+
+
+def test_controller_lines_are_tagged_with_each_vif_they_name_once():
+    from xvif_ovs.controller.logtags import tags
+
+    names = {5: "web", 6: "db"}.get
+    assert tags("interface vif5.0 on xenbr0: port added", names) == " [vif=vif5.0 domid=5 domain=web]"
+    both = tags("MAC conflict on xenbr0: vif6.0 and vif5.0-emu both use 00:16:3e:00:00:05", names)
+    assert both == " [vif=vif6.0 domid=6 domain=db] [vif=vif5.0 domid=5 domain=web]"
+    assert tags("xvif7.1 (NetBSD)", names) == " [vif=vif7.1 domid=7 domain=?]"
+    assert tags("xenbr0: +28 flows", names) == ""
+    assert tags("already tagged [vif=vif5.0 domid=5 domain=web]", names) == ""  # never twice
+
+
+def test_hook_lines_carry_the_domain_name_when_xenstore_has_it():
+    rec = parse_line(
+        "2026-12-08T03:10:00 vif-xvif-ovs[12]: online vif5.0 (domid 5 devid 0 domain web) bridge=xenbr0 (6 ms)"
+    )
+    assert rec is not None and rec.domain == "web" and rec.ms == 6 and rec.message == "bridge=xenbr0"

@@ -1,4 +1,4 @@
-"""The operator's commands: show, flows, trace, doctor, mac new, completion.
+"""The operator's commands: show, flows, trace, doctor, rules, mirror, log, mac new, completion.
 
 Each finds XenStore and OVSDB as Xen's and OVS's tools do (XENSTORED_PATH, OVS_RUNDIR,
 --db), prints a table or --json, changes nothing, and exits non-zero with one line when
@@ -117,6 +117,24 @@ def add_inspect_parsers(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--config", help="the controller's config (default /etc/xvif-ovs/controller.toml)")
         _common(c, json_too=c is ls)
         c.set_defaults(func=_runs("mirror"))
+
+    p = sub.add_parser(
+        "log",
+        help="one guest's lines from the hook and the controller, in time order",
+        formatter_class=raw,
+        epilog="examples:\n  xvif-ovs log --domain web\n  xvif-ovs log --vif vif5.0 --lines 50",
+    )
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--vif", help="only this vif's lines (vif5.0)")
+    who.add_argument("--domain", help="only this domain's lines (name or domid)")
+    p.add_argument("-n", "--lines", type=int, help="only the last N lines")
+    p.add_argument(
+        "--hotplug-log", help="the hook's log (default: [metrics] hotplug_log, /var/log/xen/xen-hotplug.log)"
+    )
+    p.add_argument("--controller-log", help="the controller's log file (default: the journal)")
+    p.add_argument("--config", help="the controller's config (default /etc/xvif-ovs/controller.toml)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (shape in the command's docs)")
+    p.set_defaults(func=_runs("log"))
 
     p = sub.add_parser("mac", help="MAC addresses for new vifs", epilog="example: xvif-ovs mac new --count 3")
     macs = p.add_subparsers(dest="mac_command", required=True)

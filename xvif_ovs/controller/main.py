@@ -15,6 +15,7 @@ from ..errors import XvifError
 from ..instance import AlreadyRunning, PidLock
 from .config import Config, ConfigError, url_host
 from .listen import Listener
+from .logtags import GuestTags, JournalFormatter, stderr_is_journal
 
 log = logging.getLogger("xvif_ovs.controller")
 
@@ -23,9 +24,14 @@ def setup_logging(verbose: bool, use_syslog: bool) -> None:
     root = logging.getLogger("xvif_ovs")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    journal = stderr_is_journal()
+    h.setFormatter(
+        JournalFormatter("%(message)s") if journal else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
     root.addHandler(h)
-    if use_syslog and os.path.exists("/dev/log"):
+    # Under systemd stderr is the journal already (with the unit's name): syslog would
+    # put every line there twice.
+    if use_syslog and not journal and os.path.exists("/dev/log"):
         s = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         s.setFormatter(logging.Formatter("xvif-ovs-controller[%(process)d]: %(message)s"))
         root.addHandler(s)
@@ -79,6 +85,8 @@ def run(cfg: Config, verbose: bool = False, use_syslog: bool = True) -> int:
     os_ken_cfg.CONF(args=[], project="os_ken")
 
     runtime = Runtime(cfg)
+    for h in logging.getLogger("xvif_ovs").handlers:
+        h.addFilter(GuestTags(runtime.names.get))
     if cfg.metrics is not None:
         try:
             runtime.metrics.serve()

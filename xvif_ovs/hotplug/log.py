@@ -40,10 +40,11 @@ class HotplugLog:
 
 
 # One of the lines above, as read back by the controller's metrics and `xvif-ovs log`:
-# TIME TAG[PID]: [error: ]ACTION DEV (domid D devid N)[ what happened] (MS ms)
+# TIME TAG[PID]: [error: ]ACTION DEV (domid D devid N[ domain NAME])[ what happened] (MS ms)
 _LINE = re.compile(
     rf"^(?P<time>\S+) {TAG}\[(?P<pid>\d+)\]: (?P<error>error: )?"
-    r"(?P<action>online|offline|add|remove) (?P<dev>\S+) \(domid (?P<domid>\d+) devid (?P<devid>\d+)\)"
+    r"(?P<action>online|offline|add|remove) (?P<dev>\S+) \(domid (?P<domid>\d+) devid (?P<devid>\d+)"
+    r"(?: domain (?P<domain>[^ )]+))?\)"
     r"(?P<rest>.*?)(?: \((?P<ms>\d+) ms\))?$"
 )
 
@@ -59,6 +60,7 @@ class HotplugRecord:
     devid: int
     message: str
     ms: int | None  # None: a line from before durations were logged on errors
+    domain: str = ""  # the domain's name ("" if XenStore had none, or an older line)
 
     @property
     def outcome(self) -> str:
@@ -80,4 +82,5 @@ def parse_line(line: str) -> HotplugRecord | None:
         int(m["devid"]),
         m["rest"].lstrip(": ").strip(),
         int(m["ms"]) if m["ms"] else None,
+        m["domain"] or "",
     )

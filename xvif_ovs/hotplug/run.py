@@ -41,6 +41,11 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
 
     try:
         with connect(env.get("XENSTORED_PATH")) as xs:
+            # The guest's name too, so that its lines are found by it (`xvif-ovs log --domain`).
+            with contextlib.suppress(Exception):
+                name = read_str(xs, f"/local/domain/{req.domid}/name")
+                if name and name.isprintable() and " " not in name and ")" not in name:
+                    where = f"{req.action} {req.dev} (domid {req.domid} devid {req.devid} domain {name})"
             try:
                 summary = _attach(xs, req, env) if req.attach else _detach(xs, req, env)
             except XvifError as e:

@@ -79,6 +79,9 @@ class Lab:
         return {
             "XENSTORED_PATH": str(self.xenstore_socket),
             "XVIF_OVS_CONFIG": str(self.config),
+            # where `xvif-ovs log` finds the lab's hook and controller lines
+            "XVIF_HOTPLUG_LOG": str(self.dir / "xen-hotplug.log"),
+            "XVIF_CONTROLLER_LOG": str(self.dir / "controller.log"),
             **daemons.ovs_env(self.dir),
         }
 
@@ -87,7 +90,7 @@ class Lab:
         OVSDB, a hotplug log of its own, and this installation's xvif-ovs."""
         beside = Path(sys.executable).parent / "xvif-ovs"
         xvif_ovs = str(beside) if beside.exists() else (shutil.which("xvif-ovs") or "xvif-ovs")
-        return {**self.env(), "XVIF_OVS": xvif_ovs, "XVIF_HOTPLUG_LOG": str(self.dir / "xen-hotplug.log")}
+        return {**self.env(), "XVIF_OVS": xvif_ovs}
 
     def is_up(self) -> bool:
         return self.state_file.exists() and read_pid(self.dir / "ovsdb-server.pid") is not None
