@@ -78,6 +78,7 @@ def test_show_table_and_json(two):
         "fail_mode",
         "datapath_type",
         "controllers",
+        "mirrors",
         "uplinks",
         "unmanaged",
         "vlans",
@@ -158,9 +159,11 @@ def test_flows_drops_counts_spoofs(two):
     cap.results()
     data = json.loads(cli(two, "flows", "--drops", "--json").stdout)
     web = next(r for r in data["vifs"] if r["domid"] == 51)
-    assert set(web) == {"bridge", "domid", "devid", "device", "domain", "dropped_packets", "dropped_bytes"}
+    assert set(web) == {"bridge", "domid", "devid", "device", "domain", "dropped_packets", "dropped_bytes", "by_kind"}
     assert web["dropped_packets"] >= 4
+    assert web["by_kind"].get("source-mac", 0) >= 4  # counted as what it was
     assert "vif51.0" in cli(two, "flows", "--drops").stdout
+    assert "source-mac=" in cli(two, "flows", "--drops").stdout
 
 
 @pytest.mark.parametrize(

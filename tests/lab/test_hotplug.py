@@ -212,7 +212,7 @@ def test_xenstore_utils_see_connected_and_the_log_says_what_happened(guests):
     log = (guests.lab.dir / "xen-hotplug.log").read_text()
     line = next(ln for ln in log.splitlines() if "online vif71.0" in ln)
     for part in (
-        "(domid 71 devid 0)",
+        "(domid 71 devid 0 domain lg)",
         "bridge=xenbr0",
         "vlan=native:10+trunk:20",
         "mac=00:16:3e:00:47:01",
@@ -257,7 +257,7 @@ def test_bad_vif_is_refused_and_changes_nothing(guests, raw, keys, hint):
     assert xs_read(guests, f"{be}/ofport") is None
     assert ovsdb_view(guests) == before
     assert link_exists(dev)  # not renamed, not removed
-    assert f"error: online {dev} (domid 80 devid 0)" in (guests.lab.dir / "xen-hotplug.log").read_text()
+    assert f"error: online {dev} (domid 80 devid 0 domain raw80)" in (guests.lab.dir / "xen-hotplug.log").read_text()
 
 
 def test_mac_conflict_names_both_and_changes_nothing(guests, raw):
