@@ -26,6 +26,7 @@ bench:
 	cd bench && ../$(VENV)/bin/python dataplane.py
 	cd bench && ../$(VENV)/bin/python models.py
 	cd bench && ../$(VENV)/bin/python firewall.py --repeats 5
+	cd bench && ../$(VENV)/bin/python metrics.py --sizes 100 1000 4000 --repeats 5
 	cd bench && ../$(VENV)/bin/python drills.py
 	cd bench && ../$(VENV)/bin/python adversarial.py
 	cd bench && ../$(VENV)/bin/python soak.py --vifs 1000 --events 100000
