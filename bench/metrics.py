@@ -4,7 +4,8 @@ Per size, on a dummy-datapath bridge (bench/scale.py's host: XenStore backends a
 writes them, ports as the hook adds them), with the controller serving /metrics:
 - a quiet scrape (nothing dropped since the last): its wall time, the OpenFlow requests it
   sent (the controller's own xvif_metrics_scrape_requests), ovs-vswitchd's CPU time
-  during it (utime+stime from /proc), the response's size and series;
+  during it (utime+stime from /proc), the response's size and series (each scrape more
+  than the controller's 2 s answer cache and 10 s dump interval after the last);
 - a scrape after a guest was caught spoofing (a frame injected on its port with
   netdev-dummy/receive): the drop counters moved, so they are dumped once;
 - baselines in the same run: one aggregate request (`ovs-ofctl dump-aggregate` of our
@@ -28,6 +29,8 @@ import urllib.request
 from common import ROOT, fresh_lab, ofctl, save, summary, wait_for
 from scale import populate
 
+from xvif_ovs.controller.counters import DUMP_INTERVAL
+from xvif_ovs.controller.metrics import MIN_INTERVAL
 from xvif_ovs.lab.host import METRICS_PORT, Lab
 from xvif_ovs.pipeline.build import P_DROP
 from xvif_ovs.pipeline.flow import COOKIE_MAGIC, COOKIE_MASK
@@ -94,6 +97,9 @@ def run_size(n: int, repeats: int) -> dict:
         dump: dict[str, list[float]] = {"wall": [], "cpu": []}
         cookie = f"cookie={COOKIE_MAGIC | P_DROP << 40:#x}/{COOKIE_MASK | 0xFF << 40:#x}"
         for k in range(repeats):
+            # Past the controller's answer cache (MIN_INTERVAL) and its dump interval, so
+            # each scrape below is read from the switch, and the one after a drop dumps.
+            time.sleep(max(MIN_INTERVAL, DUMP_INTERVAL) + 0.2)
             got: list[str] = []
             w, c = measured(lab, lambda got=got: got.append(scrape()[1]))
             quiet["wall"].append(w)
@@ -102,6 +108,7 @@ def run_size(n: int, repeats: int) -> dict:
             quiet["bytes"].append(len(got[0]))
             quiet["series"].append(sum(1 for ln in got[0].splitlines() if ln and not ln.startswith("#")))
             spoof(lab, k)
+            time.sleep(MIN_INTERVAL + 0.2)
             got = []
             w, c = measured(lab, lambda got=got: got.append(scrape()[1]))
             moved["wall"].append(w)
@@ -125,7 +132,8 @@ def run_size(n: int, repeats: int) -> dict:
         print(
             f"  {n:5d} vifs: quiet scrape {row['quiet_scrape']['wall']['median'] * 1000:.0f} ms, "
             f"{row['quiet_scrape']['requests']['median']:.0f} requests, vswitchd CPU {q * 1000:.0f} ms "
-            f"(one aggregate {a * 1000:.0f} ms); after a drop {row['scrape_after_drop']['wall']['median'] * 1000:.0f} ms; "
+            f"(one aggregate {a * 1000:.0f} ms); after a drop {row['scrape_after_drop']['wall']['median'] * 1000:.0f} ms "
+            f"({row['scrape_after_drop']['requests']['median']:.0f} requests); "
             f"{row['quiet_scrape']['series']['median']:.0f} series",
             flush=True,
         )

@@ -385,9 +385,9 @@ def metrics(d: dict) -> list[str]:
         )
     out += [
         "",
-        "A quiet scrape asks each bridge three things: every port's counters, every table's flow count",
-        "and one aggregate of the drop flows (five with firewall rules: two more aggregates); the",
-        "per-flow counters are dumped only when an aggregate moved. Ratio of vswitchd CPU, quiet",
+        "A quiet scrape asks each bridge four things at once: every port's counters, every table's flow",
+        "count, the sum of our flows and of the drop flows (six with firewall rules: two more sums); the",
+        "per-flow counters are dumped only when a sum moved, at most every 10 s. Ratio of vswitchd CPU, quiet",
         "scrape to one aggregate request (medians): "
         + ", ".join(
             f"{r['vifs']} vifs {r['quiet_cpu_in_aggregates']:.1f}x"

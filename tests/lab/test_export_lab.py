@@ -230,3 +230,18 @@ def test_a_mirror_to_a_dom0_tap_one_direction_is_shown_and_not_a_doctor_problem(
     finally:
         guests.vsctl("--if-exists", "del-port", "xenbr0", "tapmon")
         subprocess.run(["ip", "link", "del", "tapmon"], check=False)
+
+
+def test_a_mirror_to_a_patch_or_tunnel_port_is_refused(guests, exporting):
+    guests.guest(MA[0], MA[1], f"mac={MA[2]},bridge=xenbr0,ip=192.0.2.61")
+    guests.vsctl("add-port", "xenbr0", "patchx", "--", "set", "interface", "patchx", "type=patch", "options:peer=none")
+    guests.vsctl(
+        "add-port", "xenbr0", "vxx", "--", "set", "interface", "vxx", "type=vxlan", "options:remote_ip=192.0.2.200"
+    )
+    try:
+        for port, kind in (("patchx", "patch"), ("vxx", "vxlan")):
+            out = cli(guests, "mirror", "add", "--vif", "vif61.0", "--to-port", port)
+            assert out.returncode == 1 and f"a {kind} port leads off" in out.stderr, out.stderr
+        assert mirrors(guests) == []
+    finally:
+        guests.vsctl("--if-exists", "del-port", "xenbr0", "patchx", "--", "--if-exists", "del-port", "xenbr0", "vxx")

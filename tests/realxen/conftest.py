@@ -267,9 +267,11 @@ def controller(xenhost):
         return
     import dom0
 
-    # The operator's config: xenbr0 managed, one guest name private (test_xen_controller).
+    # The operator's config: xenbr0 managed, one guest name private (test_xen_controller),
+    # metrics on loopback (test_xen_observe).
     Path("/etc/xvif-ovs/controller.toml").write_text(
-        '[controller]\nlisten = "unix"\nbridges = ["xenbr0"]\n\n[vifs]\nprivate = ["rxprivate"]\n'
+        '[controller]\nlisten = "unix"\nbridges = ["xenbr0"]\n\n[vifs]\nprivate = ["rxprivate"]\n\n'
+        '[metrics]\nlisten = "9876"\n'
     )
     dom0.sh(["systemctl", "start", "xvif-ovs-controller"])
     try:

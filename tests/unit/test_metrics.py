@@ -3,7 +3,13 @@ back, the tail that counts them, and the drop kinds in the cookies."""
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,7 +45,8 @@ def cfg(tmp_path: Path, text: str):
 )
 def test_metrics_listen_a_bare_port_is_loopback(tmp_path, listen, host, port):
     value = f'"{listen}"' if isinstance(listen, str) else listen
-    m = cfg(tmp_path, f"[metrics]\nlisten = {value}\n").metrics
+    allow = "true" if host == "192.0.2.1" else "false"
+    m = cfg(tmp_path, f"[metrics]\nlisten = {value}\nallow_remote = {allow}\n").metrics
     assert (m.host, m.port) == (host, port)
     assert m.remote == (host == "192.0.2.1")
     assert m.hotplug_log == "/var/log/xen/xen-hotplug.log"
@@ -59,6 +66,10 @@ def test_no_metrics_section_serves_nothing(tmp_path):
         ("", "a port"),
         ('listen = "9876"\nhotplug_log = "xen.log"', "absolute path"),
         ('listen = "9876"\nport = 1', "unknown key"),
+        ('listen = "192.0.2.1:9876"', "allow_remote = true"),
+        ('listen = "0.0.0.0:9876"', "reachable from other hosts"),
+        ('listen = "9876"\ncertificate = "/etc/xvif-ovs/m.pem"', "private_key, client_ca missing"),
+        ('listen = "9876"\nallow_remote = "yes"', "true or false"),
     ],
 )
 def test_bad_metrics_settings_say_what_to_write(tmp_path, text, hint):
@@ -168,3 +179,162 @@ def test_hook_lines_carry_the_domain_name_when_xenstore_has_it():
         "2026-12-08T03:10:00 vif-xvif-ovs[12]: online vif5.0 (domid 5 devid 0 domain web) bridge=xenbr0 (6 ms)"
     )
     assert rec is not None and rec.domain == "web" and rec.ms == 6 and rec.message == "bridge=xenbr0"
+
+
+def _pki(d: Path) -> dict[str, str]:
+    """A CA, the controller's certificate and a scraper's, as an operator makes them."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ca",
+    )
+    for who in ("server", "client"):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{who}.key",
+            "-out",
+            f"{who}.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        )
+        (d / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{who}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{who}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext",
+        )
+    return {
+        k: str(d / f)
+        for k, f in (
+            ("ca", "ca.pem"),
+            ("cert", "server.pem"),
+            ("key", "server.key"),
+            ("ccert", "client.pem"),
+            ("ckey", "client.key"),
+        )
+    }
+
+
+def test_https_metrics_answer_only_a_scraper_with_a_certificate_the_ca_signed(tmp_path):
+    from xvif_ovs.controller.metrics import Metrics
+    from xvif_ovs.controller.runtime import Runtime
+
+    pki = _pki(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = cfg(
+        tmp_path,
+        f'[metrics]\nlisten = "{port}"\ncertificate = "{pki["cert"]}"\nprivate_key = "{pki["key"]}"\n'
+        f'client_ca = "{pki["ca"]}"\n',
+    )
+    m = Metrics(Runtime(c), c.metrics)
+    m.serve()
+    try:
+        ctx = ssl.create_default_context(cafile=pki["ca"])
+        ctx.load_cert_chain(pki["ccert"], pki["ckey"])
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx, timeout=10) as r:
+            assert "xvif_ovsdb_connected 0.0" in r.read().decode()
+        anonymous = ssl.create_default_context(cafile=pki["ca"])
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=anonymous, timeout=10).read()
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    finally:
+        m.close()
+
+
+def test_a_domain_name_cannot_forge_a_tag_or_a_journal_line():
+    import logging
+
+    from xvif_ovs.controller.logtags import JournalFormatter, tags
+
+    evil = {5: "web] [vif=vif9.0 domid=9 domain=db\n<0>panic"}.get
+    assert tags("interface vif5.0 added", evil) == " [vif=vif5.0 domid=5 domain=?]"
+    rec = logging.LogRecord("x", logging.ERROR, __file__, 1, "first\nsecond", (), None)
+    assert JournalFormatter("%(message)s").format(rec) == "<3>first\n<3>second"
+
+
+class _Stats:
+    def __init__(self, cookie: int, priority: int, packets: int, match: dict) -> None:
+        self.cookie, self.table_id, self.priority = cookie, 1, priority
+        self.packet_count, self.byte_count = packets, packets * 100
+        self.match = match
+
+
+class _Switch:
+    """What FlowCounters asks of a session: the purpose's sum, and its flows."""
+
+    def __init__(self) -> None:
+        self.flows: list[_Stats] = []
+        self.dumps = 0
+
+    def aggregate(self, cookie: int, mask: int, timeout: float) -> tuple[int, int, int]:
+        return (sum(f.packet_count for f in self.flows), sum(f.byte_count for f in self.flows), len(self.flows))
+
+    def flow_stats(self, cookie: int, mask: int, timeout: float) -> list[_Stats]:
+        self.dumps += 1
+        return list(self.flows)
+
+
+def test_flow_counters_never_go_backwards_and_dump_only_when_moved(monkeypatch):
+    from xvif_ovs.controller import counters
+    from xvif_ovs.pipeline.build import K_IPV4, drop_cookie
+    from xvif_ovs.pipeline.flow import vif_owner
+
+    now = [1000.0]
+    monkeypatch.setattr(counters.time, "monotonic", lambda: now[0])
+    ck = drop_cookie(vif_owner(5, 0), K_IPV4)
+    sw, c = _Switch(), counters.FlowCounters(P_DROP)
+    a = _Stats(ck, 200, 0, {"in_port": 3, "nw_src": "192.0.2.5"})
+    sw.flows = [a]
+    assert c.read(sw) == {} and sw.dumps == 0  # nothing ever matched: no dump
+    a.packet_count, a.byte_count = 7, 700
+    assert c.read(sw)[ck] == (7, 700) and sw.dumps == 1
+    assert c.read(sw)[ck] == (7, 700) and sw.dumps == 1  # the sum did not move: no dump
+    a.packet_count = 9
+    now[0] += 1
+    assert c.read(sw)[ck] == (7, 700) and sw.dumps == 1  # moved, but dumped a second ago
+    now[0] += counters.DUMP_INTERVAL
+    assert c.read(sw)[ck][0] == 9 and sw.dumps == 2
+    # The flow is replaced (ip= changed): the new one counts from 0, the total goes on.
+    b = _Stats(ck, 200, 2, {"in_port": 3, "nw_src": "192.0.2.6"})
+    sw.flows = [b]
+    now[0] += counters.DUMP_INTERVAL
+    assert c.read(sw)[ck][0] == 11
+    b.packet_count = 1  # (a flow of the same match, deleted and added: lower than it was)
+    now[0] += counters.DUMP_INTERVAL
+    assert c.read(sw)[ck][0] == 12
+    sw.flows = []  # the vif went away: forgotten
+    now[0] += counters.DUMP_INTERVAL
+    assert c.read(sw) == {}

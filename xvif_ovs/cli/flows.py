@@ -27,7 +27,7 @@ from ..model.host import ALL_VLANS
 from ..pipeline.build import P_DROP, PURPOSES, build, drop_kind
 from ..pipeline.diff import diff
 from ..pipeline.firewall import P_RULE, rule_index
-from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, FlowSet, decode_cookie
+from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, FlowSet, decode_cookie, purpose_match
 from .show import NotFound
 
 
@@ -218,7 +218,7 @@ def drops(host: HostView, bridges: list[str], keep) -> dict:
     rows = []
     for b in bridges:
         with OfClient(b) as of:
-            stats = of.flows(COOKIE_MAGIC | P_DROP << 40, COOKIE_MASK | 0xFF << 40)
+            stats = of.flows(*purpose_match(P_DROP))
         per: dict[tuple[int, int], list] = {}
         for st in stats:
             d = decode_cookie(st.flow.cookie)

@@ -128,6 +128,7 @@ def add_inspect_parsers(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--vif", help="only this vif's lines (vif5.0)")
     who.add_argument("--domain", help="only this domain's lines (name or domid)")
     p.add_argument("-n", "--lines", type=int, help="only the last N lines")
+    p.add_argument("--since", type=int, metavar="MINUTES", help="only the lines of the last MINUTES minutes")
     p.add_argument(
         "--hotplug-log", help="the hook's log (default: [metrics] hotplug_log, /var/log/xen/xen-hotplug.log)"
     )

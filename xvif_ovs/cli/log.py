@@ -22,7 +22,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..controller.config import DEFAULT_HOTPLUG_LOG, load_installed
 from ..errors import XvifError
@@ -116,14 +116,18 @@ def controller_file_lines(path: str, want: Who) -> list[Line]:
     return out
 
 
-def journal_lines(want: Who) -> list[Line]:
+def journal_lines(want: Who, since: int | None) -> list[Line]:
     if shutil.which("journalctl") is None:
         raise LogError(
             "no journalctl here: name the controller's log with --controller-log FILE (or XVIF_CONTROLLER_LOG)"
         )
-    proc = subprocess.run(
-        ["journalctl", "-u", UNIT, "-o", "json", "--no-pager"], capture_output=True, text=True, timeout=120
-    )
+    cmd = ["journalctl", "-u", UNIT, "-o", "json", "--no-pager", "--output-fields=MESSAGE,PRIORITY"]
+    if since is not None:
+        cmd.append(f"--since=-{since}min")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise LogError(f"journalctl -u {UNIT} took over 2 minutes: narrow it with --since MINUTES") from None
     if proc.returncode != 0:
         raise LogError(f"journalctl -u {UNIT} failed: {proc.stderr.strip() or proc.returncode}")
     levels = {0: "EMERG", 1: "ALERT", 2: "CRITICAL", 3: "ERROR", 4: "WARNING", 5: "NOTICE", 6: "INFO", 7: "DEBUG"}
@@ -153,7 +157,10 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
     if ctl_path:
         lines += controller_file_lines(ctl_path, want)
     else:
-        lines += journal_lines(want)
+        lines += journal_lines(want, args.since)
+    if args.since is not None:
+        start = datetime.now() - timedelta(minutes=args.since)
+        lines = [ln for ln in lines if ln.time >= start]
     lines.sort(key=lambda ln: ln.time)  # stable: equal times keep each source's own order
     if args.lines:
         lines = lines[-args.lines :]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from ..controller.config import load_installed
 from ..errors import XvifError
@@ -24,6 +25,7 @@ from ..model.ports import MIRROR_MARK
 from ..ovsdb.client import ConditionFailed, Ovsdb, OvsdbError, ovs_map, ovs_set
 from .show import NotFound, table
 
+_VIF = re.compile(r"^x?vif(\d+)\.(\d+)(?:-emu)?$")
 DIRECTIONS = {"both": (True, True), "from-guest": (True, False), "to-guest": (False, True)}
 
 
@@ -35,18 +37,25 @@ def mirror_name(source: str, output: str) -> str:
     return f"xvif-{source}-to-{output}"
 
 
-def _bridge_of(host: HostView, port: str) -> tuple[BridgeView, str]:
+# Where a dom0 port may take a copy of guests' traffic: a local device (a tap, a veth, an
+# internal port). A patch port leads to another bridge and a tunnel to another host.
+LOCAL_TYPES = ("", "system", "internal", "tap")
+
+
+def _bridge_of(host: HostView, port: str) -> tuple[BridgeView, str, str]:
+    """(bridge, port kind, interface type) of the port named ``port``."""
     for b in host.bridges.values():
         for p in b.ports:
             if p.name == port:
-                return b, p.kind
+                return b, p.kind, p.iface_type
     names = sorted(p.name for b in host.bridges.values() for p in b.ports)
-    raise NotFound(f"no port named {port} on any bridge (ports: {', '.join(names) or 'none'})")
+    more = f", ... ({len(names)} in all)" if len(names) > 12 else ""
+    raise NotFound(f"no port named {port} on any bridge (ports: {', '.join(names[:12]) or 'none'}{more})")
 
 
 def _source_ports(host: HostView, dev: str) -> tuple[BridgeView, list[str], str]:
     """The guest NIC's ports (its vif, and an HVM guest's -emu tap) and its bridge."""
-    b, kind = _bridge_of(host, dev)
+    b, kind, _type = _bridge_of(host, dev)
     if kind not in ("vif", "emu"):
         raise MirrorError(f"{dev} is not a guest's vif (it is {kind}): --vif takes a guest's port, e.g. vif5.0")
     p = next(p for p in b.ports if p.name == dev)
@@ -57,7 +66,7 @@ def _source_ports(host: HostView, dev: str) -> tuple[BridgeView, list[str], str]
 def add(host: HostView, db: Ovsdb, args: argparse.Namespace, managed: tuple[str, ...]) -> str:
     bridge, sources, nic = _source_ports(host, args.vif)
     out = args.to or args.to_port
-    b2, kind = _bridge_of(host, out)
+    b2, kind, iface_type = _bridge_of(host, out)
     if b2.name != bridge.name:
         raise MirrorError(
             f"{out} is on {b2.name}, {args.vif} on {bridge.name}: a mirror's output must be on its bridge"
@@ -76,6 +85,11 @@ def add(host: HostView, db: Ovsdb, args: argparse.Namespace, managed: tuple[str,
             + ". Use a port of its own (ip tuntap add tapmon mode tap; ovs-vsctl add-port "
             + f"{bridge.name} tapmon)"
             + (f", or --to {out} for a monitoring guest" if kind in ("vif", "emu") else "")
+        )
+    if args.to_port and iface_type not in LOCAL_TYPES:
+        raise MirrorError(
+            f"--to-port {out}: a {iface_type} port leads off this host's dom0 (another bridge or another host): "
+            "guests' traffic must not go there. Use a local port (a tap or veth of its own)"
         )
     if out in sources:
         raise MirrorError(f"{out} is {args.vif}'s own port: mirror to another guest or port")
@@ -133,8 +147,12 @@ def add(host: HostView, db: Ovsdb, args: argparse.Namespace, managed: tuple[str,
 def delete(host: HostView, db: Ovsdb, args: argparse.Namespace) -> str:
     mine = [m for b in host.bridges.values() for m in b.mirrors if m.ours]
     if args.vif:
-        _bridge, sources, _nic = _source_ports(host, args.vif)
-        mine = [m for m in mine if set(sources) & (set(m.from_ports) | set(m.to_ports))]
+        # By the NIC it was made for (vifD.N, kept on the row): its ports may be gone already.
+        m_ = _VIF.match(args.vif)
+        if m_ is None:
+            raise MirrorError(f"--vif {args.vif!r}: a guest's vif, e.g. vif5.0")
+        nic = f"vif{m_.group(1)}.{m_.group(2)}"
+        mine = [m for m in mine if m.source == nic or args.vif in (*m.from_ports, *m.to_ports)]
     out = args.to or args.to_port
     if out:
         mine = [m for m in mine if m.output == out]
@@ -142,18 +160,16 @@ def delete(host: HostView, db: Ovsdb, args: argparse.Namespace) -> str:
         others = [m.name for b in host.bridges.values() for m in b.mirrors if not m.ours]
         hint = f" (not ours, left alone: {', '.join(others)})" if others else ""
         raise NotFound("no xvif-ovs mirror matches" + hint)
-    for m in mine:
-        db.transact(
-            [
-                {
-                    "op": "mutate",
-                    "table": "Bridge",
-                    "where": [["name", "==", m.bridge]],
-                    "mutations": [["mirrors", "delete", ["set", [["uuid", m.uuid]]]]],
-                },
-                {"op": "comment", "comment": f"xvif-ovs mirror del: {m.name}"},
-            ]
-        )
+    ops: list[dict] = [
+        {
+            "op": "mutate",
+            "table": "Bridge",
+            "where": [["name", "==", m.bridge]],
+            "mutations": [["mirrors", "delete", ["set", [["uuid", m.uuid]]]]],
+        }
+        for m in mine
+    ]
+    db.transact([*ops, {"op": "comment", "comment": f"xvif-ovs mirror del: {', '.join(m.name for m in mine)}"}])
     return "".join(f"removed {m.name} on {m.bridge}\n" for m in mine)
 
 

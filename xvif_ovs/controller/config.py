@@ -34,7 +34,8 @@ private = ["web"]            # domain names, domids or DOMID.DEVID
 trusted = ["router"]         # may send DHCP server replies and router advertisements
 
 [metrics]
-listen = "9876"              # Prometheus /metrics on 127.0.0.1:9876; HOST:PORT for another address
+listen = "9876"              # Prometheus /metrics on 127.0.0.1:9876; HOST:PORT for another address,
+                             # with allow_remote = true (and best HTTPS: certificate, private_key, client_ca)
 hotplug_log = "/var/log/xen/xen-hotplug.log"   # where the hook's lines are read from
 
 Nothing is trusted by default: an empty ``bridges`` manages nothing, and a port that is
@@ -139,6 +140,11 @@ class MetricsConfig:
     host: str  # an IP address
     port: int
     hotplug_log: str = DEFAULT_HOTPLUG_LOG
+    # HTTPS with client certificates: only a Prometheus holding a certificate that
+    # client_ca signed may scrape (all three, or none)
+    certificate: str = ""
+    private_key: str = ""
+    client_ca: str = ""
 
     @property
     def remote(self) -> bool:
@@ -373,31 +379,36 @@ def _metrics(section: object, path: str | None) -> MetricsConfig | None:
     where = f"{path or 'the configuration file'} [metrics]"
     if not isinstance(section, dict):
         raise ConfigError(f"{where} must be a section")
-    _only(section, {"listen", "hotplug_log"}, where)
+    _only(section, {"listen", "hotplug_log", "allow_remote", "certificate", "private_key", "client_ca"}, where)
     value = section.get("listen")
     usage = f'{where} listen = {value!r}: a port ("9876", on 127.0.0.1) or HOST:PORT ("192.0.2.1:9876", "[::1]:9876")'
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise ConfigError(usage)
-    text = str(value)
-    if text.startswith("["):
-        host, close, port = text[1:].partition("]")
-        if not close or not port.startswith(":"):
-            raise ConfigError(usage)
-        port = port[1:]
-    elif ":" in text:
-        host, _, port = text.rpartition(":")
-    else:
-        host, port = "127.0.0.1", text
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"{usage}; {host!r} is not an IP address") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{usage}; the port is 1-65535")
+    ip, port = host_port(str(value), usage)
     log_path = section.get("hotplug_log", DEFAULT_HOTPLUG_LOG)
     if not isinstance(log_path, str) or not log_path.startswith("/"):
         raise ConfigError(f'{where} hotplug_log = {log_path!r}: an absolute path, e.g. "{DEFAULT_HOTPLUG_LOG}"')
-    return MetricsConfig(str(ip), int(port), log_path)
+    tls = {k: section.get(k, "") for k in ("certificate", "private_key", "client_ca")}
+    for k, v in tls.items():
+        if not isinstance(v, str) or (v and not v.startswith("/")):
+            raise ConfigError(f"{where} {k} = {v!r}: an absolute path to a PEM file")
+    if any(tls.values()) and not all(tls.values()):
+        missing = ", ".join(k for k, v in tls.items() if not v)
+        raise ConfigError(
+            f"{where}: HTTPS needs certificate, private_key and client_ca together ({missing} missing): the "
+            "controller's certificate and key, and the CA that signed Prometheus's client certificate"
+        )
+    allow = section.get("allow_remote", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"{where} allow_remote = {allow!r}: true or false")
+    if not ip.is_loopback and not allow:
+        raise ConfigError(
+            f"{where} listen = {value!r} is reachable from other hosts (and from guests on a bridge dom0 has that "
+            "address on): the metrics name every guest, its MAC and its traffic. Add certificate, private_key and "
+            "client_ca (HTTPS with client certificates) and allow_remote = true, or listen on loopback "
+            f'("{port}") and let a local agent forward it'
+        )
+    return MetricsConfig(str(ip), port, log_path, tls["certificate"], tls["private_key"], tls["client_ca"])
 
 
 def _target(value: object, where: str, port: int) -> str:
@@ -405,20 +416,8 @@ def _target(value: object, where: str, port: int) -> str:
     usage = f'{where}: {value!r} is not a collector address: IP:PORT, e.g. "192.0.2.9:{port}" or "[2001:db8::9]:{port}"'
     if not isinstance(value, str):
         raise ConfigError(usage)
-    if value.startswith("["):
-        host, close, rest = value[1:].partition("]")
-        if not close or not rest.startswith(":"):
-            raise ConfigError(usage)
-        p = rest[1:]
-    else:
-        host, _, p = value.rpartition(":")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(usage) from None
-    if not p.isdigit() or not 1 <= int(p) <= 65535:
-        raise ConfigError(usage)
-    return f"{url_host(ip)}:{int(p)}"
+    ip, p = host_port(value, usage, default_host=None)
+    return f"{url_host(ip)}:{p}"
 
 
 def _count(section: dict, key: str, default: int, lo: int, hi: int, where: str, what: str) -> int:
@@ -538,6 +537,31 @@ def url_host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> str:
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
+def host_port(
+    text: str, usage: str, default_host: str | None = "127.0.0.1"
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """[HOST:]PORT or [IPv6]:PORT (HOST an IP address; ``default_host`` when it is left
+    out, or required if None); ConfigError(usage ...) says what is wrong."""
+    if text.startswith("["):
+        host, close, port = text[1:].partition("]")
+        if not close or not port.startswith(":"):
+            raise ConfigError(usage)
+        port = port[1:]
+    elif text.count(":") <= 1:
+        host, _, port = text.rpartition(":")
+    else:
+        raise ConfigError(usage)
+    if not host and default_host is None:
+        raise ConfigError(usage)
+    try:
+        ip = ipaddress.ip_address(host or default_host)
+    except ValueError:
+        raise ConfigError(f"{usage}; {host!r} is not an IP address") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{usage}; the port is 1-65535")
+    return ip, int(port)
+
+
 def _listen(value: str, allow_remote: bool, path: str | None) -> str:
     """``unix``, or ``tcp:[HOST:]PORT`` / ``ssl:[HOST:]PORT`` normalised to KIND:HOST:PORT
     (HOST 127.0.0.1 when none is given). Plain TCP beyond loopback must be asked for."""
@@ -547,21 +571,7 @@ def _listen(value: str, allow_remote: bool, path: str | None) -> str:
     kind, sep, rest = value.partition(":")
     if kind not in ("tcp", "ssl") or not sep:
         raise ConfigError(usage)
-    if rest.startswith("["):
-        host, close, port = rest[1:].partition("]")
-        if not close or not port.startswith(":"):
-            raise ConfigError(usage)
-        port = port[1:]
-    elif rest.count(":") <= 1:
-        host, _, port = rest.rpartition(":")
-    else:
-        raise ConfigError(usage)
-    try:
-        ip = ipaddress.ip_address(host or "127.0.0.1")
-    except ValueError:
-        raise ConfigError(f"{usage}; {host!r} is not an IP address") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{usage}; the port is 1-65535")
+    ip, port = host_port(rest, usage)
     if kind == "tcp" and not ip.is_loopback and not allow_remote:
         raise ConfigError(
             f"listen = {value!r} is plain TCP on {ip}, which other hosts can reach: anyone who reaches it "

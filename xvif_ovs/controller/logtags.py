@@ -14,6 +14,8 @@ import re
 import sys
 from collections.abc import Callable
 
+from ..hotplug.log import safe_name
+
 _VIF = re.compile(r"(?<![\w=])x?vif(\d+)\.(\d+)(?:-emu)?\b")
 _MAX = 4  # a line naming more vifs than this (a summary) is tagged with the first ones
 
@@ -27,7 +29,7 @@ def tags(message: str, name_of: Callable[[int], str | None]) -> str:
             seen.append(key)
         if len(seen) == _MAX:
             break
-    return "".join(f" [vif=vif{d}.{n} domid={d} domain={name_of(d) or '?'}]" for d, n in seen)
+    return "".join(f" [vif=vif{d}.{n} domid={d} domain={safe_name(name_of(d))}]" for d, n in seen)
 
 
 class GuestTags(logging.Filter):
@@ -54,7 +56,10 @@ class JournalFormatter(logging.Formatter):
     journal has its own), so that `journalctl -p err -u xvif-ovs-controller` works."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+        # Each line of it (a traceback's too) at the record's priority: the journal makes
+        # an entry of every line, and one without a prefix would be "info".
+        p = _PRIORITY.get(record.levelno, 6)
+        return "\n".join(f"<{p}>{line}" for line in super().format(record).split("\n"))
 
 
 def stderr_is_journal() -> bool:

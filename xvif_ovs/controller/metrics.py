@@ -1,17 +1,20 @@
 """Prometheus metrics of the controller, its switches, their guests and the hook.
 
-Served at /metrics on [metrics] listen (loopback unless a host is named; off without the
-section). Per-guest figures come from where the switch already counts them, read at
-scrape time: the ports' counters (one port-stats request per bridge) and our flows'
-counters, whose cookie says which vif and why (port-security drops by kind, firewall
-rules). A flow dump costs the switch far more than a request whose reply is one sum, so
-drop and rule counters are dumped only when an aggregate request says they moved:
-a quiet host costs each bridge three short requests a scrape (five with firewall rules). The hook's time and outcome
-per vif are read from the lines it writes to xen-hotplug.log (hotplug/log.py).
+Served at /metrics on [metrics] listen (loopback unless a host is named, and another
+address only with allow_remote = true; off without the section). Per-guest figures come
+from where the switch already counts them: the ports' counters and our flows' counters,
+whose cookie says which vif and why (port-security drops by kind, firewall rules). A
+quiet scrape asks each bridge four short things at once, within one deadline: every
+port's counters, every table's flow count, the sum of our flows and the sum of the drop
+flows (two more sums with firewall rules). The drop and rule flows themselves are dumped
+only when their sum moved, and at most every 10 s whoever asks (controller/counters.py,
+shared with the drop reports). Scrapes closer together than MIN_INTERVAL get the last
+answer again, so nobody who reaches the port can make the switch busy with them.
 
 Guest labels: bridge, domain (the domain's name), domid, devid, vif (the port) and vm
-(the VM's uuid, as the hook wrote it). Counters follow Prometheus's conventions: a
-controller restart resets what it counts itself, never what the switch counts.
+(the VM's uuid, as the hook wrote it). Counters never go backwards while the controller
+runs (a flow replaced starts from 0; counters.py adds only increases); a controller
+restart is a reset, as Prometheus expects.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from prometheus_client.registry import Collector
 from ..hotplug.log import HotplugRecord, parse_line
 from ..pipeline.build import P_DROP, drop_kind
 from ..pipeline.firewall import P_FW_DEFAULT, P_RULE, rule_index
-from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, GROUP_BASE, decode_cookie, is_our_group
+from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, GROUP_BASE, decode_cookie, is_our_group, purpose_match
 from ..pipeline.tables import LEARNED, NEIGHBOURS, TABLES
 from .config import DEFAULT_HOTPLUG_LOG, MetricsConfig
 from .session import Session, SwitchError
@@ -41,37 +44,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xvif_ovs.controller.metrics")
 VIF_LABELS = ("bridge", "domain", "domid", "devid", "vif", "vm")
-REQUEST_TIMEOUT = 5.0  # a scrape must answer within Prometheus's default 10 s
-_PURPOSE_MASK = COOKIE_MASK | 0xFF << 40
+DEADLINE = 4.0  # each switch's answers: a scrape must answer within Prometheus's default 10 s
+MIN_INTERVAL = 2.0  # scrapes closer than this get the last answer again
+ACTIONS = ("online", "offline", "add", "remove")
+# Drop kinds every vif has flows for, and those of a routed or NAT bridge's vifs: their series
+# are there (at 0) before the first drop, so that increase() sees that one.
+BASE_KINDS = ("source-mac", "ipv4", "ipv6", "arp", "nd", "dhcp-server", "ra", "vlan", "other")
+ROUTED_KINDS = ("routed", "isolation")
 # A flood group's id is GROUP_BASE + vlan * 4 + this index (pipeline/build.group_id).
 _INGRESS = ("dom0", "uplink", "vif", "private")  # FROM_LOCAL, FROM_UPLINK, FROM_VIF, FROM_PRIVATE
 HOTPLUG_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LEARNING_TABLES = (LEARNED, NEIGHBOURS)  # flows the switch adds by itself (learn actions)
-
-
-class CookieCounts:
-    """Our flows' counters for one purpose, by cookie, dumped only when their sum moved."""
-
-    def __init__(self, purpose: int) -> None:
-        self.cookie = COOKIE_MAGIC | purpose << 40
-        self._seen: dict[str, tuple[tuple[int, int, int], dict[int, tuple[int, int]]]] = {}
-
-    def read(self, s: Session, requests: list[int]) -> dict[int, tuple[int, int]]:
-        """cookie -> (packets, bytes). ``requests`` counts what was asked of the switch."""
-        total = s.aggregate(self.cookie, _PURPOSE_MASK, REQUEST_TIMEOUT)
-        requests[0] += 1
-        last = self._seen.get(s.bridge or "")
-        if last is not None and last[0] == total:
-            return last[1]
-        # Changed counts, or flows added or removed (a vif came or went): the zeros too, so
-        # that each series exists before its first drop and increase() sees that one.
-        per: dict[int, tuple[int, int]] = {}
-        for st in s.flow_stats(self.cookie, _PURPOSE_MASK, REQUEST_TIMEOUT):
-            p, b = per.get(st.cookie, (0, 0))
-            per[st.cookie] = (p + st.packet_count, b + st.byte_count)
-        requests[0] += 1
-        self._seen[s.bridge or ""] = (total, per)
-        return per
 
 
 class HotplugTail:
@@ -86,12 +69,19 @@ class HotplugTail:
     def __init__(self, path: str) -> None:
         self.path = path
         self.latest: dict[tuple[int, int], HotplugRecord] = {}  # (domid, devid) -> last vif line
-        # From zero for the vif's actions, so that the first error after a start is an increase.
-        self.counts: dict[tuple[str, str], int] = {(a, o): 0 for a in ("online", "offline") for o in ("ok", "error")}
+        # From zero for every action, so that the first error after a start is an increase.
+        self.counts: dict[tuple[str, str], int] = {(a, o): 0 for a in ACTIONS for o in ("ok", "error")}
         self.buckets: dict[str, list[int]] = {}  # action -> counts per HOTPLUG_BUCKETS (+Inf last)
         self.sums: dict[str, float] = {}
         self._where: tuple[int, int] | None = None  # (inode, offset)
         self._partial = ""
+
+    def start(self) -> None:
+        """At the controller's start: what is in the file now is history. A file that is
+        not there yet is read from its first byte once it appears: all of it is new."""
+        if not os.path.exists(self.path):
+            self._where = (-1, 0)  # no inode matches: read from 0, and count
+        self.poll()
 
     def poll(self) -> None:
         try:
@@ -163,19 +153,31 @@ class Metrics:
         self.rules_reload_failures = Counter(
             "xvif_rules_reload_failures", "Reloads of the firewall rule files refused (a mistake in a file)", registry=r
         )
-        self.collector = SwitchCollector(runtime, HotplugTail(cfg.hotplug_log if cfg else DEFAULT_HOTPLUG_LOG))
+        for b in runtime.cfg.bridges:  # from 0, so that a bridge's first failure is an increase
+            self.bundle_failures.labels(b)
+            self.program_seconds.labels(b)
+        tail = HotplugTail(cfg.hotplug_log if cfg else DEFAULT_HOTPLUG_LOG)
+        if cfg is not None:
+            tail.start()
+        self.collector = SwitchCollector(runtime, tail)
         r.register(self.collector)
         self._server: Any = None
 
     def serve(self) -> None:
         """Listen now: an address that cannot be bound stops the start (OSError)."""
-        assert self.cfg is not None
-        self._server, _thread = start_http_server(self.cfg.port, self.cfg.host, registry=self.registry)
-        if self.cfg.remote:
+        c = self.cfg
+        assert c is not None
+        tls = {}
+        if c.certificate:
+            tls = {"certfile": c.certificate, "keyfile": c.private_key, "client_cafile": c.client_ca}
+            tls["client_auth_required"] = True  # type: ignore[assignment]
+        self._server, _thread = start_http_server(c.port, c.host, registry=self.registry, **tls)
+        if c.remote and not c.certificate:
             log.warning(
-                "metrics on %s:%d, reachable from other hosts: they name every guest; restrict who reaches the port",
-                self.cfg.host,
-                self.cfg.port,
+                "metrics on %s:%d over plain HTTP, reachable from other hosts (allow_remote = true): they name every "
+                "guest; restrict who reaches the port, or add certificate, private_key and client_ca",
+                c.host,
+                c.port,
             )
 
     def close(self) -> None:
@@ -185,23 +187,30 @@ class Metrics:
 
 
 class SwitchCollector(Collector):
-    """Read at scrape time, one scrape at a time (a second one waits for the first)."""
+    """Read at scrape time, one scrape at a time (a second one waits for the first, and
+    one within MIN_INTERVAL of the last gets its answer)."""
 
     def __init__(self, runtime: Runtime, hotplug: HotplugTail) -> None:
         self.runtime = runtime
         self.hotplug = hotplug
-        self.drops = CookieCounts(P_DROP)
-        self.rules = CookieCounts(P_RULE)
-        self.defaults = CookieCounts(P_FW_DEFAULT)
         self.requests = 0  # asked of switches by scrapes, in all
         self._lock = threading.Lock()
+        self._last: tuple[float, list[Metric]] = (float("-inf"), [])
+        # Port counters as totals that never go backwards: (domid, devid) -> port -> last seen,
+        # and the totals (an HVM NIC's -emu tap going away must not take its share away).
+        self._ports: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
+        self._port_totals: dict[tuple[int, int], list[int]] = {}
 
     def describe(self) -> list[Metric]:
         return []  # families depend on what exists: described when collected
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            yield from self._collect()
+            at, last = self._last
+            if time.monotonic() - at >= MIN_INTERVAL:
+                last = list(self._collect())
+                self._last = (time.monotonic(), last)
+        yield from last
 
     def _collect(self) -> Iterator[Metric]:
         rt = self.runtime
@@ -210,6 +219,7 @@ class SwitchCollector(Collector):
         up = fam.gauge("xvif_switch_connected", "1 while the bridge's switch is connected and synced", ["bridge"])
         with rt._lock:
             sessions = {s.bridge: s for s in rt.sessions.values() if s.bridge}
+            backends = set(rt.vifs)
         models: dict[str, BridgeModel] = dict(rt.models)
         for b in rt.cfg.bridges:
             s = sessions.get(b)
@@ -231,6 +241,7 @@ class SwitchCollector(Collector):
             "xvif_rules_refused",
             "1 while the rule files on disk were refused (a mistake in one): the previous rules stay in force",
         ).add_metric([], 1.0 if rt.rules.refused else 0.0)
+        _firewall_families(fam)
         self.hotplug.poll()
         vifs_seen: dict[tuple[int, int], list[str]] = {}
         requests = [0]
@@ -242,8 +253,11 @@ class SwitchCollector(Collector):
                 self._bridge(fam, bname, s, model, vifs_seen, requests)
             except SwitchError as e:
                 log.warning("metrics: switch %s: %s", bname, e)
+        for gone in self._port_totals.keys() - vifs_seen.keys():
+            del self._port_totals[gone]
+            self._ports.pop(gone, None)
         self.requests += requests[0]
-        self._hotplug(fam, vifs_seen)
+        self._hotplug(fam, vifs_seen, backends)
         fam.counter("xvif_metrics_switch_requests", "OpenFlow requests scrapes sent to the switches").add_metric(
             [], self.requests
         )
@@ -264,79 +278,98 @@ class SwitchCollector(Collector):
         vifs_seen: dict[tuple[int, int], list[str]],
         requests: list[int],
     ) -> None:
-        ofp = s.dp.ofproto
+        parser, ofp = s.dp.ofproto_parser, s.dp.ofproto
+        firewalled = any(v.firewall for v in model.vifs)
+        purposes = (P_DROP, P_RULE, P_FW_DEFAULT) if firewalled else (P_DROP,)
+        asked = [
+            (parser.OFPPortStatsRequest(s.dp, 0, ofp.OFPP_ANY), "port stats"),
+            (parser.OFPTableStatsRequest(s.dp, 0), "table stats"),
+            (s.aggregate_request(COOKIE_MAGIC, COOKIE_MASK), "aggregate stats"),
+            *((s.aggregate_request(*purpose_match(p)), "aggregate stats") for p in purposes),
+        ]
+        answers = s.gather(asked, DEADLINE)
+        requests[0] += len(asked)
+        for a in answers:
+            if isinstance(a, SwitchError):
+                raise a
+        ports_r, tables_r, ours_r, *sums = answers
+        stats = {p.port_no: p for r in ports_r for p in r.body}  # type: ignore[union-attr]
+        tables = {t.table_id: t.active_count for r in tables_r for t in r.body}  # type: ignore[union-attr]
+        ours_on_switch = sum(r.body.flow_count for r in ours_r)  # type: ignore[union-attr]
+        counted: dict[int, dict[int, tuple[int, int]]] = {}
+        for p, replies in zip(purposes, sums, strict=True):
+            total = tuple(
+                sum(getattr(r.body, k) for r in replies) for k in ("packet_count", "byte_count", "flow_count")
+            )
+            counter = s.counters(p)
+            dumps = counter.dumps
+            counted[p] = counter.read(s, total, DEADLINE)  # type: ignore[arg-type]
+            requests[0] += counter.dumps - dumps
         names = {no: name for name, (no, _live) in s.ports.items()}
-        stats = s.port_stats(REQUEST_TIMEOUT)
-        tables = s.table_stats(REQUEST_TIMEOUT)
-        requests[0] += 2
-        drops = self.drops.read(s, requests)
-        rule_hits = self.rules.read(s, requests) if any(v.firewall for v in model.vifs) else {}
-        default_hits = self.defaults.read(s, requests) if any(v.firewall for v in model.vifs) else {}
         vm = {p.domid: p.vm_uuid for p in self.runtime.ovsdb.get(bname, _NoBridge).ports if p.domid is not None}
         by_owner: dict[tuple[int, int], list[str]] = {}
-        for v in model.vifs:
-            port = v.vif_port if v.vif_port is not None else v.emu_port
-            labels = [bname, v.name, str(v.domid), str(v.devid), names.get(port, ""), vm.get(v.domid, "")]
-            by_owner[(v.domid, v.devid)] = labels
-            vifs_seen[(v.domid, v.devid)] = labels
-            fam.gauge(
-                "xvif_vif_info", "A guest NIC on a managed bridge (1), with its MAC", [*VIF_LABELS, "mac"]
-            ).add_metric([*labels, v.mac], 1.0)
-            self._port_counters(fam, labels, v, stats, ofp)
-        kinds: dict[tuple[tuple[int, int], str], list[int]] = {}
-        for ck, (pk, by) in drops.items():
-            d = decode_cookie(ck)
-            if d is None or d[1] is None or (d[1], d[2]) not in by_owner:
-                continue
-            acc = kinds.setdefault(((d[1], d[2]), drop_kind(ck)), [0, 0])  # type: ignore[arg-type]
-            acc[0] += pk
-            acc[1] += by
+        info = fam.gauge("xvif_vif_info", "A guest NIC on a managed bridge (1), with its MAC", [*VIF_LABELS, "mac"])
         dropped = fam.counter(
             "xvif_vif_port_security_drops",
             "Frames from the guest dropped by port security, by kind (source-mac, ipv4, ipv6, arp, nd, "
-            "dhcp-server, ra, vlan, other, routed, isolation)",
+            "dhcp-server, ra, vlan, other; routed, isolation on routed and NAT bridges)",
             [*VIF_LABELS, "kind"],
         )
-        dropped_bytes = fam.counter(
-            "xvif_vif_port_security_dropped_bytes", "Bytes of those frames", [*VIF_LABELS, "kind"]
-        )
-        for (owner, kind), (pk, by) in sorted(kinds.items()):
-            dropped.add_metric([*by_owner[owner], kind], pk)
-            dropped_bytes.add_metric([*by_owner[owner], kind], by)
-        hits = fam.counter(
-            "xvif_vif_firewall_rule_hits",
-            "Packets a firewall rule decided (rule: its index among the guest's rules, in order)",
-            [*VIF_LABELS, "rule", "source"],
-        )
+        kinds_of_bridge = BASE_KINDS + (ROUTED_KINDS if model.mode in ("routed", "nat") else ())
+        drops: dict[tuple[tuple[int, int], str], int] = {}
+        for ck, (pk, _by) in counted[P_DROP].items():
+            d = decode_cookie(ck)
+            if d is not None and d[1] is not None:
+                key = ((d[1], d[2]), drop_kind(ck))  # type: ignore[arg-type]
+                drops[key] = drops.get(key, 0) + pk
+        for v in model.vifs:
+            port = v.vif_port if v.vif_port is not None else v.emu_port
+            labels = [bname, v.name, str(v.domid), str(v.devid), names.get(port, ""), vm.get(v.domid, "")]
+            key = (v.domid, v.devid)
+            by_owner[key] = labels
+            vifs_seen[key] = labels
+            info.add_metric([*labels, v.mac], 1.0)
+            self._port_counters(fam, labels, v, stats)
+            for kind in kinds_of_bridge:
+                dropped.add_metric([*labels, kind], drops.get((key, kind), 0))
+        if firewalled:
+            self._firewall(fam, model, by_owner, counted[P_RULE], counted[P_FW_DEFAULT])
+        self._bridge_tables(fam, bname, s, tables, ours_on_switch)
+
+    def _firewall(
+        self,
+        fam: _Families,
+        model: BridgeModel,
+        by_owner: dict[tuple[int, int], list[str]],
+        rule_hits: dict[int, tuple[int, int]],
+        default_hits: dict[int, tuple[int, int]],
+    ) -> None:
+        hits, about, closed = _firewall_families(fam)
         per_rule: dict[tuple[tuple[int, int], int], int] = {}
         for ck, (pk, _by) in rule_hits.items():
             d = decode_cookie(ck)
-            if d is not None and d[1] is not None and (d[1], d[2]) in by_owner:
+            if d is not None and d[1] is not None:
                 key = ((d[1], d[2]), rule_index(ck))  # type: ignore[arg-type]
                 per_rule[key] = per_rule.get(key, 0) + pk
-        fw = {(v.domid, v.devid): v.firewall for v in model.vifs if v.firewall is not None}
-        for (owner, i), pk in sorted(per_rule.items()):
-            rules = fw[owner].rules if owner in fw else ()
-            source = rules[i].where if i < len(rules) else ""
-            hits.add_metric([*by_owner[owner], str(i), source], pk)
-        closed = fam.counter(
-            "xvif_vif_firewall_default_drops",
-            "Packets to the guest a closed network's default policy dropped",
-            VIF_LABELS,
-        )
         per_vif: dict[tuple[int, int], int] = {}
         for ck, (pk, _by) in default_hits.items():
             d = decode_cookie(ck)
-            if d is not None and d[1] is not None and (d[1], d[2]) in by_owner:
+            if d is not None and d[1] is not None:
                 per_vif[(d[1], d[2])] = per_vif.get((d[1], d[2]), 0) + pk  # type: ignore[index]
-        for owner, pk in sorted(per_vif.items()):
-            closed.add_metric(by_owner[owner], pk)
-        self._bridge_tables(fam, bname, s, tables)
+        for v in model.vifs:
+            key = (v.domid, v.devid)
+            if v.firewall is None or key not in by_owner:
+                continue
+            labels = by_owner[key]
+            for i, rule in enumerate(v.firewall.rules):
+                hits.add_metric([*labels, str(i)], per_rule.get((key, i), 0))
+                about.add_metric([*labels, str(i), rule.where, rule.describe()], 1.0)
+            closed.add_metric(labels, per_vif.get(key, 0))
 
-    @staticmethod
-    def _port_counters(fam: _Families, labels: list[str], v: VifModel, stats: dict[int, Any], ofp: Any) -> None:
+    def _port_counters(self, fam: _Families, labels: list[str], v: VifModel, stats: dict[int, Any]) -> None:
         """From the guest's side: the switch's rx is what the guest sent. Both ports of an
-        HVM guest's NIC (the PV vif and the emulated tap) count as the one NIC."""
+        HVM guest's NIC (the PV vif and the emulated tap) count as the one NIC, as totals
+        that never go backwards."""
         pk = fam.counter(
             "xvif_vif_packets",
             "Packets through the guest NIC (direction: from_guest, to_guest)",
@@ -348,43 +381,61 @@ class SwitchCollector(Collector):
             "Packets the interface itself dropped (to_guest: the guest's ring was full)",
             [*VIF_LABELS, "direction"],
         )
-        ports = [stats[p] for p in v.ports if p in stats]
-        if not ports:
-            return
-        for direction, rx in (("from_guest", True), ("to_guest", False)):
-            pk.add_metric([*labels, direction], sum(p.rx_packets if rx else p.tx_packets for p in ports))
-            by.add_metric([*labels, direction], sum(p.rx_bytes if rx else p.tx_bytes for p in ports))
-            lost.add_metric([*labels, direction], sum(p.rx_dropped if rx else p.tx_dropped for p in ports))
+        key = (v.domid, v.devid)
+        seen = self._ports.setdefault(key, {})
+        totals = self._port_totals.setdefault(key, [0] * 6)
+        for no in v.ports:
+            p = stats.get(no)
+            if p is None:
+                continue
+            now = (p.rx_packets, p.tx_packets, p.rx_bytes, p.tx_bytes, p.rx_dropped, p.tx_dropped)
+            was = seen.get(str(no))
+            for i, x in enumerate(now):
+                totals[i] += x - was[i] if was is not None and x >= was[i] else x
+            seen[str(no)] = now
+        for i, (metric, direction) in enumerate(
+            (
+                (pk, "from_guest"),
+                (pk, "to_guest"),
+                (by, "from_guest"),
+                (by, "to_guest"),
+                (lost, "from_guest"),
+                (lost, "to_guest"),
+            )
+        ):
+            metric.add_metric([*labels, direction], totals[i])
 
     @staticmethod
-    def _bridge_tables(fam: _Families, bname: str, s: Session, tables: dict[int, int]) -> None:
-        ours: dict[int, int] = {}
-        for flows in s.installed_flows.values():
-            for f in flows:
-                ours[f.table] = ours.get(f.table, 0) + 1
+    def _bridge_tables(fam: _Families, bname: str, s: Session, tables: dict[int, int], ours_on_switch: int) -> None:
+        ours = dict(s.table_counts)  # swapped whole by the switch's worker: a consistent copy
         per_table = fam.gauge(
             "xvif_bridge_flows", "Flows in each table, as the switch counts them", ["bridge", "table", "name"]
         )
-        drift = 0
         for t in sorted(set(tables) | set(ours)):
             n = tables.get(t, 0)
             if n or t in TABLES:
                 per_table.add_metric([bname, str(t), TABLES[t].name if t in TABLES else ""], n)
-            if t not in _LEARNING_TABLES:
-                drift += abs(n - ours.get(t, 0))
+        learned = {t: max(0, tables.get(t, 0) - ours.get(t, 0)) for t in _LEARNING_TABLES}
+        installed = sum(ours.values())
+        # Our cookie's flows beyond (or short of) what the controller installed and the
+        # switch learned: someone changed them. Flows without our cookie are not ours to fix.
         fam.gauge(
             "xvif_bridge_flows_drift",
-            "Flows the switch holds beyond, or short of, what the controller installed (tables without "
-            "learned flows); `xvif-ovs flows --diff` names them",
+            "Flows with xvif-ovs's cookie that the switch holds beyond, or lacks of, what the controller "
+            "installed (`xvif-ovs flows --diff` names them; a controller restart puts them right)",
             ["bridge"],
-        ).add_metric([bname], drift)
-        learned = sum(max(0, tables.get(t, 0) - ours.get(t, 0)) for t in (LEARNED,))
+        ).add_metric([bname], abs(ours_on_switch - installed - sum(learned.values())))
+        fam.gauge(
+            "xvif_bridge_foreign_flows",
+            "Flows on the bridge without xvif-ovs's cookie (added by hand or by another program); never touched",
+            ["bridge"],
+        ).add_metric([bname], max(0, sum(tables.values()) - ours_on_switch))
         fam.gauge("xvif_bridge_learned_macs", "MACs learned behind uplinks (table 4)", ["bridge"]).add_metric(
-            [bname], learned
+            [bname], learned[LEARNED]
         )
         fam.gauge(
             "xvif_bridge_learned_neighbours", "IPv4 neighbours learned on a routed bridge (table 6)", ["bridge"]
-        ).add_metric([bname], max(0, tables.get(NEIGHBOURS, 0) - ours.get(NEIGHBOURS, 0)))
+        ).add_metric([bname], learned[NEIGHBOURS])
         groups = [g for g in s.installed_groups if is_our_group(g.group_id)]
         fam.gauge(
             "xvif_bridge_groups", "Groups the controller installed (flood groups and bonds)", ["bridge"]
@@ -400,7 +451,9 @@ class SwitchCollector(Collector):
                 continue
             flood.add_metric([bname, str(offset // 4), _INGRESS[offset % 4]], len(g.buckets))
 
-    def _hotplug(self, fam: _Families, vifs_seen: dict[tuple[int, int], list[str]]) -> None:
+    def _hotplug(
+        self, fam: _Families, vifs_seen: dict[tuple[int, int], list[str]], backends: set[tuple[int, int]]
+    ) -> None:
         h = self.hotplug
         total = fam.counter(
             "xvif_hotplug",
@@ -425,10 +478,8 @@ class SwitchCollector(Collector):
                 took.add_metric(labels, rec.ms / 1000)
         failed = fam.gauge(
             "xvif_hotplug_failed_vifs",
-            "vifs whose last hotplug failed and that are not on a bridge (a guest NIC libxl could not connect)",
+            "vifs in XenStore whose last hotplug failed and that are on no bridge (a guest NIC libxl could not connect)",
         )
-        with self.runtime._lock:
-            backends = set(self.runtime.vifs)  # in XenStore now: a destroyed guest's failure is over
         failed.add_metric(
             [],
             sum(
@@ -437,6 +488,27 @@ class SwitchCollector(Collector):
                 if not r.ok and r.action == "online" and k in backends and k not in vifs_seen
             ),
         )
+
+
+def _firewall_families(fam: _Families) -> tuple[CounterMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
+    """Declared on every scrape, firewall or not, so that dashboards and alerts find them."""
+    return (
+        fam.counter(
+            "xvif_vif_firewall_rule_hits",
+            "Packets a firewall rule decided (rule: its index among the guest's rules, as `xvif-ovs rules` lists them)",
+            [*VIF_LABELS, "rule"],
+        ),
+        fam.gauge(
+            "xvif_vif_firewall_rule_info",
+            "A guest's firewall rule (1): its index, FILE:LINE and text",
+            [*VIF_LABELS, "rule", "source", "text"],
+        ),
+        fam.counter(
+            "xvif_vif_firewall_default_drops",
+            "Packets to the guest a closed network's default policy dropped",
+            VIF_LABELS,
+        ),
+    )
 
 
 class _NoBridge:

@@ -12,12 +12,14 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ..pipeline.diff import Plan, by_owner, owner_of
 from ..pipeline.flow import COOKIE_MAGIC, COOKIE_MASK, Flow, GroupEntry, is_our_group
 from . import ofmsg, wire
+from .counters import FlowCounters
 
 log = logging.getLogger("xvif_ovs.controller")
 T = TypeVar("T")
@@ -51,6 +53,22 @@ class Session:
         self._lock = threading.Lock()
         self.closed = False
         self.worker: Any = None  # runtime.SwitchWorker: this switch's own thread
+        # Our flows per table, swapped whole on every change (readers in other threads,
+        # the metrics, see one consistent dict without a lock).
+        self.table_counts: dict[int, int] = {}
+        self._counters: dict[int, FlowCounters] = {}  # by purpose: see counters()
+        # Several threads send on this connection (the switch's worker, the metrics, os-ken's
+        # own for packet-outs): os-ken's xid counter (Datapath.set_xid) is a plain +=, so
+        # two could take one xid, and a reply or an error would reach the wrong waiter.
+        self._xid_lock = threading.Lock()
+        unlocked = getattr(dp, "set_xid", None)
+        if unlocked is not None:
+
+            def set_xid(msg: Any) -> Any:
+                with self._xid_lock:
+                    return unlocked(msg)
+
+            dp.set_xid = set_xid
 
     # -- called from os-ken's thread --------------------------------------------------
 
@@ -156,6 +174,10 @@ class Session:
             if is_our_group(d.group_id)
         ]
         self.installed_flows, self.installed_groups = by_owner(flows), groups
+        counts: dict[int, int] = {}
+        for f in flows:
+            counts[f.table] = counts.get(f.table, 0) + 1
+        self.table_counts = counts
         self.applied = {}  # compare everything against what was just read
 
     def ensure_meter(self, meter_id: int, rate: int, burst: int) -> None:
@@ -204,6 +226,42 @@ class Session:
             sum(b.flow_count for b in bodies),
         )
 
+    def counters(self, purpose: int) -> FlowCounters:
+        """This switch's counters of one purpose's flows, shared by every reader."""
+        with self._lock:
+            c = self._counters.get(purpose)
+            if c is None:
+                c = self._counters[purpose] = FlowCounters(purpose)
+            return c
+
+    def gather(self, requests: list[tuple[Any, str]], timeout: float) -> list[list[Any] | SwitchError]:
+        """Several requests sent at once and awaited within one deadline: a slow switch
+        costs one timeout, not one per request. Each answer, or the SwitchError it got."""
+        sent: list[tuple[_Waiter, Any, str] | SwitchError] = []
+        for msg, what in requests:
+            try:
+                sent.append((self._send(msg, what), msg, what))
+            except SwitchError as e:
+                sent.append(e)
+        deadline = time.monotonic() + timeout
+        out: list[list[Any] | SwitchError] = []
+        for item in sent:
+            if isinstance(item, SwitchError):
+                out.append(item)
+                continue
+            w, msg, what = item
+            try:
+                out.append(self._await(w, msg.xid, what, max(0.0, deadline - time.monotonic())))
+            except SwitchError as e:
+                out.append(e)
+        return out
+
+    def aggregate_request(self, cookie: int, mask: int) -> Any:
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        return parser.OFPAggregateStatsRequest(
+            self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, mask, parser.OFPMatch()
+        )
+
     def port_stats(self, timeout: float = TIMEOUT) -> dict[int, Any]:
         """Every port's counters (OFPPortStats, by ofport) in one request."""
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
@@ -218,8 +276,9 @@ class Session:
 
     def _next_xid(self) -> int:
         """As Datapath.set_xid does, for messages we encode ourselves."""
-        self.dp.xid = (self.dp.xid + 1) & self.dp.ofproto.MAX_XID
-        return self.dp.xid
+        with self._xid_lock:
+            self.dp.xid = (self.dp.xid + 1) & self.dp.ofproto.MAX_XID
+            return self.dp.xid
 
     def apply(self, plan: Plan) -> None:
         """All of ``plan`` or none of it: one atomic, ordered bundle."""

@@ -15,6 +15,16 @@ DEFAULT_LOG = "/var/log/xen/xen-hotplug.log"
 TAG = "vif-xvif-ovs"
 
 
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:@+\-]{1,64}$")
+
+
+def safe_name(name: str | None) -> str:
+    """A domain name as log lines carry it: as is when it is a plain word, else "?".
+    Names are the toolstack's, but a line must never be split or forged by one (a
+    newline, a "]" closing a tag early, a journal priority prefix)."""
+    return name if name and _SAFE_NAME.match(name) else "?"
+
+
 class HotplugLog:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.path = env.get("XVIF_HOTPLUG_LOG", DEFAULT_LOG)

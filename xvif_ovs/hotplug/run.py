@@ -19,7 +19,7 @@ from ..errors import XvifError
 from ..ovsdb.client import Ovsdb
 from ..xenstore.client import XenStoreUnavailable, connect, in_transaction, read_str, write
 from . import netdev, ovsport
-from .log import HotplugLog
+from .log import HotplugLog, safe_name
 from .request import HotplugRequest, HotplugUsageError, parse_request
 from .vifconfig import VifConfig, read_vif
 
@@ -43,8 +43,8 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         with connect(env.get("XENSTORED_PATH")) as xs:
             # The guest's name too, so that its lines are found by it (`xvif-ovs log --domain`).
             with contextlib.suppress(Exception):
-                name = read_str(xs, f"/local/domain/{req.domid}/name")
-                if name and name.isprintable() and " " not in name and ")" not in name:
+                name = safe_name(read_str(xs, f"/local/domain/{req.domid}/name"))
+                if name != "?":
                     where = f"{req.action} {req.dev} (domid {req.domid} devid {req.devid} domain {name})"
             try:
                 summary = _attach(xs, req, env) if req.attach else _detach(xs, req, env)

@@ -44,6 +44,7 @@ class MirrorView:
     output: str  # output_port ("" when it went away)
     ours: bool  # made by `xvif-ovs mirror add` (external_ids MIRROR_MARK)
     packets: int = 0  # statistics tx_packets: frames mirrored
+    source: str = ""  # ours: the guest NIC it was made for (vifD.N), even once its ports are gone
 
 
 @dataclass
@@ -259,6 +260,7 @@ def read_ovsdb(
                     out[0] if out else "",
                     from_map(m["external_ids"]).get(MIRROR_MARK) == "true",
                     int(from_map(m["statistics"]).get("tx_packets", 0)),
+                    from_map(m["external_ids"]).get("xvif-source", ""),
                 )
             )
         order = {"local": 0, "uplink": 1, "vif": 2, "emu": 2, "unmanaged": 3}

@@ -77,6 +77,12 @@ def cookie(purpose: int, owner: int = 0) -> int:
     return COOKIE_MAGIC | (purpose & 0xFF) << 40 | (owner & OWNER_MASK)
 
 
+def purpose_match(purpose: int) -> tuple[int, int]:
+    """(cookie, mask) that an OpenFlow request matches every flow of ours of ``purpose``
+    with, whichever vif it is and whatever its bits 32-39 say."""
+    return COOKIE_MAGIC | (purpose & 0xFF) << 40, COOKIE_MASK | 0xFF << 40
+
+
 def vif_owner(domid: int, devid: int) -> int:
     """Bit 31 marks a vif; domids fit 15 bits (below DOMID_FIRST_RESERVED), devids 16."""
     return VIF_OWNER | (domid & 0x7FFF) << 16 | (devid & 0xFFFF)
