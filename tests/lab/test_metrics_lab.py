@@ -59,8 +59,10 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 @pytest.fixture(scope="module")
 def metered(host):
+    rules = host.lab.dir / "rules.d"
+    rules.mkdir(exist_ok=True)
     config = (
-        '[controller]\nbridges = ["xenbr0"]\n\n'
+        f'[controller]\nbridges = ["xenbr0"]\nrules = "{rules}"\n\n'
         f'[metrics]\nlisten = "{METRICS_PORT}"\nhotplug_log = "{host.lab.dir / "xen-hotplug.log"}"\n'
     )
     with controller(host, config):
@@ -356,3 +358,34 @@ def test_log_merges_one_guests_hook_and_controller_lines_in_time_order(guests, m
     assert len(text.splitlines()) == 2 and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (hook|controller) ", text)
     bad = cli(metered, "log", "--vif", "eth0")
     assert bad.returncode == 1 and "vif5.0" in bad.stderr
+
+
+def test_firewall_rule_hits_and_what_each_rule_is(guests, metered):
+    rules = metered.lab.dir / "rules.d"
+    (rules / ".10-web.toml").write_text(
+        '[[rule]]\nguest = "web"\ndirection = "in"\naction = "allow"\nprotocol = "icmp"\nremote = "192.0.2.0/24"\n'
+        '[[rule]]\nguest = "web"\ndirection = "in"\naction = "deny"\nprotocol = "tcp"\nports = 23\n'
+    )
+    (rules / ".10-web.toml").rename(rules / "10-web.toml")
+    try:
+        web(guests)
+        wait_for(
+            lambda: sample(fresh(), "xvif_vif_firewall_rule_info", domain="web", rule="1") == 1.0,
+            "the guest's rules in the metrics",
+            timeout=30,
+        )
+        text = fresh()
+        assert sample(text, "xvif_metrics_scrape_requests") == 6  # with rules: two more sums
+        info = [ln for ln in text.splitlines() if ln.startswith("xvif_vif_firewall_rule_info{") and 'rule="0"' in ln]
+        assert info and f'source="{rules}/10-web.toml:1"' in info[0], info
+        before = sample(text, "xvif_vif_firewall_rule_hits_total", domain="web", rule="0")
+        assert before == 0.0
+        guests.exec("lan", "ping", "-c3", "-i0.2", "-W1", WEB[3])
+        wait_for(
+            lambda: (sample(fresh(), "xvif_vif_firewall_rule_hits_total", domain="web", rule="0") or 0) >= 3,
+            "the allow rule's hits",
+            timeout=30,
+        )
+        assert sample(fresh(), "xvif_vif_firewall_rule_hits_total", domain="web", rule="1") == 0.0
+    finally:
+        (rules / "10-web.toml").unlink()
