@@ -245,3 +245,19 @@ def test_a_mirror_to_a_patch_or_tunnel_port_is_refused(guests, exporting):
         assert mirrors(guests) == []
     finally:
         guests.vsctl("--if-exists", "del-port", "xenbr0", "patchx", "--", "--if-exists", "del-port", "xenbr0", "vxx")
+
+
+def test_a_mirror_goes_when_its_output_goes(guests, exporting):
+    guests.guest(MA[0], MA[1], f"mac={MA[2]},bridge=xenbr0,ip=192.0.2.61")
+    subprocess.run(["ip", "link", "add", "tapgone", "type", "veth", "peer", "name", "tapgone-p"], check=True)
+    try:
+        guests.vsctl("add-port", "xenbr0", "tapgone")
+        out = cli(guests, "mirror", "add", "--vif", "vif61.0", "--to-port", "tapgone")
+        assert out.returncode == 0, out.stderr
+        assert [m["output"] for m in mirrors(guests)] == ["tapgone"]
+        guests.vsctl("del-port", "xenbr0", "tapgone")  # the monitoring port removed
+        wait_for(lambda: mirrors(guests) == [], "the mirror to go with its output")
+        assert "mirror(s) removed, a port they used went away" in (guests.lab.dir / "controller.log").read_text()
+    finally:
+        guests.vsctl("--if-exists", "del-port", "xenbr0", "tapgone")
+        subprocess.run(["ip", "link", "del", "tapgone"], check=False)

@@ -103,6 +103,12 @@ def _row_columns(row, columns: dict[str, object]) -> dict[str, object]:  # noqa:
     return out
 
 
+def _ours_and_dead(m) -> bool:  # noqa: ANN001 - an IDL Mirror row
+    """A mirror `xvif-ovs mirror add` made whose output, or every port it selected, is gone."""
+    ours = dict(m.external_ids).get(MIRROR_MARK) == "true"
+    return ours and (not list(m.output_port) or not (list(m.select_src_port) or list(m.select_dst_port)))
+
+
 def _one(value):  # noqa: ANN001, ANN202 - IDL optional columns are lists of 0 or 1
     return value[0] if isinstance(value, list) and value else (None if isinstance(value, list) else value)
 
@@ -222,10 +228,8 @@ class OvsdbMonitor:
         for br in self.idl.tables["Bridge"].rows.values():
             outputs = set()
             for m in br.mirrors:
-                out_port = [p.name for p in m.output_port]
-                outputs.update(out_port)
-                ours = dict(m.external_ids).get(MIRROR_MARK) == "true"
-                if ours and (not out_port or not (list(m.select_src_port) or list(m.select_dst_port))):
+                outputs.update(p.name for p in m.output_port)
+                if _ours_and_dead(m):
                     stale.append((br.name, m.name))  # an end went away: the mirror goes too
             ports = []
             declared = self.declared(br.name)
@@ -294,9 +298,7 @@ class OvsdbMonitor:
         for br in self.idl.tables["Bridge"].rows.values():
             keep = []
             for m in br.mirrors:
-                ours = dict(m.external_ids).get(MIRROR_MARK) == "true"
-                dead = not list(m.output_port) or not (list(m.select_src_port) or list(m.select_dst_port))
-                if ours and dead and (br.name, m.name) in stale:
+                if _ours_and_dead(m) and (br.name, m.name) in stale:
                     gone.append(f"{m.name} on {br.name}")
                 else:
                     keep.append(m)
